@@ -1,0 +1,193 @@
+"""Typed run configuration.
+
+One `RunConfig` describes a training run completely: it is what the CLI reads from YAML/JSON, what the
+backend stores as a run's config and validates on `POST /runs`, and what the worker hands to the trainer.
+Defaults are the KLQ paper's (arXiv 2508.17000) and TRL's PPOTrainer's; see ../shared/docs/ALGORITHMS.md.
+Unknown keys are rejected (typos must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Algorithm = Literal["klq", "ppo"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(_Strict):
+    """Where prompts come from.
+
+    `builtin` is the offline synthetic task (no network); `tldr` and `hh` take an HF dataset id or a
+    local .jsonl/.parquet file; `prompts` is a generic jsonl with a `prompt` field (and optional `id`).
+    """
+
+    name: Literal["builtin", "tldr", "hh", "prompts"] = "builtin"
+    dataset: str | None = Field(None, description="HF dataset id or local .jsonl/.parquet path")
+    train_split: str = "train"
+    eval_split: str = "validation"
+    max_prompt_length: int = Field(512, ge=1, description="prompts longer than this (in tokens) are dropped")
+    num_eval_prompts: int = Field(16, ge=1, description="held-out prompts sampled at each eval interval")
+
+    @model_validator(mode="after")
+    def _dataset_needed(self) -> TaskConfig:
+        if self.name == "prompts" and not self.dataset:
+            raise ValueError("task.dataset is required for task 'prompts' (a .jsonl file with a 'prompt' field)")
+        return self
+
+
+class ModelConfig(_Strict):
+    """Models by HF hub id or local directory (HF layout). `builtin:sft` / `builtin:reward` name the
+    built-in task's assets. `trust_remote_code` is deliberately not a field: it is never enabled."""
+
+    policy: str = "builtin:sft"
+    reference: str | None = Field(None, description="defaults to the policy (the SFT model)")
+    reward: str = "builtin:reward"
+    value: str | None = Field(None, description="explicit value-model path; overrides value_init")
+    value_init: Literal["reward", "policy"] = Field(
+        "reward", description="initialise the value network from the reward model (TRL) or the policy"
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto = bfloat16 on GPU, float32 on CPU"
+    )
+    gradient_checkpointing: bool = False
+
+
+class KLQParams(_Strict):
+    alpha: float = Field(1.0, gt=0, le=1, description="conservative backup factor")
+    loss: Literal["l2", "huber"] = "l2"
+    huber_delta: float = Field(1.0, gt=0)
+    value_clip: float | None = Field(None, gt=0, description="clip Q_theta to Q_old +- c")
+    ratio_clip: float | None = Field(None, gt=0, description="clip log(pi/pi_ref) to old +- c inside Q")
+    whiten_deltas: bool = Field(False, description="whiten the lambda-return corrections Delta over the batch")
+
+
+class PPOParams(_Strict):
+    cliprange: float = Field(0.2, gt=0)
+    cliprange_value: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    whiten_advantages: bool = True
+
+
+class RolloutConfig(_Strict):
+    response_length: int = Field(53, ge=1, le=4096)
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop_sequences: list[str] = Field(default_factory=list, description="truncate after these (EOS always)")
+    missing_eos_penalty: float | None = Field(None, ge=0, description="subtracted from R if no EOS")
+    eval_temperature: float = Field(0.0, ge=0, description="0 = greedy decoding for eval samples")
+
+
+class TrainConfig(_Strict):
+    total_episodes: int = Field(75_000, ge=1)
+    batch_size: int = Field(64, ge=1, description="rollouts per iteration (per process)")
+    minibatch_size: int = Field(16, ge=1, description="rollouts per optimiser step")
+    micro_batch_size: int = Field(16, ge=1, description="rollouts per forward/backward (grad accumulation)")
+    num_epochs: int = Field(4, ge=1)
+    learning_rate: float = Field(1.41e-5, gt=0)
+    value_learning_rate: float | None = Field(None, gt=0, description="defaults to learning_rate")
+    lr_scheduler: Literal["linear", "constant", "cosine"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_eps: float = Field(1e-8, gt=0)
+
+    @model_validator(mode="after")
+    def _divisible(self) -> TrainConfig:
+        if self.minibatch_size > self.batch_size or self.batch_size % self.minibatch_size:
+            raise ValueError(
+                f"train.minibatch_size ({self.minibatch_size}) must divide train.batch_size ({self.batch_size})"
+            )
+        if self.micro_batch_size > self.minibatch_size or self.minibatch_size % self.micro_batch_size:
+            raise ValueError(
+                f"train.micro_batch_size ({self.micro_batch_size}) must divide "
+                f"train.minibatch_size ({self.minibatch_size})"
+            )
+        return self
+
+    @property
+    def num_iterations(self) -> int:
+        return max(1, self.total_episodes // self.batch_size)
+
+
+class RunConfig(_Strict):
+    name: str | None = Field(None, max_length=200)
+    algorithm: Algorithm = "klq"
+    kl_coef: float = Field(0.05, gt=0, description="tau for KLQ, kl_coef for PPO")
+    gamma: float = Field(1.0, gt=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1, description="lambda of the lambda-returns / GAE")
+    seed: int = Field(0, ge=0)
+    eval_interval: int = Field(10, ge=1, description="iterations between sample records")
+    checkpoint_interval: int = Field(50, ge=1, description="iterations between checkpoints")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    klq: KLQParams = Field(default_factory=KLQParams)
+    ppo: PPOParams = Field(default_factory=PPOParams)
+
+    @property
+    def tau(self) -> float:
+        return self.kl_coef
+
+    def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
+        """A new validated config with `overrides` (nested dicts or dotted keys) merged in."""
+        return RunConfig.model_validate(deep_merge(self.model_dump(), expand_dotted(overrides)))
+
+
+def expand_dotted(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"train.batch_size": 8} -> {"train": {"batch_size": 8}}; nested dicts pass through."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = deep_merge(node.get(leaf, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def deep_merge(base: Any, update: Any) -> Any:
+    if not isinstance(base, dict) or not isinstance(update, dict):
+        return update
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = deep_merge(base.get(key), value) if key in base else value
+    return merged
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a RunConfig from a .yaml/.yml/.json file, with optional dotted-key overrides."""
+    path = Path(path)
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(deep_merge(data, expand_dotted(overrides or {})))
+    except ValidationError as err:
+        raise ConfigError(f"{path}: invalid run configuration\n{format_validation_error(err)}") from err
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem, each naming the dotted field, e.g. 'train.batch_size: Input should be ...'."""
+    lines = []
+    for problem in err.errors():
+        field = ".".join(str(p) for p in problem["loc"]) or "(config)"
+        lines.append(f"{field}: {problem['msg']}")
+    return "\n".join(lines)
