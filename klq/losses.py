@@ -1,0 +1,259 @@
+"""Losses and statistics for KLQ and PPO: small pure functions over tensors.
+
+Shapes: B = rollouts in the batch, T = response positions (the action axis; position t is token a_t of
+the response, whose log-prob and value come from the prefix s_t = (x, a_<t)). `mask` is a float or bool
+(B, T) tensor that is 1 for real response tokens (up to and including the stop token) and 0 for padding.
+Padded positions may hold anything (even inf/nan in logp); every function here gives results that do not
+depend on them. Equations and names follow ../shared/docs/ALGORITHMS.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# ----------------------------------------------------------------------------------------- masked stats
+
+
+def _zeroed(x: Tensor, mask: Tensor) -> Tensor:
+    """x where mask, else 0 (robust to nan/inf in padded positions, unlike x * mask)."""
+    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of x over positions where mask is set. x, mask: (B, T). dim None -> scalar, else reduced."""
+    x = _zeroed(x, mask)
+    return x.sum() if dim is None else x.sum(dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of x over masked positions. x, mask: (B, T) -> scalar (dim None) or (B,) / (T,)."""
+    count = mask.to(x.dtype).sum() if dim is None else mask.to(x.dtype).sum(dim)
+    return masked_sum(x, mask, dim) / count.clamp(min=1)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of x over masked positions (scalar). Bessel-corrected when unbiased."""
+    mean = masked_mean(x, mask)
+    n = mask.to(x.dtype).sum()
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        var = var * n / (n - 1).clamp(min=1)
+    return var
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """(x - mean) / std over masked positions; padded positions come back as 0. x, mask: (B, T)."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return _zeroed(whitened, mask)
+
+
+# ------------------------------------------------------------------------------------ log-probs, entropy
+
+
+def logprobs_of(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """log pi(token) under softmax(logits / temperature). logits: (B, T, V), tokens: (B, T) -> (B, T)."""
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_of(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Entropy of softmax(logits / temperature) per position. logits: (B, T, V) -> (B, T)."""
+    logits = logits.float() / temperature
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+# ------------------------------------------------------------------------------- rewards and returns
+
+
+def terminal_rewards(scores: Tensor, mask: Tensor) -> Tensor:
+    """Place each sequence's score at its last response position. scores: (B,), mask: (B, T) -> (B, T)."""
+    lengths = mask.long().sum(1)
+    rewards = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
+    has_tokens = lengths > 0
+    rows = torch.arange(mask.shape[0], device=mask.device)[has_tokens]
+    rewards[rows, lengths[has_tokens] - 1] = scores[has_tokens]
+    return rewards
+
+
+def next_values(values: Tensor, mask: Tensor) -> Tensor:
+    """V(s_{t+1}) for each t, with V = 0 after the end of the response. values, mask: (B, T) -> (B, T)."""
+    v = _zeroed(values, mask)
+    return torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], dim=1)
+
+
+def discounted_cumsum(x: Tensor, mask: Tensor, discount: float) -> Tensor:
+    """y_t = sum_{k>=t} discount^(k-t) x_k over masked positions (backward recursion y_t = x_t + d*y_{t+1}).
+
+    Computed as one (T, T) matmul instead of a Python loop over tokens. x, mask: (B, T) -> (B, T),
+    zero at padded positions.
+    """
+    T = x.shape[1]
+    idx = torch.arange(T, device=x.device)
+    power = (idx[None, :] - idx[:, None]).to(torch.float64)  # [t, k] = k - t
+    weights = torch.where(power >= 0, discount**power.clamp(min=0), torch.zeros((), dtype=torch.float64))
+    y = _zeroed(x, mask).to(torch.float64) @ weights.T.to(x.device)
+    return _zeroed(y.to(x.dtype), mask)
+
+
+def gae_advantages(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (PPO).
+
+    rewards, values, mask: (B, T). delta_t = r_t + gamma V(s_{t+1}) - V(s_t);
+    A_t = sum_k (gamma lam)^k delta_{t+k}. Returns (advantages, returns = A + V), both (B, T), before any
+    whitening, zero at padded positions.
+    """
+    deltas = _zeroed(rewards, mask) + gamma * next_values(values, mask) - _zeroed(values, mask)
+    advantages = discounted_cumsum(deltas, mask, gamma * lam)
+    return advantages, _zeroed(advantages + values, mask)
+
+
+# ------------------------------------------------------------------------------------------------ KLQ
+
+
+def klq_action_values(logp: Tensor, logp_ref: Tensor, values: Tensor, tau: float) -> Tensor:
+    """Q(s_t, a_t) = tau * (log pi(a_t|s_t) - log pi_ref(a_t|s_t)) + V(s_t)  (paper Eq. 13). All (B, T)."""
+    return tau * (logp - logp_ref) + values
+
+
+def klq_targets(
+    scores: Tensor,
+    logp_old: Tensor,
+    logp_ref: Tensor,
+    values_old: Tensor,
+    mask: Tensor,
+    tau: float,
+    gamma: float,
+    lam: float,
+    alpha: float = 1.0,
+    whiten_deltas: bool = False,
+) -> dict[str, Tensor]:
+    """KLQ lambda-return targets from rollout-time quantities (no gradient).
+
+    scores: (B,) final rewards R(x, y) (missing-EOS penalty already applied); logp_old, logp_ref,
+    values_old, mask: (B, T). KLQ puts no per-token KL penalty into the reward: r_t = R at the end only.
+        Q_old_t = tau (logp_old_t - logp_ref_t) + V_old(s_t)
+        delta_t = r_t + gamma V_old(s_{t+1}) - Q_old_t
+        Delta_t = delta_t + gamma lam Delta_{t+1}     (optionally whitened over the batch)
+        G_t     = Q_old_t + alpha Delta_t
+    Returns dict of (B, T) tensors: q_old, td_errors (delta), deltas (Delta, after whitening), targets (G).
+    """
+    with torch.no_grad():
+        q_old = _zeroed(klq_action_values(logp_old, logp_ref, values_old, tau), mask)
+        rewards = terminal_rewards(scores, mask)
+        td_errors = _zeroed(rewards + gamma * next_values(values_old, mask) - q_old, mask)
+        deltas = discounted_cumsum(td_errors, mask, gamma * lam)
+        if whiten_deltas:
+            deltas = masked_whiten(deltas, mask)
+        targets = _zeroed(q_old + alpha * deltas, mask)
+    return {"q_old": q_old, "td_errors": td_errors, "deltas": deltas, "targets": targets}
+
+
+def klq_loss(
+    logp: Tensor,
+    logp_ref: Tensor,
+    values: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    tau: float,
+    loss_type: str = "l2",
+    huber_delta: float = 1.0,
+    q_old: Tensor | None = None,
+    logp_old: Tensor | None = None,
+    value_clip: float | None = None,
+    ratio_clip: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """KLQ regression loss 0.5 * masked_mean (Q_theta - G)^2 and its variants.
+
+    logp: (B, T) current policy log-probs (with grad); values: (B, T) current V_theta(s_t) (with grad);
+    logp_ref, targets, mask: (B, T). Variants (both pessimistic, like PPO's clipping: the larger loss
+    of the clipped and unclipped Q is taken):
+      - loss_type "huber": Huber loss with `huber_delta` instead of 0.5 * err^2.
+      - value_clip c: Q clipped to q_old +- c (needs q_old).
+      - ratio_clip c: log(pi/pi_ref) clipped to log(pi_old/pi_ref) +- c inside Q (needs logp_old).
+    Returns (scalar loss, stats: q (action value mean), clipfrac).
+    """
+
+    def pointwise(q: Tensor) -> Tensor:
+        err = q - targets
+        if loss_type == "l2":
+            return 0.5 * err**2
+        if loss_type == "huber":
+            return F.huber_loss(q, targets, reduction="none", delta=huber_delta)
+        raise ValueError(f"unknown KLQ loss_type {loss_type!r} (expected 'l2' or 'huber')")
+
+    log_ratio_ref = logp - logp_ref
+    q = tau * log_ratio_ref + values
+    losses = pointwise(q)
+    clipped = torch.zeros_like(losses, dtype=torch.bool)
+    if ratio_clip is not None:
+        if logp_old is None:
+            raise ValueError("ratio_clip needs logp_old")
+        old = logp_old - logp_ref
+        q_rc = tau * (old + (log_ratio_ref - old).clamp(-ratio_clip, ratio_clip)) + values
+        losses_rc = pointwise(q_rc)
+        clipped |= losses_rc > losses
+        losses = torch.maximum(losses, losses_rc)
+    if value_clip is not None:
+        if q_old is None:
+            raise ValueError("value_clip needs q_old")
+        q_vc = q_old + (q - q_old).clamp(-value_clip, value_clip)
+        losses_vc = pointwise(q_vc)
+        clipped |= losses_vc > losses
+        losses = torch.maximum(losses, losses_vc)
+    loss = masked_mean(losses, mask)
+    stats = {
+        "q": masked_mean(q.detach(), mask),
+        "clipfrac": masked_mean(clipped.float(), mask),
+    }
+    return loss, stats
+
+
+# ------------------------------------------------------------------------------------------------ PPO
+
+
+def ppo_rewards(scores: Tensor, logp_old: Tensor, logp_ref: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """Per-token PPO reward: -kl_coef (logp_old - logp_ref) everywhere plus R at the last position.
+    scores: (B,); others (B, T) -> (B, T), zero at padding."""
+    return _zeroed(-kl_coef * (logp_old - logp_ref), mask) + terminal_rewards(scores, mask)
+
+
+def ppo_policy_loss(
+    logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, cliprange: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped surrogate: masked_mean max(-A rho, -A clip(rho, 1-eps, 1+eps)), rho = exp(logp - logp_old).
+
+    All inputs (B, T). Returns (loss, stats: clipfrac, approxkl = 0.5 mean (log rho)^2, ratio mean).
+    """
+    log_ratio = _zeroed(logp - logp_old, mask)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    stats = {
+        "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+        "approxkl": 0.5 * masked_mean(log_ratio.detach() ** 2, mask),
+        "ratio": masked_mean(ratio.detach(), mask),
+    }
+    return loss, stats
+
+
+def ppo_value_loss(
+    values: Tensor, values_old: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float | None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """0.5 masked_mean max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2). All (B, T).
+    cliprange_value None -> unclipped 0.5 masked_mean (V - R)^2. Returns (loss, stats: clipfrac)."""
+    unclipped = (values - returns) ** 2
+    if cliprange_value is None:
+        return 0.5 * masked_mean(unclipped, mask), {"clipfrac": torch.zeros((), device=values.device)}
+    values_clipped = values_old + (values - values_old).clamp(-cliprange_value, cliprange_value)
+    clipped = (values_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    return loss, {"clipfrac": masked_mean((clipped > unclipped).float(), mask)}
