@@ -1,0 +1,113 @@
+"""The algorithms as small strategy objects over the shared on-policy loop.
+
+Each algorithm does two things: turn a rollout batch into fixed per-token training targets (no grad),
+and compute a minibatch loss from the current policy log-probs and values. Registered by name, the way
+verl's core_algos registers losses, so adding one (RLOO, say) is one class.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor
+
+from klq import losses
+from klq.config import RunConfig
+from klq.rollout import Rollout
+
+ALGORITHMS: dict[str, type[Algorithm]] = {}
+
+
+def register(name: str):
+    def decorator(cls: type[Algorithm]) -> type[Algorithm]:
+        cls.name = name
+        ALGORITHMS[name] = cls
+        return cls
+
+    return decorator
+
+
+def make_algorithm(cfg: RunConfig) -> Algorithm:
+    try:
+        return ALGORITHMS[cfg.algorithm](cfg)
+    except KeyError:
+        raise ValueError(f"unknown algorithm {cfg.algorithm!r}; known: {sorted(ALGORITHMS)}") from None
+
+
+class Algorithm:
+    name: ClassVar[str]
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+
+    def targets(self, batch: Rollout) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Per-token (B, T) tensors the loss needs (indexed by minibatch later), and batch-level metrics."""
+        raise NotImplementedError
+
+    def loss(
+        self, logp: Tensor, values: Tensor, mb: dict[str, Tensor], mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Minibatch loss from current log-probs and values (B_mb, T) and the minibatch's targets."""
+        raise NotImplementedError
+
+
+@register("klq")
+class KLQ(Algorithm):
+    """KL-regularised Q-learning: Q = tau log(pi/pi_ref) + V regressed onto lambda-returns G."""
+
+    def targets(self, batch: Rollout) -> tuple[dict[str, Tensor], dict[str, float]]:
+        cfg, p = self.cfg, self.cfg.klq
+        mask = batch.response_mask
+        t = losses.klq_targets(
+            batch.scores, batch.logp_old, batch.logp_ref, batch.values_old, mask,
+            tau=cfg.tau, gamma=cfg.gamma, lam=cfg.lam, alpha=p.alpha, whiten_deltas=p.whiten_deltas,
+        )
+        metrics = {
+            "q/target_avg": losses.masked_mean(t["targets"], mask).item(),
+            "q/td_error_avg": losses.masked_mean(t["td_errors"], mask).item(),
+            "q/old_action_value_avg": losses.masked_mean(t["q_old"], mask).item(),
+        }
+        return {"targets": t["targets"], "q_old": t["q_old"]}, metrics
+
+    def loss(self, logp, values, mb, mask):
+        p = self.cfg.klq
+        loss, stats = losses.klq_loss(
+            logp, mb["logp_ref"], values, mb["targets"], mask, tau=self.cfg.tau,
+            loss_type=p.loss, huber_delta=p.huber_delta, q_old=mb["q_old"], logp_old=mb["logp_old"],
+            value_clip=p.value_clip, ratio_clip=p.ratio_clip,
+        )
+        return loss, {
+            "loss/q": loss.detach(),
+            "q/action_value": stats["q"],
+            "q/state_value": losses.masked_mean(values.detach(), mask),
+            "q/clipfrac": stats["clipfrac"],
+        }
+
+
+@register("ppo")
+class PPO(Algorithm):
+    """PPO with a per-token k1 KL penalty in the reward, GAE and whitened advantages (TRL PPOTrainer)."""
+
+    def targets(self, batch: Rollout) -> tuple[dict[str, Tensor], dict[str, float]]:
+        cfg = self.cfg
+        mask = batch.response_mask
+        rewards = losses.ppo_rewards(batch.scores, batch.logp_old, batch.logp_ref, mask, cfg.kl_coef)
+        advantages, returns = losses.gae_advantages(rewards, batch.values_old, mask, cfg.gamma, cfg.lam)
+        if cfg.ppo.whiten_advantages:
+            advantages = losses.masked_whiten(advantages, mask)
+        metrics = {
+            "ppo/returns_avg": losses.masked_mean(returns, mask).item(),
+            "ppo/advantages_avg": losses.masked_mean(advantages, mask).item(),
+        }
+        return {"advantages": advantages, "returns": returns}, metrics
+
+    def loss(self, logp, values, mb, mask):
+        p = self.cfg.ppo
+        pg_loss, pg = losses.ppo_policy_loss(logp, mb["logp_old"], mb["advantages"], mask, p.cliprange)
+        vf_loss, vf = losses.ppo_value_loss(values, mb["values_old"], mb["returns"], mask, p.cliprange_value)
+        return pg_loss + p.vf_coef * vf_loss, {
+            "loss/policy": pg_loss.detach(),
+            "loss/value": vf_loss.detach(),
+            "policy/clipfrac": pg["clipfrac"],
+            "val/clipfrac": vf["clipfrac"],
+        }

@@ -1,0 +1,101 @@
+"""The `klq` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    """["train.batch_size=8", "algorithm=ppo"] -> {"train.batch_size": 8, "algorithm": "ppo"} (YAML values)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from klq.config import ConfigError, load_config
+    from klq.trainer import TrainingError, load_run_config, train
+
+    if args.resume:
+        out_dir = Path(args.resume)
+        if not (out_dir / "run_config.json").exists():
+            raise SystemExit(f"{out_dir} is not a run directory (no run_config.json)")
+        cfg = load_run_config(out_dir)
+    else:
+        if not args.config:
+            raise SystemExit("klq train: give a CONFIG file, or --resume RUN_DIR")
+        try:
+            cfg = load_config(args.config, _parse_overrides(args.set))
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        out_dir = Path(args.out or Path("runs") / (cfg.name or f"{Path(args.config).stem}"))
+    _ensure_builtin_assets(cfg)
+    try:
+        result = train(cfg, out_dir, resume=bool(args.resume), progress=True)
+    except TrainingError as err:
+        print(f"run failed: {err}", file=sys.stderr)
+        return 1
+    m = result.last_metrics
+    summary = ", ".join(f"{k}={m[k]:.4g}" for k in ("objective/scores", "objective/gold_scores", "objective/kl",
+                                                    "objective/rlhf_reward") if k in m)
+    state = "stopped" if result.stopped else "finished"
+    print(f"{state} after {result.iterations_done} iterations: {summary}\noutput: {out_dir.resolve()}")
+    return 0
+
+
+def _ensure_builtin_assets(cfg) -> None:
+    names = [cfg.model.policy, cfg.model.reward, cfg.model.reference or "", cfg.model.value or ""]
+    if cfg.task.name == "builtin" or any(n.startswith("builtin:") for n in names):
+        from klq.tasks.builtin import ensure_assets
+
+        ensure_assets()
+
+
+def cmd_build_assets(args: argparse.Namespace) -> int:
+    from klq.tasks.builtin import build_assets
+
+    path = build_assets(Path(args.out) if args.out else None, seed=args.seed, force=args.force)
+    print(f"built-in task assets: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="klq", description="KLQ Lab: RLHF runs with KLQ and PPO")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run one training run standalone (metrics JSONL, samples, checkpoints)")
+    p.add_argument("config", nargs="?", help="run configuration (.yaml/.yml/.json)")
+    p.add_argument("--out", help="output directory (default runs/<name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.total_episodes=640")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("build-assets", help="build the built-in offline task (tokenizer, SFT policy, reward model)")
+    p.add_argument("--out", help="directory (default <data dir>/assets/builtin)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_build_assets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

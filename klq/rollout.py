@@ -1,0 +1,224 @@
+"""Rollouts: sample responses with a KV cache, truncate them, and score them, each forward pass once.
+
+Per batch: one incremental generation pass of the policy (its temperature-scaled log-probs are kept from
+sampling time, so the policy is not run again), one no-grad pass of the reference for log pi_ref, one of
+the value network for V_old, one of the reward model for R.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from klq.config import RolloutConfig
+from klq.losses import logprobs_of, masked_sum
+from klq.models import Models, position_ids_from, response_logits, sequence_scores
+from klq.tasks import Prompt
+
+
+@dataclass
+class Rollout:
+    """One batch of B rollouts. P = padded prompt length, T = response_length."""
+
+    prompts: list[Prompt]
+    query_ids: Tensor  # (B, P) left-padded
+    query_mask: Tensor  # (B, P)
+    response_ids: Tensor  # (B, T) pad after the stop token
+    response_mask: Tensor  # (B, T) float, 1 up to and including the stop token
+    logp_old: Tensor  # (B, T) log pi_old(a_t | s_t) at sampling temperature
+    logp_ref: Tensor  # (B, T)
+    values_old: Tensor  # (B, T) V_old(s_t)
+    raw_scores: Tensor  # (B,) reward-model score
+    scores: Tensor  # (B,) after the missing-EOS penalty: the R the algorithms use
+    ended: Tensor  # (B,) bool: response stopped at EOS or a stop sequence
+    responses: list[str]
+    gold_scores: Tensor | None = None  # (B,) the task's ground-truth reward where it has one
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def input_ids(self) -> Tensor:
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> Tensor:
+        return torch.cat([self.query_mask, self.response_mask.long()], dim=1)
+
+    @property
+    def kl(self) -> Tensor:
+        """(B,) summed sampled k1 estimate of KL(pi_old || pi_ref) over each response."""
+        return masked_sum(self.logp_old - self.logp_ref, self.response_mask, dim=1)
+
+    def __len__(self) -> int:
+        return self.query_ids.shape[0]
+
+
+def _filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Top-k / nucleus filtering of (B, V) logits (already temperature-scaled)."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample(
+    policy: torch.nn.Module,
+    query_ids: Tensor,
+    query_mask: Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Autoregressive sampling with the model's KV cache.
+
+    query_ids, query_mask: (B, P) left-padded. Returns (response_ids (B, T), logprobs (B, T)), T =
+    max_new_tokens: tokens after a row's EOS are pad, their log-probs 0. Log-probs are of the chosen token
+    under softmax(logits / temperature), the distribution training recomputes (greedy picks its argmax).
+    """
+    batch = query_ids.shape[0]
+    device = query_ids.device
+    mask = query_mask.long()
+    out = policy(input_ids=query_ids, attention_mask=mask, position_ids=position_ids_from(mask), use_cache=True)
+    cache, logits = out.cache, out.logits[:, -1].float()
+    next_position = mask.sum(-1, keepdim=True)
+    tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    for t in range(max_new_tokens):
+        scaled = logits / temperature
+        if greedy:
+            token = scaled.argmax(-1)
+        else:
+            probs = _filter_logits(scaled, top_k, top_p).softmax(-1)
+            token = torch.multinomial(probs, 1).squeeze(-1)
+        logp = F.log_softmax(scaled, -1).gather(-1, token[:, None]).squeeze(-1)
+        tokens[:, t] = torch.where(finished, pad_token_id, token)
+        logprobs[:, t] = torch.where(finished, 0.0, logp)
+        finished |= token == eos_token_id
+        if bool(finished.all()) or t == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+        out = policy(
+            input_ids=tokens[:, t : t + 1], attention_mask=mask, position_ids=next_position, cache=cache, use_cache=True
+        )
+        cache, logits = out.cache, out.logits[:, -1].float()
+        next_position = next_position + 1
+    return tokens, logprobs
+
+
+def truncate_responses(
+    response_ids: Tensor, eos_token_id: int, pad_token_id: int, tokenizer, stop_sequences: list[str]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cut each response after its first EOS, or after the token that completes a stop sequence.
+
+    response_ids: (B, T). Returns (ids with pad after the end, mask (B, T) float, ended (B,) bool).
+    """
+    B, T = response_ids.shape
+    is_eos = response_ids == eos_token_id
+    ended = is_eos.any(1)
+    lengths = torch.where(ended, is_eos.float().argmax(1) + 1, torch.full_like(ended, T, dtype=torch.long))
+    for row in range(B) if stop_sequences else ():
+        n = int(lengths[row])
+        ids = response_ids[row, :n].tolist()
+        if not any(s in tokenizer.decode(ids, skip_special_tokens=True) for s in stop_sequences):
+            continue
+        lo, hi = 1, n  # smallest prefix whose text contains a stop sequence (binary search: monotone)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if any(s in tokenizer.decode(ids[:mid], skip_special_tokens=True) for s in stop_sequences):
+                hi = mid
+            else:
+                lo = mid + 1
+        lengths[row] = lo
+        ended[row] = True
+    mask = torch.arange(T, device=response_ids.device)[None, :] < lengths[:, None]
+    return response_ids.masked_fill(~mask, pad_token_id), mask.float(), ended
+
+
+def _reward_inputs(models: Models, rollout_ids: Tensor, rollout_mask: Tensor, texts: list[str]) -> tuple[Tensor, Tensor]:
+    """Reward-model inputs: the policy's ids when both share a tokenizer, else prompt + response re-tokenised."""
+    if models.same_tokenizer:
+        return rollout_ids, rollout_mask
+    enc = models.reward_tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return enc["input_ids"].to(rollout_ids.device), enc["attention_mask"].to(rollout_ids.device)
+
+
+@torch.no_grad()
+def generate_and_score(
+    models: Models,
+    policy: torch.nn.Module,
+    prompts: list[Prompt],
+    cfg: RolloutConfig,
+    device: torch.device,
+    max_prompt_length: int,
+    forward_batch_size: int,
+    gold_reward: Callable[[list[str], list[str]], list[float] | None] | None = None,
+    greedy: bool = False,
+) -> Rollout:
+    """Sample responses for `prompts` and compute everything the algorithms need, in chunks of
+    `forward_batch_size` rows for the no-grad scoring passes."""
+    tok = models.tokenizer
+    enc = tok([p.text for p in prompts], return_tensors="pt", padding=True, truncation=True,
+              max_length=max_prompt_length)
+    query_ids, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    T = cfg.response_length
+    was_training = policy.training
+    policy.eval()
+    chunks = []
+    for start in range(0, len(prompts), forward_batch_size):
+        rows = slice(start, start + forward_batch_size)
+        chunks.append(sample(policy, query_ids[rows], query_mask[rows], T, tok.eos_token_id, tok.pad_token_id,
+                             cfg.temperature, greedy, cfg.top_k, cfg.top_p))
+    policy.train(was_training)
+    response_ids = torch.cat([c[0] for c in chunks])
+    logp_old = torch.cat([c[1] for c in chunks])
+    response_ids, response_mask, ended = truncate_responses(
+        response_ids, tok.eos_token_id, tok.pad_token_id, tok, cfg.stop_sequences
+    )
+    responses = tok.batch_decode(response_ids, skip_special_tokens=True)
+    input_ids = torch.cat([query_ids, response_ids], dim=1)
+    attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
+    texts = [p.text + r for p, r in zip(prompts, responses, strict=True)]
+
+    logp_ref, values_old, raw_scores = [], [], []
+    for start in range(0, len(prompts), forward_batch_size):
+        rows = slice(start, start + forward_batch_size)
+        ids, am = input_ids[rows], attention_mask[rows]
+        logits = response_logits(models.reference, ids, am, T)
+        logp_ref.append(logprobs_of(logits, response_ids[rows], cfg.temperature))
+        values_old.append(models.value(ids, am, T))
+        r_ids, r_mask = _reward_inputs(models, ids, am, texts[rows])
+        raw_scores.append(sequence_scores(models.reward, r_ids, r_mask))
+    raw = torch.cat(raw_scores)
+    scores = raw.clone()
+    if cfg.missing_eos_penalty is not None:
+        scores = torch.where(ended, scores, scores - cfg.missing_eos_penalty)
+    gold = gold_reward([p.text for p in prompts], responses) if gold_reward else None
+    return Rollout(
+        prompts=prompts,
+        query_ids=query_ids,
+        query_mask=query_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        logp_old=torch.where(response_mask.bool(), logp_old, 0.0),
+        logp_ref=torch.where(response_mask.bool(), torch.cat(logp_ref), 0.0),
+        values_old=torch.where(response_mask.bool(), torch.cat(values_old), 0.0),
+        raw_scores=raw,
+        scores=scores,
+        ended=ended,
+        responses=responses,
+        gold_scores=None if gold is None else torch.tensor(gold, dtype=torch.float32, device=device),
+    )

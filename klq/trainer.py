@@ -1,0 +1,382 @@
+"""The on-policy loop shared by KLQ and PPO.
+
+    for each iteration:
+        rollout   sample B responses (KV cache), score them: logp_old, logp_ref, V_old, R
+        targets   the algorithm turns the batch into fixed per-token targets (no grad)
+        update    E epochs of shuffled minibatches, gradient accumulation over micro-batches,
+                  grad-norm clipping, one AdamW step per minibatch (policy and value as two groups)
+        report    metrics to the sink; held-out samples every eval_interval; checkpoints every
+                  checkpoint_interval and at the end
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import get_scheduler
+from transformers.utils import logging as hf_logging
+
+from klq import losses
+from klq.algorithms import make_algorithm
+from klq.config import RunConfig
+from klq.models import Models, load_models, resolve_device, response_logits
+from klq.rollout import Rollout, generate_and_score
+from klq.sinks import JSONLSink, SampleRecord, Sink
+from klq.tasks import Prompt, Task, load_task
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.pt"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message is meant for the user."""
+
+
+class NonFiniteLossError(TrainingError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    iterations_done: int
+    stopped: bool  # ended early by the sink (a cancel)
+    final_checkpoint: Path | None
+    last_metrics: dict[str, float]
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint directory of a run (complete = its state file was written last)."""
+    root = Path(out_dir) / CHECKPOINTS
+    done = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).exists()) if root.exists() else []
+    return done[-1] if done else None
+
+
+def save_checkpoint(out_dir: Path, iteration: int, models: Models, policy, value, optimizer, scheduler,
+                    cfg: RunConfig, final: bool) -> Path:
+    """policy/ and value/ in HF layout (safetensors), then trainer_state.pt. Written to a temp directory and
+    renamed, so a crash mid-write never leaves a checkpoint that looks complete."""
+    target = Path(out_dir) / CHECKPOINTS / f"step-{iteration:07d}"
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp / "policy")
+    models.tokenizer.save_pretrained(tmp / "policy")
+    value.model.save_pretrained(tmp / "value")
+    state = {
+        "iteration": iteration,
+        "final": final,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    }
+    torch.save(state, tmp / STATE_FILE)
+    (tmp / "run_config.json").write_text(cfg.model_dump_json(indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def _restore_rng(rng: dict) -> None:
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+
+def usable_prompts(prompts: list[Prompt], tokenizer, max_length: int) -> list[Prompt]:
+    lengths = [len(ids) for ids in tokenizer([p.text for p in prompts])["input_ids"]]
+    return [p for p, n in zip(prompts, lengths, strict=True) if n <= max_length]
+
+
+def batch_prompts(prompts: list[Prompt], iteration: int, batch_size: int, rank: int, world: int,
+                  seed: int) -> list[Prompt]:
+    """The prompts of one iteration: consecutive slices of seeded permutations of the prompt set, a new
+    permutation per pass. A pure function of the iteration, so a resumed run sees the same prompts."""
+    n = len(prompts)
+    start = (iteration * world + rank) * batch_size
+    chosen = []
+    for index in range(start, start + batch_size):
+        data_pass, offset = divmod(index, n)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + data_pass)
+        chosen.append(prompts[int(torch.randperm(n, generator=generator)[offset])])
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+def _metric_name(key: str) -> str:
+    return key if key == "val/ratio" else f"{key}_avg"
+
+
+def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume: bool = False,
+          progress: bool = False) -> TrainResult:
+    """Run (or resume) one training run, writing checkpoints under out_dir and reporting to `sink`
+    (default: JSONL files in out_dir)."""
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the run's own progress
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tc, rc = cfg.train, cfg.rollout
+    device = resolve_device(cfg.device)
+    accelerator = Accelerator(
+        cpu=device.type == "cpu", gradient_accumulation_steps=tc.minibatch_size // tc.micro_batch_size
+    )
+    device = accelerator.device
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if resume and checkpoint is None:
+        log.warning("no checkpoint in %s: starting from the beginning", out_dir)
+    state = torch.load(checkpoint / STATE_FILE, weights_only=False) if checkpoint else None
+    if state is not None and state.get("final"):
+        raise TrainingError(f"{out_dir} already finished (final checkpoint {checkpoint.name}); nothing to resume")
+    start_iteration = state["iteration"] if state else 0
+    if sink is None and accelerator.is_main_process:
+        sink = JSONLSink(out_dir, resume_step=start_iteration if resume else None)
+    (out_dir / "run_config.json").write_text(cfg.model_dump_json(indent=2))
+
+    random.seed(cfg.seed + accelerator.process_index)
+    torch.manual_seed(cfg.seed + accelerator.process_index)
+    task: Task = load_task(cfg.task)
+    models = load_models(
+        cfg.model, device,
+        policy_dir=str(checkpoint / "policy") if checkpoint else None,
+        value_dir=str(checkpoint / "value") if checkpoint else None,
+    )
+    for module in (models.reference, models.reward):
+        module.to(device)
+    train_prompts = usable_prompts(task.prompts("train"), models.tokenizer, cfg.task.max_prompt_length)
+    eval_prompts = usable_prompts(task.prompts("eval"), models.tokenizer, cfg.task.max_prompt_length)
+    eval_prompts = eval_prompts[: cfg.task.num_eval_prompts]
+    if not train_prompts:
+        raise TrainingError(f"task {cfg.task.name!r} has no training prompts of at most "
+                            f"{cfg.task.max_prompt_length} tokens")
+
+    num_iterations = tc.num_iterations
+    updates_per_iteration = tc.num_epochs * (tc.batch_size // tc.minibatch_size)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in models.policy.parameters() if p.requires_grad], "lr": tc.learning_rate},
+            {"params": [p for p in models.value.parameters() if p.requires_grad],
+             "lr": tc.value_learning_rate or tc.learning_rate},
+        ],
+        eps=tc.adam_eps, weight_decay=tc.weight_decay,
+    )
+    scheduler = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=tc.warmup_steps,
+                              num_training_steps=num_iterations * updates_per_iteration)
+    policy, value, optimizer = accelerator.prepare(models.policy, models.value, optimizer)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _restore_rng(state["rng"])
+    algorithm = make_algorithm(cfg)
+    unwrapped_policy = accelerator.unwrap_model(policy)
+    unwrapped_value = accelerator.unwrap_model(value)
+    # No-grad passes use the unwrapped modules (models.policy/value are the same objects).
+    gold = getattr(task, "gold_reward", None)
+    world = accelerator.num_processes
+
+    bar = None
+    if progress and accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_iterations * tc.batch_size * world, initial=start_iteration * tc.batch_size * world,
+                   unit="ep", desc=f"{cfg.algorithm} {cfg.name or ''}".strip(), dynamic_ncols=True)
+
+    last_checkpoint = checkpoint
+    metrics: dict[str, float] = {}
+    stopped = False
+    iteration = start_iteration
+    run_start = time.perf_counter()
+    try:
+        while iteration < num_iterations:
+            if sink is not None and sink.should_stop():
+                stopped = True
+                break
+            t0 = time.perf_counter()
+            prompts = batch_prompts(train_prompts, iteration, tc.batch_size, accelerator.process_index, world,
+                                    cfg.seed)
+            batch = generate_and_score(models, unwrapped_policy, prompts, rc, device, cfg.task.max_prompt_length,
+                                       tc.micro_batch_size, gold)
+            if not torch.isfinite(batch.scores).all():
+                raise TrainingError(f"reward model returned non-finite scores at iteration {iteration + 1}")
+            t1 = time.perf_counter()
+            targets, target_metrics = algorithm.targets(batch)
+            stats = _update(cfg, algorithm, accelerator, policy, value, optimizer, scheduler, batch, targets,
+                            iteration, last_checkpoint)
+            t2 = time.perf_counter()
+            iteration += 1
+
+            metrics = _iteration_metrics(cfg, batch, stats, target_metrics, accelerator)
+            tokens = batch.response_mask.sum().item() * world
+            metrics.update({
+                "lr": scheduler.get_last_lr()[0],
+                "episode": float(iteration * tc.batch_size * world),
+                "iteration": float(iteration),
+                "eps": tc.batch_size * world / (t2 - t0),
+                "timing/rollout_s": t1 - t0,
+                "timing/update_s": t2 - t1,
+                "timing/iteration_s": t2 - t0,
+                "perf/tokens_per_s": tokens / (t2 - t0),
+                "perf/rollout_tokens_per_s": tokens / (t1 - t0),
+                "perf/elapsed_s": time.perf_counter() - run_start,
+            })
+            if iteration % cfg.eval_interval == 0 or iteration == num_iterations:
+                metrics.update(_evaluate(cfg, models, unwrapped_policy, eval_prompts, device, gold, sink, iteration,
+                                         accelerator))
+            if accelerator.is_main_process and sink is not None:
+                sink.log_metrics(iteration, metrics)
+            if iteration % cfg.checkpoint_interval == 0 or iteration == num_iterations:
+                last_checkpoint = _checkpoint(out_dir, iteration, models, unwrapped_policy, unwrapped_value,
+                                              optimizer, scheduler, cfg, iteration == num_iterations, accelerator,
+                                              sink)
+            if bar is not None:
+                bar.update(tc.batch_size * world)
+                bar.set_postfix(reward=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
+        if stopped and iteration > start_iteration and (last_checkpoint is None or
+                                                         not last_checkpoint.name.endswith(f"{iteration:07d}")):
+            last_checkpoint = _checkpoint(out_dir, iteration, models, unwrapped_policy, unwrapped_value, optimizer,
+                                          scheduler, cfg, False, accelerator, sink)
+    finally:
+        if bar is not None:
+            bar.close()
+        if sink is not None and accelerator.is_main_process:
+            sink.close()
+    return TrainResult(out_dir, iteration, stopped, last_checkpoint, metrics)
+
+
+def _checkpoint(out_dir, iteration, models, policy, value, optimizer, scheduler, cfg, final, accelerator, sink):
+    accelerator.wait_for_everyone()
+    path = None
+    if accelerator.is_main_process:
+        path = save_checkpoint(out_dir, iteration, models, policy, value, optimizer, scheduler, cfg, final)
+        if sink is not None:
+            sink.log_checkpoint(iteration, str(path), final)
+    accelerator.wait_for_everyone()
+    return path or latest_checkpoint(out_dir)
+
+
+def _update(cfg: RunConfig, algorithm, accelerator: Accelerator, policy, value, optimizer, scheduler,
+            batch: Rollout, targets: dict[str, torch.Tensor], iteration: int, last_checkpoint) -> dict[str, float]:
+    """E epochs over shuffled minibatches; returns the mean of each statistic over micro-batches."""
+    tc = cfg.train
+    T = cfg.rollout.response_length
+    data = {"logp_old": batch.logp_old, "logp_ref": batch.logp_ref, "values_old": batch.values_old, **targets}
+    input_ids, attention_mask = batch.input_ids, batch.attention_mask
+    sums: dict[str, float] = defaultdict(float)
+    count = 0
+    for epoch in range(tc.num_epochs):
+        order = torch.randperm(len(batch), device=input_ids.device)
+        for mb_start in range(0, len(batch), tc.minibatch_size):
+            mb_rows = order[mb_start : mb_start + tc.minibatch_size]
+            for micro_start in range(0, tc.minibatch_size, tc.micro_batch_size):
+                rows = mb_rows[micro_start : micro_start + tc.micro_batch_size]
+                mask = batch.response_mask[rows]
+                with accelerator.accumulate(policy, value):
+                    logits = response_logits(policy, input_ids[rows], attention_mask[rows], T)
+                    logp = losses.logprobs_of(logits, batch.response_ids[rows], cfg.rollout.temperature)
+                    values = value(input_ids[rows], attention_mask[rows], T)
+                    mb = {k: v[rows] for k, v in data.items()}
+                    loss, stats = algorithm.loss(logp, values, mb, mask)
+                    if not torch.isfinite(loss):
+                        where = f"iteration {iteration + 1}, epoch {epoch + 1}, minibatch {mb_start // tc.minibatch_size + 1}"
+                        kept = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
+                        raise NonFiniteLossError(f"loss became {loss.item()} at {where}; run stopped ({kept})")
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        if tc.max_grad_norm is not None:
+                            accelerator.clip_grad_norm_(
+                                [p for group in optimizer.param_groups for p in group["params"]], tc.max_grad_norm
+                            )
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    log_ratio = torch.where(mask.bool(), logp - mb["logp_old"], 0.0)
+                    stats["policy/approxkl"] = 0.5 * losses.masked_mean(log_ratio**2, mask)
+                    stats["val/ratio"] = losses.masked_mean(log_ratio.exp(), mask)
+                    stats["policy/entropy"] = losses.masked_mean(
+                        losses.entropy_of(logits.detach(), cfg.rollout.temperature), mask)
+                for key, val in stats.items():
+                    sums[key] += float(val)
+                count += 1
+    return {key: total / count for key, total in sums.items()}
+
+
+def _mean(accelerator: Accelerator, values: torch.Tensor) -> float:
+    """Mean over all rows of all processes."""
+    return accelerator.gather_for_metrics(values.detach().float()).mean().item()
+
+
+def _iteration_metrics(cfg: RunConfig, batch: Rollout, stats: dict[str, float], target_metrics: dict[str, float],
+                       accelerator: Accelerator) -> dict[str, float]:
+    kl = batch.kl
+    entropy = losses.masked_sum(-batch.logp_old, batch.response_mask, dim=1)
+    metrics = {
+        "objective/kl": _mean(accelerator, kl),
+        "objective/entropy": _mean(accelerator, entropy),
+        "objective/non_score_reward": _mean(accelerator, -cfg.kl_coef * kl),
+        "objective/rlhf_reward": _mean(accelerator, batch.scores - cfg.kl_coef * kl),
+        "objective/scores": _mean(accelerator, batch.scores),
+        "objective/raw_scores": _mean(accelerator, batch.raw_scores),
+        "val/num_eos_tokens": float(accelerator.gather_for_metrics(batch.ended.long()).sum().item()),
+        "rollout/response_length": _mean(accelerator, batch.response_mask.sum(1)),
+    }
+    if batch.gold_scores is not None:
+        metrics["objective/gold_scores"] = _mean(accelerator, batch.gold_scores)
+    metrics.update({_metric_name(k): v for k, v in stats.items()})
+    metrics.update(target_metrics)
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteLossError(f"non-finite metrics {bad} after iteration update; run stopped")
+    return metrics
+
+
+@torch.no_grad()
+def _evaluate(cfg: RunConfig, models: Models, policy, prompts: list[Prompt], device, gold, sink: Sink | None,
+              iteration: int, accelerator: Accelerator) -> dict[str, float]:
+    """Responses to the held-out prompts (greedy unless eval_temperature > 0), recorded as samples."""
+    if not prompts or not accelerator.is_main_process:
+        return {}
+    greedy = cfg.rollout.eval_temperature == 0
+    rollout_cfg = cfg.rollout if greedy else cfg.rollout.model_copy(update={"temperature": cfg.rollout.eval_temperature})
+    batch = generate_and_score(models, policy, prompts, rollout_cfg, device, cfg.task.max_prompt_length,
+                               cfg.train.micro_batch_size, gold, greedy=greedy)
+    kl = batch.kl
+    if sink is not None:
+        sink.log_samples(iteration, [
+            SampleRecord(
+                step=iteration, prompt_id=p.id, prompt=p.text, response=batch.responses[i],
+                score=float(batch.scores[i]), kl=float(kl[i]),
+                gold_score=None if batch.gold_scores is None else float(batch.gold_scores[i]),
+            )
+            for i, p in enumerate(prompts)
+        ])
+    out = {"eval/scores": batch.scores.mean().item(), "eval/kl": kl.mean().item()}
+    if batch.gold_scores is not None:
+        out["eval/gold_scores"] = batch.gold_scores.mean().item()
+    return out
+
+
+def load_run_config(out_dir: str | Path) -> RunConfig:
+    return RunConfig.model_validate(json.loads((Path(out_dir) / "run_config.json").read_text()))
