@@ -1,0 +1,190 @@
+"""Win-rates with confidence intervals, position consistency and verdict counts.
+
+Conventions (used everywhere in `klq.judge`):
+
+- A judgement compares policy A with policy B; each prompt ends with one combined verdict:
+  ``"A"`` (policy A preferred), ``"B"``, ``"tie"`` or ``"invalid"`` (see `klq.judge.core`).
+- **Ties count half.** The win-rate of A is ``(wins_A + 0.5 * ties) / valid`` where
+  ``valid = wins_A + wins_B + ties``. Invalid verdicts are left out of the numerator *and* the denominator:
+  they are never wins for either side, and are reported separately as a count.
+- **Wilson score interval** (default): the Wilson interval of that proportion with ``n = valid``,
+
+      centre    = (p + z^2 / (2n)) / (1 + z^2 / n)
+      half-width = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / (4 n^2))
+
+  with ``z = 1.959964`` for 95%. (A tie is therefore treated as half a success; with ties this is the
+  usual approximation, not an exact binomial interval.)
+- **Bootstrap** (``method="bootstrap"``): percentile interval of the mean per-prompt score (1 for an A win,
+  0.5 for a tie, 0 for a B win) over ``n_resamples`` resamples of the valid prompts with replacement,
+  drawn from ``numpy.random.default_rng(seed)``: the same seed gives the same interval.
+- **Position consistency**: of the prompts whose two orders both gave a valid answer, the fraction where
+  both orders prefer the same policy (or both say tie). A judge that always answers "A" scores 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+from typing import Any, Literal
+
+Verdict = Literal["A", "B", "tie", "invalid"]
+VERDICTS: tuple[Verdict, ...] = ("A", "B", "tie", "invalid")
+CIMethod = Literal["wilson", "bootstrap"]
+
+# Per-prompt score of a valid verdict, from A's side.
+VERDICT_SCORE = {"A": 1.0, "tie": 0.5, "B": 0.0}
+
+
+def z_value(confidence: float = 0.95) -> float:
+    """Two-sided standard-normal quantile: 1.959964 for 95%."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of the proportion successes / n (successes may be fractional: ties = 0.5).
+
+    Returns (low, high) within [0, 1]. Raises ValueError when n < 1 (no valid comparisons: no interval).
+    """
+    if n < 1:
+        raise ValueError("the Wilson interval needs at least one valid comparison")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes ({successes}) must lie in [0, n={n}]")
+    z = z_value(confidence)
+    p = successes / n
+    z2n = z * z / n
+    centre = (p + z2n / 2) / (1 + z2n)
+    half = z / (1 + z2n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_interval(
+    scores: Sequence[float], confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-prompt `scores` (1, 0.5 or 0), seeded."""
+    import numpy as np
+
+    if len(scores) < 1:
+        raise ValueError("the bootstrap interval needs at least one valid comparison")
+    if n_resamples < 1:
+        raise ValueError("n_resamples must be at least 1")
+    values = np.asarray(scores, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples, dtype=np.float64)
+    chunk = max(1, 2_000_000 // len(values))  # bound memory: rows of indices per draw
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        idx = rng.integers(0, len(values), size=(stop - start, len(values)))
+        means[start:stop] = values[idx].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def count_verdicts(verdicts: Iterable[str]) -> dict[str, int]:
+    """{"A": .., "B": .., "tie": .., "invalid": ..}; anything that is not A, B or tie counts as invalid."""
+    counts = dict.fromkeys(VERDICTS, 0)
+    for v in verdicts:
+        counts[v if v in counts else "invalid"] += 1
+    return counts
+
+
+def position_consistency(pairs: Iterable[tuple[str, str]]) -> tuple[float | None, int, int]:
+    """(rate, agreeing, checked) over pairs of per-order verdicts already mapped to policies.
+
+    A pair is checked when neither verdict is invalid; it agrees when both are equal ("A"/"A", "B"/"B" or
+    "tie"/"tie"). rate is None when nothing could be checked.
+    """
+    agree = checked = 0
+    for first, second in pairs:
+        if first not in VERDICT_SCORE or second not in VERDICT_SCORE:
+            continue
+        checked += 1
+        agree += first == second
+    return (agree / checked if checked else None), agree, checked
+
+
+@dataclass
+class JudgementSummary:
+    """Counts, A's win-rate with its confidence interval, and the position-consistency rate.
+
+    `n` is the number of prompts judged; `valid` = wins_a + wins_b + ties. `win_rate` (of policy A, ties
+    counting half) and the interval are None when no verdict is valid; so is `position_consistency` when
+    no prompt had two valid answers.
+    """
+
+    n: int
+    wins_a: int
+    wins_b: int
+    ties: int
+    invalid: int
+    win_rate: float | None
+    ci_low: float | None
+    ci_high: float | None
+    ci_method: CIMethod = "wilson"
+    confidence: float = 0.95
+    position_consistency: float | None = None
+    consistent: int = 0  # prompts whose two orders agreed
+    consistency_checked: int = 0  # prompts with two valid answers
+
+    @property
+    def valid(self) -> int:
+        return self.wins_a + self.wins_b + self.ties
+
+    @property
+    def win_rate_b(self) -> float | None:
+        return None if self.win_rate is None else 1.0 - self.win_rate
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["valid"] = self.valid
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JudgementSummary:
+        fields = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def summarize(
+    verdicts: Sequence[str],
+    order_pairs: Iterable[tuple[str, str]] = (),
+    method: CIMethod = "wilson",
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> JudgementSummary:
+    """A `JudgementSummary` from the combined per-prompt verdicts (policy space: "A" = policy A wins) and,
+    for position consistency, the per-prompt pairs of per-order verdicts (also in policy space)."""
+    if method not in ("wilson", "bootstrap"):
+        raise ValueError(f"unknown interval method {method!r}: expected 'wilson' or 'bootstrap'")
+    counts = count_verdicts(verdicts)
+    valid = counts["A"] + counts["B"] + counts["tie"]
+    win_rate = low = high = None
+    if valid:
+        successes = counts["A"] + 0.5 * counts["tie"]
+        win_rate = successes / valid
+        if method == "wilson":
+            low, high = wilson_interval(successes, valid, confidence)
+        else:
+            scores = [VERDICT_SCORE[v] for v in verdicts if v in VERDICT_SCORE]
+            low, high = bootstrap_interval(scores, confidence, n_resamples, seed)
+    rate, agree, checked = position_consistency(order_pairs)
+    return JudgementSummary(
+        n=len(verdicts),
+        wins_a=counts["A"],
+        wins_b=counts["B"],
+        ties=counts["tie"],
+        invalid=counts["invalid"],
+        win_rate=win_rate,
+        ci_low=low,
+        ci_high=high,
+        ci_method=method,
+        confidence=confidence,
+        position_consistency=rate,
+        consistent=agree,
+        consistency_checked=checked,
+    )
