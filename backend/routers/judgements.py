@@ -1,0 +1,150 @@
+"""Judgements: pairwise LLM-as-a-judge comparisons of two policies (the judging runs on a worker)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+from sqlalchemy.orm import Session
+
+from .. import dispatch, store
+from ..deps import AppSettings, CanRead, CanWrite, ReadSession, WriteSession
+from ..errors import FieldErrors, ServiceUnavailable
+from ..models import Judgement, Run
+from ..schemas import (
+    INT32_MAX,
+    JudgementCreate,
+    JudgementOut,
+    JudgementPage,
+    RunStatus,
+    VerdictOut,
+    VerdictPage,
+)
+from ..validation import reference_problem
+from .common import Limit, Offset, judgement_out
+from .runs import check_queue
+
+router = APIRouter(prefix="/judgements", tags=["judgements"])
+
+JudgementPath = Annotated[int, Path(ge=1, le=INT32_MAX, description="judgement id")]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JudgementOut,
+    dependencies=[CanWrite],
+    summary="Queue a judgement of policy A against policy B",
+    description="B defaults to A's reference (SFT) policy; steps default to the final checkpoints. The judge "
+    "backend's secrets (API keys) are server settings and are refused here.",
+)
+def create_judgement(body: JudgementCreate, session: WriteSession, settings: AppSettings) -> JudgementOut:
+    problems = []
+    for field, rid in (("run_a", body.run_a), ("run_b", body.run_b)):
+        if rid is not None and session.get(Run, rid) is None:
+            problems.append((("body", field), f"run {rid} does not exist"))
+    if body.judge.backend == "hf" and body.judge.model is not None:
+        msg = reference_problem(
+            body.judge.model,
+            roots=settings.model_roots,
+            allow_hub=settings.allow_hub_models,
+            kind="model",
+            hub_setting="KLQ_ALLOW_HUB_MODELS",
+        )
+        if msg:
+            problems.append((("body", "judge", "model"), msg))
+    if problems:
+        raise FieldErrors(problems, "invalid judgement")
+    queue = check_queue(settings, body.queue)
+    j = store.create_judgement(
+        session,
+        run_a_id=body.run_a,
+        step_a=body.step_a,
+        run_b_id=body.run_b,
+        step_b=body.step_b,
+        num_prompts=body.num_prompts,
+        judge=body.judge.model_dump(mode="json"),
+        seed=body.seed,
+        queue=queue,
+    )
+    try:
+        dispatch.send_judgement(j.id, queue)
+    except dispatch.DispatchError as err:
+        store.set_judgement_status(session, j.id, "failed", error=f"could not be queued: {err}")
+        raise ServiceUnavailable(
+            f"judgement {j.id} was created but could not be queued (broker unreachable)", judgement_id=j.id
+        ) from err
+    return judgement_out(store.get_judgement(session, j.id))
+
+
+@router.get("", response_model=JudgementPage, dependencies=[CanRead], summary="List judgements")
+def list_judgements(
+    session: ReadSession,
+    run_id: Annotated[
+        int | None, Query(ge=1, le=INT32_MAX, description="judgements involving this run")
+    ] = None,
+    status: Annotated[list[RunStatus] | None, Query()] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> JudgementPage:
+    items, total = store.list_judgements(session, run_id=run_id, status=status, limit=limit, offset=offset)
+    return JudgementPage(items=[judgement_out(j) for j in items], total=total, limit=limit, offset=offset)
+
+
+def _get(session: Session, judgement_id: int) -> Judgement:
+    j = store.get_judgement(session, judgement_id)
+    if j is None:
+        raise store.NotFound(f"judgement {judgement_id} not found")
+    return j
+
+
+@router.get(
+    "/{judgement_id}",
+    response_model=JudgementOut,
+    dependencies=[CanRead],
+    summary="A judgement: progress, win-rate with 95% Wilson CI, and a page of verdicts",
+)
+def get_judgement(
+    judgement_id: JudgementPath,
+    session: ReadSession,
+    include_verdicts: bool = True,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> JudgementOut:
+    out = judgement_out(_get(session, judgement_id))
+    if include_verdicts:
+        items, total = store.list_verdicts(session, judgement_id, limit=limit, offset=offset)
+        out.verdicts = [VerdictOut.model_validate(v) for v in items]
+        out.verdicts_total = total
+    return out
+
+
+@router.get(
+    "/{judgement_id}/verdicts", response_model=VerdictPage, dependencies=[CanRead], summary="Verdicts, paged"
+)
+def list_verdicts(
+    judgement_id: JudgementPath, session: ReadSession, limit: Limit = 100, offset: Offset = 0
+) -> VerdictPage:
+    _get(session, judgement_id)
+    items, total = store.list_verdicts(session, judgement_id, limit=limit, offset=offset)
+    return VerdictPage(
+        items=[VerdictOut.model_validate(v) for v in items], total=total, limit=limit, offset=offset
+    )
+
+
+@router.post(
+    "/{judgement_id}/cancel",
+    response_model=JudgementOut,
+    dependencies=[CanWrite],
+    summary="Cancel a judgement",
+)
+def cancel_judgement(judgement_id: JudgementPath, session: WriteSession) -> JudgementOut:
+    return judgement_out(store.request_judgement_cancel(session, judgement_id))
+
+
+@router.delete(
+    "/{judgement_id}", status_code=204, dependencies=[CanWrite], summary="Delete a judgement and its verdicts"
+)
+def delete_judgement(judgement_id: JudgementPath, session: WriteSession) -> Response:
+    store.delete_judgement(session, judgement_id)
+    return Response(status_code=204)

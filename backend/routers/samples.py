@@ -1,0 +1,176 @@
+"""Samples: paged per run and step, aligned comparison of runs on the same prompts, export.
+
+Prompts and responses are plain text, returned as JSON strings (or CSV/JSONL on export), never HTML.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+
+from .. import store
+from ..db import Database
+from ..deps import CanRead, ReadSession
+from ..errors import FieldErrors
+from ..models import Run, Sample
+from ..schemas import (
+    INT32_MAX,
+    STEP_MAX,
+    ComparedPrompt,
+    ComparedRun,
+    SampleComparison,
+    SampleOut,
+    SamplePage,
+    SampleStep,
+)
+from .common import Limit, Offset, RunId, StepQuery
+
+router = APIRouter(tags=["samples"])
+
+
+@router.get(
+    "/runs/{run_id}/samples",
+    response_model=SamplePage,
+    dependencies=[CanRead],
+    summary="Samples of a run, paged",
+)
+def list_samples(
+    run_id: RunId,
+    session: ReadSession,
+    step: Annotated[StepQuery, Query(description="only this step")] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> SamplePage:
+    store.require_run(session, run_id)
+    items, total = store.list_samples(session, run_id, step=step, limit=limit, offset=offset)
+    return SamplePage(
+        items=[SampleOut.model_validate(s) for s in items], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get(
+    "/runs/{run_id}/samples/steps",
+    response_model=list[SampleStep],
+    dependencies=[CanRead],
+    summary="Steps that have samples",
+)
+def sample_steps(run_id: RunId, session: ReadSession) -> list[SampleStep]:
+    store.require_run(session, run_id)
+    return [SampleStep(step=s, count=n) for s, n in store.sample_steps(session, run_id)]
+
+
+@router.get(
+    "/samples/compare",
+    response_model=SampleComparison,
+    dependencies=[CanRead],
+    summary="Samples of two or more runs side by side, aligned on prompt id",
+    description="`step`: one value for all runs, or one per run (in the order of `run_id`); omitted, each "
+    "run's latest sample step. `mode=intersection` keeps the prompts every run has, `union` all of them.",
+)
+def compare(
+    session: ReadSession,
+    run_id: Annotated[list[Annotated[int, Query(ge=1, le=INT32_MAX)]], Query(min_length=2, max_length=10)],
+    step: Annotated[list[Annotated[int, Query(ge=0, le=STEP_MAX)]] | None, Query(max_length=10)] = None,
+    mode: Literal["intersection", "union"] = "intersection",
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> SampleComparison:
+    if len(set(run_id)) != len(run_id):
+        raise FieldErrors([(("query", "run_id"), "each run may appear once")])
+    steps: list[int | None]
+    if not step:
+        steps = [None] * len(run_id)
+    elif len(step) == 1:
+        steps = [step[0]] * len(run_id)
+    elif len(step) == len(run_id):
+        steps = list(step)
+    else:
+        raise FieldErrors([(("query", "step"), "give one step for all runs or one per run")])
+    found = set(session.scalars(select(Run.id).where(Run.id.in_(run_id))))
+    for rid in run_id:
+        if rid not in found:
+            raise store.NotFound(f"run {rid} not found")
+    aligned = store.compare_samples(session, run_id, steps, mode=mode, limit=limit, offset=offset)
+    items = []
+    for prompt_id, samples in aligned.items:
+        first = next(s for s in samples if s is not None)
+        items.append(
+            ComparedPrompt(
+                prompt_id=prompt_id,
+                prompt=first.prompt,
+                samples=[SampleOut.model_validate(s) if s is not None else None for s in samples],
+            )
+        )
+    return SampleComparison(
+        runs=[ComparedRun(run_id=r, step=s) for r, s in aligned.runs],
+        items=items,
+        total=aligned.total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+_EXPORT_FIELDS = ("run_id", "step", "prompt_id", "prompt", "response", "score", "gold_score", "kl")
+
+
+def _row(s: Sample) -> dict:
+    return {f: getattr(s, f) for f in _EXPORT_FIELDS}
+
+
+@router.get(
+    "/runs/{run_id}/samples/export",
+    dependencies=[CanRead],
+    summary="Export a run's samples (JSONL or CSV), streamed",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
+)
+def export_samples(
+    request: Request,
+    run_id: RunId,
+    session: ReadSession,
+    format: Literal["jsonl", "csv"] = "jsonl",
+    step: StepQuery = None,
+) -> StreamingResponse:
+    store.require_run(session, run_id)
+    db: Database = request.app.state.db
+
+    def rows() -> Iterator[dict]:
+        with db.session() as s:
+            for sample in store.iter_samples(s, run_id, step=step):
+                yield _row(sample)
+
+    def jsonl() -> Iterator[str]:
+        for r in rows():
+            yield json.dumps(r, ensure_ascii=False) + "\n"
+
+    def csv_chunks() -> Iterator[str]:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(_EXPORT_FIELDS))
+        writer.writeheader()
+        for i, r in enumerate(rows()):
+            writer.writerow(r)
+            if i % 500 == 499:
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+        yield buf.getvalue()
+
+    name = f"klq-run-{run_id}-samples" + (f"-step-{step}" if step is not None else "")
+    if format == "csv":
+        return StreamingResponse(
+            csv_chunks(),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
+        )
+    return StreamingResponse(
+        jsonl(),
+        media_type="application/x-ndjson; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}.jsonl"'},
+    )

@@ -1,0 +1,375 @@
+"""Pydantic models of the API's requests and responses (what the OpenAPI document shows)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from klq.config import RunConfig
+
+from .validation import text_problem
+
+INT32_MAX = 2**31 - 1
+STEP_MAX = 2**53 - 1
+MAX_PAGE = 1000
+
+
+def _text(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True), AfterValidator(_text)
+]
+Notes = Annotated[str, StringConstraints(max_length=20_000), AfterValidator(_text)]
+Tag = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, strip_whitespace=True, pattern=r"^[^\x00-\x1f\x7f,]+$"),
+    AfterValidator(_text),
+]
+QueueName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Scope = Literal["read", "write", "admin"]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- runs ------------------------------------------------------------------------------------------------
+
+
+class RunCreate(_In):
+    config: RunConfig = Field(
+        default_factory=RunConfig, description="the run configuration (klq.config.RunConfig)"
+    )
+    name: Name | None = Field(None, description="default: config.name, else '<algorithm>-<timestamp>'")
+    tags: list[Tag] = Field(default_factory=list, max_length=32)
+    notes: Notes = ""
+    queue: QueueName | None = Field(None, description="worker queue, e.g. 'gpu' (default) or 'cpu'")
+
+
+class RunClone(_In):
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description='config changes, as dotted keys ({"train.batch_size": 8}) or nested dicts',
+        max_length=200,
+    )
+    name: Name | None = Field(None, description="default: '<source name> (clone)'")
+    tags: list[Tag] | None = Field(None, max_length=32, description="default: the source run's tags")
+    notes: Notes | None = None
+    queue: QueueName | None = Field(None, description="default: the source run's queue")
+
+
+class RunPatch(_In):
+    name: Name | None = None
+    tags: list[Tag] | None = Field(None, max_length=32, description="replaces the run's tags")
+    notes: Notes | None = None
+
+
+class LatestValue(BaseModel):
+    step: int
+    value: float | None
+
+
+class RunSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    algorithm: str
+    status: RunStatus
+    queue: str
+    tags: list[str]
+    notes: str
+    error: str | None
+    parent_id: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    iteration: int
+    total_iterations: int | None
+    episodes: int
+    progress: float | None = Field(None, description="iteration / total_iterations")
+    heartbeat_at: datetime | None
+    worker_host: str | None
+    worker_gpu: str | None
+    cancel_requested: bool
+    latest: dict[str, LatestValue] = Field(
+        default_factory=dict, description="latest value of each metric key"
+    )
+
+
+class RunDetail(RunSummary):
+    config: dict[str, Any]
+    attempts: int
+    updated_at: datetime
+
+
+class RunPage(BaseModel):
+    items: list[RunSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class TagCount(BaseModel):
+    tag: str
+    runs: int
+
+
+# --- metrics ---------------------------------------------------------------------------------------------
+
+
+class MetricKey(BaseModel):
+    key: str
+    last_step: int
+    last_value: float | None
+    wall_time: float | None
+
+
+class Series(BaseModel):
+    run_id: int
+    key: str
+    steps: list[int]
+    values: list[float | None]
+    wall_times: list[float | None] | None = None
+    total_points: int = Field(description="points in the requested range before downsampling")
+    downsampled: bool
+    last_step: int | None = Field(
+        description="largest step in the requested range (use as the next since_step)"
+    )
+
+
+class SeriesResponse(BaseModel):
+    max_points: int
+    series: list[Series]
+
+
+# --- samples ---------------------------------------------------------------------------------------------
+
+
+class SampleOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    run_id: int
+    step: int
+    prompt_id: str
+    prompt: str
+    response: str
+    score: float | None
+    gold_score: float | None
+    kl: float | None
+    extra: dict[str, Any] | None = None
+
+
+class SamplePage(BaseModel):
+    items: list[SampleOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class SampleStep(BaseModel):
+    step: int
+    count: int
+
+
+class ComparedRun(BaseModel):
+    run_id: int
+    step: int | None
+
+
+class ComparedPrompt(BaseModel):
+    prompt_id: str
+    prompt: str
+    samples: list[SampleOut | None] = Field(
+        description="one per run, in the order of `runs`; null if missing"
+    )
+
+
+class SampleComparison(BaseModel):
+    runs: list[ComparedRun]
+    items: list[ComparedPrompt]
+    total: int
+    limit: int
+    offset: int
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------
+
+
+class CheckpointOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    run_id: int
+    step: int
+    path: str
+    is_final: bool
+    created_at: datetime
+
+
+# --- judgements ------------------------------------------------------------------------------------------
+
+_SECRET_KEY = re.compile(r"(api[_-]?key|secret|token|password|passwd|authorization|bearer)", re.IGNORECASE)
+
+
+class GenerationConfig(_In):
+    greedy: bool = Field(True, description="greedy decoding (else sampled with temperature/top_p)")
+    temperature: float = Field(1.0, gt=0, le=5)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(128, ge=1, le=4096)
+
+
+class JudgeConfig(_In):
+    """How to judge. API keys and endpoints of remote judges are server settings (KLQ_JUDGE_*), never part
+    of a judgement: they are not stored in the database nor returned by the API."""
+
+    backend: Literal["openai", "hf", "reward", "gold"] = Field(
+        "gold",
+        description="openai: an OpenAI-compatible chat endpoint (server settings); hf: a local causal LM "
+        "judging by answer-token log-probabilities; reward: the run's reward model; gold: the built-in "
+        "task's gold reward",
+    )
+    model: Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_text)] | None = (
+        Field(
+            None,
+            description="openai: model name (default KLQ_JUDGE_MODEL); hf: builtin:<name>, a path under the model roots or a hub id",
+        )
+    )
+    template: Literal["summarization", "dialogue", "generic"] = "generic"
+    prompt_template: Annotated[str, StringConstraints(max_length=20_000), AfterValidator(_text)] | None = (
+        Field(None, description="custom judge prompt with {prompt}, {response_1}, {response_2}")
+    )
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(16, ge=1, le=4096)
+    swap: bool = Field(True, description="judge each pair in both orders to cancel position bias")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if isinstance(key, str) and _SECRET_KEY.search(key):
+                    raise ValueError(
+                        f"{key!r}: secrets such as API keys are configured on the server (KLQ_JUDGE_API_KEY), "
+                        "never sent with a judgement"
+                    )
+        return data
+
+
+class JudgementCreate(_In):
+    run_a: int = Field(ge=1, le=INT32_MAX, description="policy A: this run")
+    step_a: int | None = Field(
+        None, ge=0, le=STEP_MAX, description="checkpoint step of run A (default: final)"
+    )
+    run_b: int | None = Field(
+        None, ge=1, le=INT32_MAX, description="policy B: this run (default: A's reference/SFT policy)"
+    )
+    step_b: int | None = Field(None, ge=0, le=STEP_MAX)
+    num_prompts: int = Field(64, ge=1, le=5000, description="held-out prompts to judge")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    seed: int = Field(0, ge=0, le=INT32_MAX)
+    queue: QueueName | None = None
+
+
+class WinRateOut(BaseModel):
+    wins_a: int
+    wins_b: int
+    ties: int
+    invalid: int
+    win_rate: float | None = Field(description="of policy A: (wins_a + ties/2) / (wins_a + wins_b + ties)")
+    ci_low: float | None = Field(description="95% Wilson score interval")
+    ci_high: float | None
+    position_consistency: float | None
+
+
+class VerdictOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    prompt_id: str
+    prompt: str
+    response_a: str
+    response_b: str
+    order: Literal["ab", "ba"]
+    verdict: Literal["A", "B", "tie", "invalid"]
+    raw_output: str | None
+
+
+class JudgementOut(BaseModel):
+    id: int
+    status: RunStatus
+    queue: str
+    run_a: int
+    step_a: int | None
+    run_b: int | None
+    step_b: int | None
+    num_prompts: int
+    seed: int
+    judge: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested: bool
+    completed: int
+    total: int
+    result: WinRateOut
+    verdicts: list[VerdictOut] | None = None
+    verdicts_total: int | None = None
+
+
+class JudgementPage(BaseModel):
+    items: list[JudgementOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class VerdictPage(BaseModel):
+    items: list[VerdictOut]
+    total: int
+    limit: int
+    offset: int
+
+
+# --- tokens and health -----------------------------------------------------------------------------------
+
+
+class TokenCreate(_In):
+    name: Annotated[
+        str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True), AfterValidator(_text)
+    ]
+    scopes: list[Scope] = Field(default_factory=lambda: ["read"], min_length=1, max_length=3)
+
+
+class TokenOut(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked: bool
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="the token itself: shown once, store it now")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "error"]
+    database: str
+    revision: str | None
+    version: str

@@ -1,0 +1,131 @@
+"""Server settings: one pydantic-settings class, read from the environment (prefix ``KLQ_``).
+
+Every process that touches the database or the broker (the API server, Celery workers, the CLI) builds
+its settings from the same environment, so they agree on where things are. ``get_settings()`` caches
+one instance per process; tests that change the environment call ``get_settings.cache_clear()``.
+
+List-valued settings (``KLQ_MODEL_ROOTS``, ``KLQ_DATASET_ROOTS``, ``KLQ_QUEUES``) accept a JSON list or
+an ``os.pathsep``/comma separated string.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from klq.paths import data_dir as default_data_dir
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            return json.loads(text)
+        sep = "," if "," in text else os.pathsep
+        return [part.strip() for part in text.split(sep) if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KLQ_", extra="ignore", validate_default=True)
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="SQLite database, broker folders, runs and the initial API token live here",
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite (WAL) at <data_dir>/klq.db"
+    )
+    broker_url: str | None = Field(
+        None,
+        description="Celery broker (redis://...); default: kombu's filesystem:// under <data_dir>/broker",
+    )
+    broker_transport_options: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict,
+        description="extra kombu transport options (JSON), e.g. a Redis global_keyprefix",
+    )
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["gpu", "cpu"], description="queue names a run or judgement may ask for"
+    )
+    default_queue: str = "gpu"
+
+    model_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="directories local model paths in run configs must lie in; "
+        "default: <data_dir>/models and <data_dir>/runs",
+    )
+    dataset_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="directories local dataset files must lie in; default: <data_dir>/datasets and the model roots",
+    )
+    allow_hub_models: bool = Field(False, description="allow Hugging Face hub ids as model names")
+    allow_hub_datasets: bool = Field(False, description="allow Hugging Face hub ids as task datasets")
+
+    auth_required_for_reads: bool = True
+    token_file: Path | None = Field(
+        None, description="where the first admin token is written; default <data_dir>/api_token"
+    )
+    print_initial_token: bool = True
+
+    sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
+    sse_poll_interval: float = Field(1.0, gt=0, description="seconds between database polls of a live stream")
+    sse_ping_interval: float = Field(15.0, gt=0)
+    max_series_points: int = Field(5000, ge=10, description="largest max_points a series request may ask for")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    judge_base_url: str | None = Field(None, description="OpenAI-compatible endpoint for the judge")
+    judge_api_key: SecretStr | None = Field(None, description="never stored in the database or returned")
+    judge_model: str | None = None
+
+    @field_validator("model_roots", "dataset_roots", "queues", "cors_origins", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("broker_transport_options", mode="before")
+    @classmethod
+    def _json_dict(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Settings:
+        self.data_dir = Path(self.data_dir).expanduser().resolve()
+        if not self.model_roots:
+            self.model_roots = [self.data_dir / "models", self.data_dir / "runs"]
+        self.model_roots = [Path(p).expanduser().resolve() for p in self.model_roots]
+        if not self.dataset_roots:
+            self.dataset_roots = [self.data_dir / "datasets", *self.model_roots]
+        self.dataset_roots = [Path(p).expanduser().resolve() for p in self.dataset_roots]
+        if self.default_queue not in self.queues:
+            raise ValueError(
+                f"KLQ_DEFAULT_QUEUE {self.default_queue!r} is not one of KLQ_QUEUES {self.queues}"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'klq.db'}"
+
+    @property
+    def resolved_token_file(self) -> Path:
+        return self.token_file or self.data_dir / "api_token"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Root of the filesystem:// broker's folders (used when no broker_url is set)."""
+        return self.data_dir / "broker"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1222 @@
+"""The data-access layer: every read and write of KLQ Lab's tables goes through here.
+
+The API routers and the Celery workers share it, so it imports nothing from FastAPI. Functions take a
+SQLAlchemy ``Session`` first; functions that write commit by default (``commit=False`` lets a caller
+group several writes into one transaction). Use ``Database.write_session()`` (backend.db) for writes:
+on SQLite its transactions take the write lock up front, so a worker and the API never deadlock.
+
+Worker-facing summary::
+
+    db = Database.from_settings()
+    with db.write_session() as s:
+        if not store.acquire_lease(s, run_id, owner, worker_host=host, worker_gpu=gpu):
+            return                                   # someone else trains it, or it was cancelled
+        store.write_metrics(s, run_id, [("loss", 1, 0.7, time.time()), ...])
+        store.write_samples(s, run_id, [{"step": 10, "prompt_id": "p1", "prompt": ..., "response": ...}])
+        store.add_checkpoint(s, run_id, step=50, path="/data/runs/7/ckpt-50")
+        hb = store.heartbeat(s, run_id, owner, iteration=12, episodes=768)
+        if not hb.ok or hb.cancel_requested: ...
+        store.finish_run(s, run_id, "succeeded", owner=owner)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Select, and_, delete, func, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from klq.config import RunConfig
+
+from .models import (
+    ORDERS,
+    RUN_STATUSES,
+    SCOPES,
+    TERMINAL_STATUSES,
+    VERDICTS,
+    ApiToken,
+    Checkpoint,
+    Judgement,
+    Metric,
+    MetricLatest,
+    Run,
+    RunTag,
+    Sample,
+    UTCDateTime,
+    Verdict,
+    utcnow,
+)
+from .winrate import summarize
+
+
+class NotFound(LookupError):
+    """The row does not exist."""
+
+
+class Conflict(RuntimeError):
+    """The request is valid but not in the row's current state (e.g. deleting a running run)."""
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+# Rows per multi-row INSERT. The bound-parameter limit is respected on top of this: SQLite's is read from
+# the connection (999 on old builds, 32766 on newer ones), PostgreSQL's is 65535 per statement.
+MAX_ROWS_PER_STATEMENT = 1000
+_PG_MAX_PARAMS = 65535
+
+
+def _max_params(session: Session) -> int:
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        raw = conn.connection.dbapi_connection
+        try:
+            return int(raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        except (AttributeError, sqlite3.Error):  # Python < 3.11
+            return 999
+    return _PG_MAX_PARAMS
+
+
+def rows_per_statement(session: Session, columns: int) -> int:
+    return max(1, min(MAX_ROWS_PER_STATEMENT, _max_params(session) // columns))
+
+
+def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def _insert(session: Session, table: Any) -> Any:
+    """The dialect's INSERT with ON CONFLICT support (SQLite >= 3.24 and PostgreSQL share the syntax)."""
+    return (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(table)
+
+
+def _upsert_many(
+    session: Session,
+    table: Any,
+    rows: list[dict[str, Any]],
+    conflict: Sequence[str],
+    update_columns: Sequence[str] | None,
+) -> None:
+    """INSERT ... ON CONFLICT (conflict) DO UPDATE SET update_columns (or DO NOTHING), executemany."""
+    if not rows:
+        return
+    stmt = _insert(session, table)
+    if update_columns:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(conflict), set_={c: getattr(stmt.excluded, c) for c in update_columns}
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
+    session.execute(stmt, rows)
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    """NaN becomes NULL (SQLite would store it as NULL anyway); +-inf is kept."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _now_param() -> Any:
+    return literal(utcnow(), UTCDateTime())
+
+
+# --- runs ------------------------------------------------------------------------------------------------
+
+
+def create_run(
+    session: Session,
+    config: RunConfig | Mapping[str, Any],
+    *,
+    name: str | None = None,
+    tags: Iterable[str] = (),
+    notes: str = "",
+    queue: str = "gpu",
+    parent_id: int | None = None,
+    commit: bool = True,
+) -> Run:
+    """Insert a queued run. ``config`` is validated by RunConfig (raises pydantic.ValidationError)."""
+    cfg = config if isinstance(config, RunConfig) else RunConfig.model_validate(dict(config))
+    now = utcnow()
+    name = name or cfg.name or f"{cfg.algorithm}-{now:%Y%m%d-%H%M%S}"
+    run = Run(
+        name=name,
+        algorithm=cfg.algorithm,
+        status="queued",
+        queue=queue,
+        config=cfg.model_dump(mode="json"),
+        notes=notes or "",
+        parent_id=parent_id,
+        created_at=now,
+        updated_at=now,
+        total_iterations=cfg.train.num_iterations,
+    )
+    run.tag_rows = [RunTag(tag=t) for t in _clean_tags(tags)]
+    session.add(run)
+    session.flush()
+    if commit:
+        session.commit()
+    return run
+
+
+def _clean_tags(tags: Iterable[str]) -> list[str]:
+    return sorted({t.strip() for t in tags if t and t.strip()})
+
+
+def get_run(session: Session, run_id: int) -> Run | None:
+    return session.scalar(select(Run).where(Run.id == run_id).options(selectinload(Run.tag_rows)))
+
+
+def require_run(session: Session, run_id: int) -> Run:
+    run = get_run(session, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return run
+
+
+def _run_filters(
+    stmt: Select[Any],
+    status: Sequence[str] | None,
+    algorithm: Sequence[str] | None,
+    tags: Sequence[str] | None,
+    q: str | None,
+) -> Select[Any]:
+    if status:
+        stmt = stmt.where(Run.status.in_(list(status)))
+    if algorithm:
+        stmt = stmt.where(Run.algorithm.in_(list(algorithm)))
+    for tag in tags or ():
+        stmt = stmt.where(Run.id.in_(select(RunTag.run_id).where(RunTag.tag == tag)))
+    if q:
+        stmt = stmt.where(
+            or_(Run.name.icontains(q, autoescape=True), Run.notes.icontains(q, autoescape=True))
+        )
+    return stmt
+
+
+def list_runs(
+    session: Session,
+    *,
+    status: Sequence[str] | None = None,
+    algorithm: Sequence[str] | None = None,
+    tags: Sequence[str] | None = None,
+    q: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    order: Literal["newest", "oldest", "name"] = "newest",
+) -> tuple[list[Run], int]:
+    """A page of runs (tags loaded) and the total matching the filters: two queries (+1 for tags)."""
+    ordering = {
+        "newest": (Run.created_at.desc(), Run.id.desc()),
+        "oldest": (Run.created_at.asc(), Run.id.asc()),
+        "name": (Run.name.asc(), Run.id.asc()),
+    }[order]
+    stmt = _run_filters(select(Run), status, algorithm, tags, q)
+    runs = list(
+        session.scalars(
+            stmt.order_by(*ordering).limit(limit).offset(offset).options(selectinload(Run.tag_rows))
+        )
+    )
+    if offset == 0 and len(runs) < limit:
+        total = len(runs)
+    else:
+        total = session.scalar(_run_filters(select(func.count(Run.id)), status, algorithm, tags, q)) or 0
+    return runs, total
+
+
+def latest_metrics(
+    session: Session, run_ids: Sequence[int], keys: Sequence[str] | None = None
+) -> dict[int, dict[str, MetricLatest]]:
+    """Latest value per key for several runs in one query: {run_id: {key: MetricLatest}}."""
+    out: dict[int, dict[str, MetricLatest]] = {rid: {} for rid in run_ids}
+    if not run_ids:
+        return out
+    stmt = select(MetricLatest).where(MetricLatest.run_id.in_(list(run_ids)))
+    if keys:
+        stmt = stmt.where(MetricLatest.key.in_(list(keys)))
+    for row in session.scalars(stmt.order_by(MetricLatest.run_id, MetricLatest.key)):
+        out[row.run_id][row.key] = row
+    return out
+
+
+def tag_counts(session: Session) -> list[tuple[str, int]]:
+    rows = session.execute(select(RunTag.tag, func.count()).group_by(RunTag.tag).order_by(RunTag.tag))
+    return [(tag, count) for tag, count in rows]
+
+
+def update_run_meta(
+    session: Session,
+    run_id: int,
+    *,
+    name: str | None = None,
+    notes: str | None = None,
+    tags: Iterable[str] | None = None,
+    commit: bool = True,
+) -> Run:
+    """Rename a run, replace its notes and/or its tags."""
+    run = require_run(session, run_id)
+    if name is not None:
+        run.name = name
+    if notes is not None:
+        run.notes = notes
+    if tags is not None:
+        wanted = _clean_tags(tags)
+        current = {t.tag: t for t in run.tag_rows}
+        run.tag_rows = [current.get(t) or RunTag(tag=t) for t in wanted]
+    run.updated_at = utcnow()
+    session.flush()
+    if commit:
+        session.commit()
+    return run
+
+
+def request_cancel(session: Session, run_id: int, *, commit: bool = True) -> Run:
+    """Ask a run to stop. A queued run is cancelled at once; a running one is stopped by its worker
+    (which sees ``cancel_requested`` in its heartbeat). Cancelling a finished run raises Conflict,
+    except that cancelling a cancelled run is a no-op."""
+    run = session.get(Run, run_id, with_for_update=True)
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    if run.status in TERMINAL_STATUSES:
+        if run.status == "cancelled":
+            return require_run(session, run_id)
+        raise Conflict(f"run {run_id} has already {run.status}")
+    run.cancel_requested = True
+    if run.status == "queued":
+        run.status = "cancelled"
+        run.finished_at = utcnow()
+    run.updated_at = utcnow()
+    session.flush()
+    if commit:
+        session.commit()
+    return require_run(session, run_id)
+
+
+def delete_run(session: Session, run_id: int, *, force: bool = False, commit: bool = True) -> None:
+    """Delete a run with all its rows (metrics, samples, checkpoints rows, judgements). Files stay.
+
+    A running run must be cancelled first (Conflict) unless ``force``: its worker would keep writing.
+    """
+    run = session.get(Run, run_id, with_for_update=True)
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    if run.status == "running" and not force:
+        raise Conflict(f"run {run_id} is running: cancel it first (or delete with force=true)")
+    session.expunge(run)
+    session.execute(delete(Run).where(Run.id == run_id))
+    if commit:
+        session.commit()
+
+
+def set_status(
+    session: Session,
+    run_id: int,
+    status: str,
+    *,
+    error: str | None = None,
+    owner: str | None = None,
+    commit: bool = True,
+) -> bool:
+    """Set a run's status (and error). Terminal states stamp finished_at and drop the lease; "running"
+    stamps started_at once. With ``owner``, only if that worker holds the lease. Returns whether a row
+    changed."""
+    if status not in RUN_STATUSES:
+        raise ValueError(f"unknown status {status!r}; one of {RUN_STATUSES}")
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "updated_at": now}
+    if error is not None:
+        values["error"] = error
+    if status in TERMINAL_STATUSES:
+        values.update(finished_at=now, lease_owner=None)
+    elif status == "running":
+        values["started_at"] = func.coalesce(Run.started_at, _now_param())
+    stmt = update(Run).where(Run.id == run_id)
+    if owner is not None:
+        stmt = stmt.where(Run.lease_owner == owner)
+    changed = session.execute(stmt.values(**values).execution_options(synchronize_session=False)).rowcount
+    if commit:
+        session.commit()
+    return bool(changed)
+
+
+def finish_run(
+    session: Session,
+    run_id: int,
+    status: Literal["succeeded", "failed", "cancelled"],
+    *,
+    error: str | None = None,
+    owner: str | None = None,
+    commit: bool = True,
+) -> bool:
+    """End a run (succeeded / failed with ``error`` / cancelled), releasing the lease."""
+    if status not in TERMINAL_STATUSES:
+        raise ValueError(f"finish_run needs a terminal status {TERMINAL_STATUSES}, got {status!r}")
+    return set_status(session, run_id, status, error=error, owner=owner, commit=commit)
+
+
+def set_progress(
+    session: Session,
+    run_id: int,
+    *,
+    iteration: int | None = None,
+    total_iterations: int | None = None,
+    episodes: int | None = None,
+    worker_host: str | None = None,
+    worker_gpu: str | None = None,
+    commit: bool = True,
+) -> bool:
+    values: dict[str, Any] = {
+        k: v
+        for k, v in dict(
+            iteration=iteration,
+            total_iterations=total_iterations,
+            episodes=episodes,
+            worker_host=worker_host,
+            worker_gpu=worker_gpu,
+        ).items()
+        if v is not None
+    }
+    if not values:
+        return False
+    values["updated_at"] = utcnow()
+    changed = session.execute(
+        update(Run).where(Run.id == run_id).values(**values).execution_options(synchronize_session=False)
+    ).rowcount
+    if commit:
+        session.commit()
+    return bool(changed)
+
+
+def acquire_lease(
+    session: Session,
+    run_id: int,
+    owner: str,
+    *,
+    stale_after: timedelta = timedelta(seconds=60),
+    worker_host: str | None = None,
+    worker_gpu: str | None = None,
+    commit: bool = True,
+) -> bool:
+    """Atomically claim a run for ``owner`` (one conditional UPDATE): succeeds if the run is queued, or
+    running under this owner, or running under a worker whose heartbeat is older than ``stale_after``.
+    Never for a run that is finished or has a cancel request. Sets status running, stamps started_at
+    once, counts ``attempts``. Returns True if this owner now holds the lease."""
+    now = utcnow()
+    cutoff = now - stale_after
+    claimable = or_(
+        Run.status == "queued",
+        and_(
+            Run.status == "running",
+            or_(
+                Run.lease_owner.is_(None),
+                Run.lease_owner == owner,
+                Run.heartbeat_at.is_(None),
+                Run.heartbeat_at < cutoff,
+            ),
+        ),
+    )
+    values: dict[str, Any] = {
+        "status": "running",
+        "lease_owner": owner,
+        "heartbeat_at": now,
+        "updated_at": now,
+        "started_at": func.coalesce(Run.started_at, _now_param()),
+        "attempts": Run.attempts + 1,
+        "error": None,
+    }
+    if worker_host is not None:
+        values["worker_host"] = worker_host
+    if worker_gpu is not None:
+        values["worker_gpu"] = worker_gpu
+    stmt = (
+        update(Run)
+        .where(Run.id == run_id, Run.cancel_requested.is_(False), claimable)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    changed = session.execute(stmt).rowcount
+    if commit:
+        session.commit()
+    return bool(changed)
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    ok: bool  # False: the lease is lost (another worker took over, or the run was deleted/finished)
+    cancel_requested: bool
+
+
+def heartbeat(
+    session: Session,
+    run_id: int,
+    owner: str,
+    *,
+    iteration: int | None = None,
+    total_iterations: int | None = None,
+    episodes: int | None = None,
+    commit: bool = True,
+) -> HeartbeatResult:
+    """Renew the lease (and record progress). Tells the worker whether it still owns the run and whether
+    a cancel was requested."""
+    now = utcnow()
+    values: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
+    if iteration is not None:
+        values["iteration"] = iteration
+    if total_iterations is not None:
+        values["total_iterations"] = total_iterations
+    if episodes is not None:
+        values["episodes"] = episodes
+    changed = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.lease_owner == owner, Run.status == "running")
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    cancel = session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
+    if commit:
+        session.commit()
+    return HeartbeatResult(ok=bool(changed), cancel_requested=bool(cancel) if cancel is not None else True)
+
+
+def release_lease(session: Session, run_id: int, owner: str, *, commit: bool = True) -> bool:
+    changed = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.lease_owner == owner)
+        .values(lease_owner=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if commit:
+        session.commit()
+    return bool(changed)
+
+
+def requeue_stale_runs(
+    session: Session, *, stale_after: timedelta = timedelta(seconds=120), commit: bool = True
+) -> list[int]:
+    """Runs marked running whose heartbeat is older than ``stale_after`` (their worker died): those with
+    a cancel request become cancelled, the others queued again (lease cleared). Returns the ids
+    re-queued, for the caller to send to the broker again."""
+    cutoff = utcnow() - stale_after
+    stale = and_(Run.status == "running", or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < cutoff))
+    ids = list(
+        session.scalars(select(Run.id).where(stale, Run.cancel_requested.is_(False)).with_for_update())
+    )
+    now = utcnow()
+    session.execute(
+        update(Run)
+        .where(stale, Run.cancel_requested.is_(True))
+        .values(status="cancelled", finished_at=now, lease_owner=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if ids:
+        session.execute(
+            update(Run)
+            .where(Run.id.in_(ids), stale)
+            .values(status="queued", lease_owner=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    if commit:
+        session.commit()
+    return ids
+
+
+# --- metrics ---------------------------------------------------------------------------------------------
+
+MetricRow = tuple[str, int, float | None, float | None]  # (key, step, value, wall_time)
+
+_METRIC_COLUMNS = ("run_id", "key", "step", "value", "wall_time")
+_METRIC_SQL: dict[tuple[str, int, str], str] = {}
+PG_METRIC_ROWS_PER_STATEMENT = 10_000
+
+
+def _conflict_action(on_conflict: str) -> str:
+    if on_conflict == "update":
+        return "ON CONFLICT (run_id, key, step) DO UPDATE SET value = excluded.value, wall_time = excluded.wall_time"
+    return "ON CONFLICT (run_id, key, step) DO NOTHING"
+
+
+def _metric_sql(paramstyle: str, n: int, on_conflict: str) -> str:
+    """Multi-row VALUES insert with n rows (SQLite)."""
+    cache_key = (paramstyle, n, on_conflict)
+    sql = _METRIC_SQL.get(cache_key)
+    if sql is None:
+        ph = "?" if paramstyle == "qmark" else "%s"
+        row = "(" + ", ".join([ph] * len(_METRIC_COLUMNS)) + ")"
+        sql = (
+            f"INSERT INTO metrics ({', '.join(_METRIC_COLUMNS)}) VALUES "
+            + ", ".join([row] * n)
+            + " "
+            + _conflict_action(on_conflict)
+        )
+        _METRIC_SQL[cache_key] = sql
+    return sql
+
+
+def _pg_metric_sql(on_conflict: str) -> str:
+    """One array per column, unnested server-side: 5 parameters whatever the number of rows (PostgreSQL)."""
+    return (
+        f"INSERT INTO metrics ({', '.join(_METRIC_COLUMNS)}) "
+        "SELECT * FROM unnest(%s::integer[], %s::varchar[], %s::bigint[], %s::float8[], %s::float8[]) "
+        + _conflict_action(on_conflict)
+    )
+
+
+def write_metrics(
+    session: Session,
+    run_id: int,
+    rows: Iterable[MetricRow | tuple[str, int, float | None]],
+    *,
+    on_conflict: Literal["update", "ignore"] = "update",
+    commit: bool = True,
+) -> int:
+    """Store metric points ``(key, step, value[, wall_time])`` for a run, idempotently.
+
+    Writing the same (run, key, step) again keeps one row: with ``on_conflict="update"`` (default) the
+    newest value wins (a run resumed from a checkpoint re-logs the steps after it), with "ignore" the
+    first. Rows go in batched ``INSERT ... ON CONFLICT`` statements: on SQLite multi-row VALUES chunked
+    so that the connection's bound-parameter limit is never reached, on PostgreSQL one array per column
+    (``unnest``, 5 parameters per statement) in chunks of 10,000 rows. NaN values are
+    stored as NULL. ``metric_latest`` is updated in the same transaction. Returns the number of
+    distinct points written.
+    """
+    now = time.time()
+    dedup: dict[tuple[str, int], tuple[Any, ...]] = {}
+    for row in rows:
+        key, step, value = row[0], int(row[1]), row[2]
+        wall = row[3] if len(row) > 3 else None
+        if not isinstance(key, str) or not key or len(key) > 200:
+            raise ValueError(f"metric key must be a non-empty string of at most 200 characters, got {key!r}")
+        dedup[(key, step)] = (
+            run_id,
+            key,
+            step,
+            _float_or_none(value),
+            float(wall) if wall is not None else now,
+        )
+    if not dedup:
+        return 0
+    values = list(dedup.values())
+    conn = session.connection()
+    dialect = conn.dialect
+    if dialect.name == "postgresql":
+        sql = _pg_metric_sql(on_conflict)
+        for chunk in _chunks(values, PG_METRIC_ROWS_PER_STATEMENT):
+            conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*chunk, strict=True)))
+    else:
+        per = rows_per_statement(session, len(_METRIC_COLUMNS))
+        for chunk in _chunks(values, per):
+            sql = _metric_sql(dialect.paramstyle, len(chunk), on_conflict)
+            conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row))
+
+    latest: dict[str, tuple[Any, ...]] = {}
+    for row in values:
+        cur = latest.get(row[1])
+        if cur is None or row[2] >= cur[2]:
+            latest[row[1]] = row
+    stmt = _insert(session, MetricLatest)
+    newer = (
+        stmt.excluded.step >= MetricLatest.step
+        if on_conflict == "update"
+        else stmt.excluded.step > MetricLatest.step
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["run_id", "key"],
+        set_={"step": stmt.excluded.step, "value": stmt.excluded.value, "wall_time": stmt.excluded.wall_time},
+        where=newer,
+    )
+    session.execute(
+        stmt,
+        [dict(zip(_METRIC_COLUMNS, row, strict=True)) for row in latest.values()],
+    )
+    if commit:
+        session.commit()
+    return len(values)
+
+
+def metric_keys(session: Session, run_id: int) -> list[MetricLatest]:
+    return list(
+        session.scalars(select(MetricLatest).where(MetricLatest.run_id == run_id).order_by(MetricLatest.key))
+    )
+
+
+def metric_points(
+    session: Session,
+    run_id: int,
+    key: str,
+    *,
+    since_step: int | None = None,
+    until_step: int | None = None,
+) -> list[tuple[int, float | None, float | None]]:
+    """(step, value, wall_time) of one series in step order, steps in (since_step, until_step]."""
+    stmt = select(Metric.step, Metric.value, Metric.wall_time).where(
+        Metric.run_id == run_id, Metric.key == key
+    )
+    if since_step is not None:
+        stmt = stmt.where(Metric.step > since_step)
+    if until_step is not None:
+        stmt = stmt.where(Metric.step <= until_step)
+    return [tuple(r) for r in session.execute(stmt.order_by(Metric.step)).all()]
+
+
+def iter_metrics(
+    session: Session, run_id: int, keys: Sequence[str] | None = None, *, batch: int = 5000
+) -> Iterator[tuple[str, int, float | None, float | None]]:
+    """All (key, step, value, wall_time) of a run, by key then step, streamed in batches."""
+    stmt = select(Metric.key, Metric.step, Metric.value, Metric.wall_time).where(Metric.run_id == run_id)
+    if keys:
+        stmt = stmt.where(Metric.key.in_(list(keys)))
+    result = session.execute(stmt.order_by(Metric.key, Metric.step).execution_options(yield_per=batch))
+    for row in result:
+        yield tuple(row)  # type: ignore[misc]
+
+
+def metrics_after(
+    session: Session, run_id: int, after_step: int, *, max_steps: int = 200
+) -> list[tuple[str, int, float | None, float | None]]:
+    """Metric rows with step > after_step, in step order, covering at most about ``max_steps`` steps of
+    the most frequently logged key (for live streams: bounded work per poll, resumable by step)."""
+    latest = metric_keys(session, run_id)
+    if not latest:
+        return []
+    keys = [m.key for m in latest if m.step > after_step]
+    if not keys:
+        return []
+    lead = max(latest, key=lambda m: m.step).key
+    upper = session.scalar(
+        select(Metric.step)
+        .where(Metric.run_id == run_id, Metric.key == lead, Metric.step > after_step)
+        .order_by(Metric.step)
+        .offset(max_steps - 1)
+        .limit(1)
+    )
+    stmt = select(Metric.key, Metric.step, Metric.value, Metric.wall_time).where(
+        Metric.run_id == run_id, Metric.key.in_(keys), Metric.step > after_step
+    )
+    if upper is not None:
+        stmt = stmt.where(Metric.step <= upper)
+    return [tuple(r) for r in session.execute(stmt.order_by(Metric.step, Metric.key)).all()]  # type: ignore[misc]
+
+
+def max_metric_step(session: Session, run_id: int) -> int | None:
+    return session.scalar(select(func.max(MetricLatest.step)).where(MetricLatest.run_id == run_id))
+
+
+# --- samples ---------------------------------------------------------------------------------------------
+
+_SAMPLE_FIELDS = ("prompt", "response", "score", "gold_score", "kl", "extra")
+
+
+def write_samples(
+    session: Session, run_id: int, samples: Iterable[Mapping[str, Any]], *, commit: bool = True
+) -> int:
+    """Store evaluation samples: mappings with step, prompt_id, prompt, response and optional score,
+    gold_score, kl, extra (a JSON-able dict). Idempotent per (run, step, prompt_id): the newest wins."""
+    now = utcnow()
+    rows: dict[tuple[int, str], dict[str, Any]] = {}
+    for s in samples:
+        row = {
+            "run_id": run_id,
+            "step": int(s["step"]),
+            "prompt_id": str(s["prompt_id"]),
+            "prompt": str(s.get("prompt", "")),
+            "response": str(s.get("response", "")),
+            "score": _finite(s.get("score")),
+            "gold_score": _finite(s.get("gold_score")),
+            "kl": _finite(s.get("kl")),
+            "extra": s.get("extra"),
+            "created_at": now,
+        }
+        rows[(row["step"], row["prompt_id"])] = row
+    _upsert_many(
+        session, Sample.__table__, list(rows.values()), ("run_id", "step", "prompt_id"), _SAMPLE_FIELDS
+    )
+    if commit:
+        session.commit()
+    return len(rows)
+
+
+def list_samples(
+    session: Session, run_id: int, *, step: int | None = None, limit: int = 50, offset: int = 0
+) -> tuple[list[Sample], int]:
+    where = [Sample.run_id == run_id] + ([Sample.step == step] if step is not None else [])
+    items = list(
+        session.scalars(
+            select(Sample).where(*where).order_by(Sample.step, Sample.prompt_id).limit(limit).offset(offset)
+        )
+    )
+    total = session.scalar(select(func.count(Sample.id)).where(*where)) or 0
+    return items, total
+
+
+def sample_steps(session: Session, run_id: int, *, since_step: int | None = None) -> list[tuple[int, int]]:
+    """(step, number of samples) for each step (after ``since_step``) that has samples."""
+    where = [Sample.run_id == run_id] + ([Sample.step > since_step] if since_step is not None else [])
+    rows = session.execute(
+        select(Sample.step, func.count(Sample.id)).where(*where).group_by(Sample.step).order_by(Sample.step)
+    )
+    return [(step, n) for step, n in rows]
+
+
+def iter_samples(
+    session: Session, run_id: int, *, step: int | None = None, batch: int = 1000
+) -> Iterator[Sample]:
+    stmt = select(Sample).where(Sample.run_id == run_id)
+    if step is not None:
+        stmt = stmt.where(Sample.step == step)
+    yield from session.scalars(
+        stmt.order_by(Sample.step, Sample.prompt_id).execution_options(yield_per=batch)
+    )
+
+
+def latest_sample_steps(session: Session, run_ids: Sequence[int]) -> dict[int, int]:
+    rows = session.execute(
+        select(Sample.run_id, func.max(Sample.step))
+        .where(Sample.run_id.in_(list(run_ids)))
+        .group_by(Sample.run_id)
+    )
+    return {rid: step for rid, step in rows}
+
+
+@dataclass
+class AlignedSamples:
+    runs: list[tuple[int, int | None]]  # (run_id, step) in request order; step None: the run has no samples
+    total: int  # prompts in the comparison
+    items: list[tuple[str, list[Sample | None]]]  # (prompt_id, one sample per run or None)
+
+
+def compare_samples(
+    session: Session,
+    run_ids: Sequence[int],
+    steps: Sequence[int | None],
+    *,
+    mode: Literal["intersection", "union"] = "intersection",
+    limit: int = 50,
+    offset: int = 0,
+) -> AlignedSamples:
+    """Align the samples of several runs on prompt_id, each run at its step (None: its latest sample
+    step). "intersection" keeps prompts every run has; "union" keeps all (missing ones None).
+    Three queries whatever the number of runs and prompts."""
+    if len(steps) != len(run_ids):
+        raise ValueError("one step per run")
+    resolved = list(steps)
+    if any(s is None for s in resolved):
+        latest = latest_sample_steps(session, run_ids)
+        resolved = [s if s is not None else latest.get(rid) for rid, s in zip(run_ids, resolved, strict=True)]
+    pairs = [(rid, s) for rid, s in zip(run_ids, resolved, strict=True) if s is not None]
+    runs = list(zip(run_ids, resolved, strict=True))
+    if not pairs:
+        return AlignedSamples(runs, 0, [])
+    cond = or_(*[and_(Sample.run_id == rid, Sample.step == s) for rid, s in pairs])
+    id_rows = session.execute(select(Sample.run_id, Sample.step, Sample.prompt_id).where(cond)).all()
+    have: dict[str, set[tuple[int, int]]] = {}
+    for rid, step, pid in id_rows:
+        have.setdefault(pid, set()).add((rid, step))
+    wanted = set(pairs)
+    if mode == "intersection":
+        prompt_ids = sorted(pid for pid, got in have.items() if wanted <= got and len(pairs) == len(runs))
+    else:
+        prompt_ids = sorted(have)
+    page = prompt_ids[offset : offset + limit]
+    by_key: dict[tuple[int, int, str], Sample] = {}
+    if page:
+        for s in session.scalars(select(Sample).where(cond, Sample.prompt_id.in_(page))):
+            by_key[(s.run_id, s.step, s.prompt_id)] = s
+    items = [(pid, [by_key.get((rid, s, pid)) if s is not None else None for rid, s in runs]) for pid in page]
+    return AlignedSamples(runs, len(prompt_ids), items)
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------
+
+
+def add_checkpoint(
+    session: Session,
+    run_id: int,
+    step: int,
+    path: str | os.PathLike[str],
+    *,
+    is_final: bool = False,
+    commit: bool = True,
+) -> Checkpoint:
+    """Record a checkpoint directory (idempotent per (run, step)). ``path`` is a directory in HF layout
+    (config.json, weights, tokenizer), or one holding such a directory as ``policy/``. Marking one final
+    unmarks the run's other checkpoints."""
+    stmt = _insert(session, Checkpoint.__table__)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["run_id", "step"],
+        set_={"path": stmt.excluded.path, "is_final": stmt.excluded.is_final},
+    )
+    if is_final:
+        session.execute(
+            update(Checkpoint)
+            .where(Checkpoint.run_id == run_id, Checkpoint.step != step)
+            .values(is_final=False)
+            .execution_options(synchronize_session=False)
+        )
+    session.execute(
+        stmt,
+        [
+            {
+                "run_id": run_id,
+                "step": int(step),
+                "path": str(path),
+                "is_final": is_final,
+                "created_at": utcnow(),
+            }
+        ],
+    )
+    ckpt = session.scalars(
+        select(Checkpoint)
+        .where(Checkpoint.run_id == run_id, Checkpoint.step == step)
+        .execution_options(populate_existing=True)
+    ).one()
+    if commit:
+        session.commit()
+    return ckpt
+
+
+def list_checkpoints(session: Session, run_id: int) -> list[Checkpoint]:
+    return list(
+        session.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step))
+    )
+
+
+def final_checkpoint(session: Session, run_id: int) -> Checkpoint | None:
+    """The checkpoint marked final, else none."""
+    return session.scalar(
+        select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.is_final.is_(True))
+    )
+
+
+def get_checkpoint(session: Session, run_id: int, checkpoint_id: int) -> Checkpoint | None:
+    return session.scalar(
+        select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.id == checkpoint_id)
+    )
+
+
+# --- judgements ------------------------------------------------------------------------------------------
+
+
+def create_judgement(
+    session: Session,
+    *,
+    run_a_id: int,
+    step_a: int | None = None,
+    run_b_id: int | None = None,
+    step_b: int | None = None,
+    num_prompts: int,
+    judge: Mapping[str, Any],
+    seed: int = 0,
+    queue: str = "gpu",
+    commit: bool = True,
+) -> Judgement:
+    """A queued judgement of run A (at step_a; None = final) against run B (None = A's reference)."""
+    for rid in (run_a_id, run_b_id):
+        if rid is not None and session.get(Run, rid) is None:
+            raise NotFound(f"run {rid} not found")
+    now = utcnow()
+    j = Judgement(
+        status="queued",
+        queue=queue,
+        run_a_id=run_a_id,
+        step_a=step_a,
+        run_b_id=run_b_id,
+        step_b=step_b,
+        num_prompts=num_prompts,
+        judge=dict(judge),
+        seed=seed,
+        total=2 * num_prompts,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(j)
+    session.flush()
+    if commit:
+        session.commit()
+    return j
+
+
+def get_judgement(session: Session, judgement_id: int) -> Judgement | None:
+    return session.get(Judgement, judgement_id)
+
+
+def list_judgements(
+    session: Session,
+    *,
+    run_id: int | None = None,
+    status: Sequence[str] | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Judgement], int]:
+    where = []
+    if run_id is not None:
+        where.append(or_(Judgement.run_a_id == run_id, Judgement.run_b_id == run_id))
+    if status:
+        where.append(Judgement.status.in_(list(status)))
+    items = list(
+        session.scalars(
+            select(Judgement).where(*where).order_by(Judgement.id.desc()).limit(limit).offset(offset)
+        )
+    )
+    total = session.scalar(select(func.count(Judgement.id)).where(*where)) or 0
+    return items, total
+
+
+def set_judgement_status(
+    session: Session,
+    judgement_id: int,
+    status: str,
+    *,
+    error: str | None = None,
+    owner: str | None = None,
+    commit: bool = True,
+) -> bool:
+    if status not in RUN_STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "updated_at": now}
+    if error is not None:
+        values["error"] = error
+    if status in TERMINAL_STATUSES:
+        values.update(finished_at=now, lease_owner=None)
+    elif status == "running":
+        values.update(started_at=func.coalesce(Judgement.started_at, _now_param()), heartbeat_at=now)
+        if owner is not None:
+            values["lease_owner"] = owner
+    stmt = update(Judgement).where(Judgement.id == judgement_id)
+    changed = session.execute(stmt.values(**values).execution_options(synchronize_session=False)).rowcount
+    if commit:
+        session.commit()
+    return bool(changed)
+
+
+def request_judgement_cancel(session: Session, judgement_id: int, *, commit: bool = True) -> Judgement:
+    j = session.get(Judgement, judgement_id, with_for_update=True)
+    if j is None:
+        raise NotFound(f"judgement {judgement_id} not found")
+    if j.status in TERMINAL_STATUSES and j.status != "cancelled":
+        raise Conflict(f"judgement {judgement_id} has already {j.status}")
+    if j.status not in TERMINAL_STATUSES:
+        j.cancel_requested = True
+        if j.status == "queued":
+            j.status = "cancelled"
+            j.finished_at = utcnow()
+        j.updated_at = utcnow()
+    if commit:
+        session.commit()
+    return j
+
+
+def delete_judgement(session: Session, judgement_id: int, *, commit: bool = True) -> None:
+    if not session.execute(delete(Judgement).where(Judgement.id == judgement_id)).rowcount:
+        raise NotFound(f"judgement {judgement_id} not found")
+    if commit:
+        session.commit()
+
+
+def record_verdicts(
+    session: Session, judgement_id: int, verdicts: Iterable[Mapping[str, Any]], *, commit: bool = True
+) -> Judgement:
+    """Store judge verdicts: mappings with prompt_id, order ("ab": A shown first, "ba": swapped),
+    verdict (A/B/tie/invalid, in terms of the policies), prompt, response_a, response_b, raw_output.
+
+    Idempotent per (judgement, prompt_id, order): a retried call replaces, never double-counts. The
+    judgement's counts, win-rate, Wilson CI and position consistency are recomputed from the table."""
+    now = utcnow()
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for v in verdicts:
+        if v["order"] not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {v['order']!r}")
+        if v["verdict"] not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {v['verdict']!r}")
+        row = {
+            "judgement_id": judgement_id,
+            "prompt_id": str(v["prompt_id"]),
+            "prompt": str(v.get("prompt", "")),
+            "response_a": str(v.get("response_a", "")),
+            "response_b": str(v.get("response_b", "")),
+            "order": v["order"],
+            "verdict": v["verdict"],
+            "raw_output": v.get("raw_output"),
+            "created_at": now,
+        }
+        rows[(row["prompt_id"], row["order"])] = row
+    _upsert_many(
+        session,
+        Verdict.__table__,
+        list(rows.values()),
+        ("judgement_id", "prompt_id", "order"),
+        ("prompt", "response_a", "response_b", "verdict", "raw_output"),
+    )
+    judgement = refresh_judgement_summary(session, judgement_id, commit=False)
+    if commit:
+        session.commit()
+    return judgement
+
+
+def refresh_judgement_summary(session: Session, judgement_id: int, *, commit: bool = True) -> Judgement:
+    triples = session.execute(
+        select(Verdict.prompt_id, Verdict.order, Verdict.verdict).where(Verdict.judgement_id == judgement_id)
+    ).all()
+    summary = summarize((p, o, v) for p, o, v in triples)
+    j = session.get(Judgement, judgement_id, populate_existing=True)
+    if j is None:
+        raise NotFound(f"judgement {judgement_id} not found")
+    j.completed = len(triples)
+    j.wins_a, j.wins_b, j.ties, j.invalid = summary.wins_a, summary.wins_b, summary.ties, summary.invalid
+    j.win_rate, j.ci_low, j.ci_high = summary.win_rate, summary.ci_low, summary.ci_high
+    j.position_consistency = summary.position_consistency
+    j.updated_at = utcnow()
+    session.flush()
+    if commit:
+        session.commit()
+    return j
+
+
+def list_verdicts(
+    session: Session, judgement_id: int, *, limit: int = 100, offset: int = 0
+) -> tuple[list[Verdict], int]:
+    where = Verdict.judgement_id == judgement_id
+    items = list(
+        session.scalars(
+            select(Verdict)
+            .where(where)
+            .order_by(Verdict.prompt_id, Verdict.order)
+            .limit(limit)
+            .offset(offset)
+        )
+    )
+    total = session.scalar(select(func.count(Verdict.id)).where(where)) or 0
+    return items, total
+
+
+# --- API tokens ------------------------------------------------------------------------------------------
+
+TOKEN_PREFIX = "klq_"
+INITIAL_TOKEN_NAME = "admin"
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex of a token (see ApiToken for why a fast unsalted hash is right for random tokens)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def normalize_scopes(scopes: Iterable[str]) -> str:
+    """Scopes imply the lower ones: admin > write > read."""
+    wanted = set(scopes)
+    unknown = wanted - set(SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scopes {sorted(unknown)}; known: {list(SCOPES)}")
+    if "admin" in wanted:
+        wanted |= {"write"}
+    if "write" in wanted:
+        wanted |= {"read"}
+    return " ".join(s for s in SCOPES if s in wanted)
+
+
+def create_token(
+    session: Session, name: str, scopes: Iterable[str] = ("read",), *, commit: bool = True
+) -> tuple[ApiToken, str]:
+    """A new token; returns the row and the plaintext (shown once, never stored)."""
+    plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)  # 256 bits of randomness
+    token = ApiToken(
+        name=name,
+        token_hash=hash_token(plaintext),
+        prefix=plaintext[:12],
+        scopes=normalize_scopes(scopes),
+        created_at=utcnow(),
+    )
+    session.add(token)
+    session.flush()
+    if commit:
+        session.commit()
+    return token, plaintext
+
+
+def authenticate(session: Session, plaintext: str) -> ApiToken | None:
+    """The live token with this plaintext, or None."""
+    if not plaintext or len(plaintext) > 200:
+        return None
+    return session.scalar(
+        select(ApiToken).where(ApiToken.token_hash == hash_token(plaintext), ApiToken.revoked.is_(False))
+    )
+
+
+def touch_token(session: Session, token_id: int, *, min_interval: timedelta = timedelta(seconds=60)) -> None:
+    """Record use, at most once per ``min_interval`` (no write per request)."""
+    now = utcnow()
+    session.execute(
+        update(ApiToken)
+        .where(
+            ApiToken.id == token_id,
+            or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < now - min_interval),
+        )
+        .values(last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def list_tokens(session: Session) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.id)))
+
+
+def revoke_token(session: Session, token_id: int, *, commit: bool = True) -> ApiToken:
+    token = session.get(ApiToken, token_id)
+    if token is None:
+        raise NotFound(f"token {token_id} not found")
+    if not token.revoked:
+        token.revoked = True
+        token.revoked_at = utcnow()
+    if commit:
+        session.commit()
+    return token
+
+
+def write_token_file(path: Path, plaintext: str) -> None:
+    """Write the token readable by its owner only (0600), replacing any previous file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, (plaintext + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def ensure_initial_token(session: Session, token_file: Path | None = None) -> str | None:
+    """On first start (no token at all), create an admin token, write it to ``token_file`` (default
+    <data_dir>/api_token, mode 0600) and return the plaintext; otherwise return None."""
+    if session.scalar(select(func.count(ApiToken.id))):
+        return None
+    try:
+        _token, plaintext = create_token(session, INITIAL_TOKEN_NAME, ("read", "write", "admin"))
+    except IntegrityError:  # another server process created it at the same moment
+        session.rollback()
+        return None
+    if token_file is None:
+        from .settings import get_settings
+
+        token_file = get_settings().resolved_token_file
+    write_token_file(Path(token_file), plaintext)
+    return plaintext
