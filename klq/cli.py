@@ -69,6 +69,16 @@ def cmd_build_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start KLQ Lab on the embedded defaults. Until the web app lands, this builds the built-in task and
+    runs the demo KLQ training run in the terminal."""
+    from klq.tasks.builtin import ensure_assets
+
+    print(f"built-in task assets: {ensure_assets()}")
+    config = Path(__file__).resolve().parents[1] / "configs" / "builtin-klq.yaml"
+    return cmd_train(argparse.Namespace(config=str(config), out=args.out, set=[], resume=None))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="klq", description="KLQ Lab: RLHF runs with KLQ and PPO")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -81,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config field, e.g. --set train.total_episodes=640")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("up", help="start KLQ Lab on the embedded defaults")
+    p.add_argument("--out", default="runs/demo-klq", help="run directory of the demo run")
+    p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("build-assets", help="build the built-in offline task (tokenizer, SFT policy, reward model)")
     p.add_argument("--out", help="directory (default <data dir>/assets/builtin)")
