@@ -105,5 +105,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["*"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
-    app.add_middleware(ObservabilityMiddleware, observability=observability)
+    app.add_middleware(ObservabilityMiddleware, observability=observability, prefix=API_PREFIX)
     return app

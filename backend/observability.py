@@ -70,9 +70,10 @@ class ObservabilityMiddleware:
     """Counts requests by route template and adds ``X-Content-Type-Options: nosniff`` (responses are
     JSON, CSV, zip or text/event-stream; never rendered as HTML)."""
 
-    def __init__(self, app: Any, observability: Observability) -> None:
+    def __init__(self, app: Any, observability: Observability, prefix: str = "") -> None:
         self.app = app
         self.obs = observability
+        self.prefix = prefix
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -94,6 +95,13 @@ class ObservabilityMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "(unmatched)"
+            # routes included with a prefix may report their own path only
+            if (
+                self.prefix
+                and scope.get("path", "").startswith(self.prefix)
+                and not template.startswith(self.prefix)
+            ):
+                template = self.prefix + template
             method = scope.get("method", "GET")
             self.obs.requests.labels(method, template, str(status["code"])).inc()
             if not template.endswith(STREAMING_SUFFIXES):

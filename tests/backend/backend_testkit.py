@@ -23,7 +23,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend import migrate
 from backend.db import Database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,8 +124,19 @@ def start_server(kind: str, database_url: str, data_dir: Path, **env_overrides: 
     log_path = data_dir / "server.log"
     log = log_path.open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "backend.main:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "backend.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         cwd=REPO,
         env=env,
         stdout=log,

@@ -34,5 +34,3 @@ def client(server: Server) -> Iterator[httpx.Client]:
 def anon(server: Server) -> Iterator[httpx.Client]:
     with server.client(token=None) as c:
         yield c
-
-

@@ -32,7 +32,10 @@ def test_create_queues_a_task_in_the_filesystem_broker(server: Server, client) -
 
     default = create_run(client)
     assert default["queue"] == "gpu"
-    assert any(p.name.endswith(".gpu.msg") and _message_args(p)[1] == [default["id"]] for p in server.broker_messages())
+    assert any(
+        p.name.endswith(".gpu.msg") and _message_args(p)[1] == [default["id"]]
+        for p in server.broker_messages()
+    )
 
 
 @pytest.mark.parametrize(
@@ -69,7 +72,9 @@ def test_bad_config_is_422_naming_the_field_and_queues_nothing(server: Server, c
 def test_model_paths_inside_roots_and_builtin_names_are_accepted(server: Server, client) -> None:
     model_dir = server.data_dir / "models" / "my-sft"
     model_dir.mkdir(parents=True, exist_ok=True)
-    run = create_run(client, config=small_config(model={"policy": str(model_dir), "reward": "builtin:reward"}))
+    run = create_run(
+        client, config=small_config(model={"policy": str(model_dir), "reward": "builtin:reward"})
+    )
     assert run["config"]["model"]["policy"] == str(model_dir)
     # a symlink inside the root that points outside is judged by its target
     link = server.data_dir / "models" / "sneaky"
@@ -102,14 +107,18 @@ def test_malformed_json_and_wrong_types_are_4xx(client) -> None:
     assert r.status_code == 422
     r = client.post("/runs", json=[1, 2, 3])
     assert r.status_code == 422
-    r = client.post("/runs", content=b'{"config": {"kl_coef": Infinity}}', headers={"content-type": "application/json"})
+    r = client.post(
+        "/runs", content=b'{"config": {"kl_coef": Infinity}}', headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "config.kl_coef"
 
 
 def test_list_filters_and_pagination(server: Server, client) -> None:
     tag = "t" + secrets.token_hex(4)
     ids = [create_run(client, name=f"alpha {tag} {i}", tags=[tag, f"n{i % 2}"])["id"] for i in range(5)]
-    ppo = create_run(client, config=small_config(algorithm="ppo"), name=f"beta {tag}", tags=[tag], notes="needle in notes")
+    ppo = create_run(
+        client, config=small_config(algorithm="ppo"), name=f"beta {tag}", tags=[tag], notes="needle in notes"
+    )
 
     page = client.get("/runs", params={"tag": tag, "limit": 2}).json()
     assert page["total"] == 6 and len(page["items"]) == 2
@@ -142,7 +151,9 @@ def test_list_includes_latest_metrics_without_n_plus_one(server: Server, client)
     runs = [create_run(client, tags=[tag]) for _ in range(3)]
     with server.db.write_session() as s:
         for i, r in enumerate(runs):
-            store.write_metrics(s, r["id"], [("reward", step, float(step * (i + 1)), None) for step in range(10)])
+            store.write_metrics(
+                s, r["id"], [("reward", step, float(step * (i + 1)), None) for step in range(10)]
+            )
             store.write_metrics(s, r["id"], [("kl", 4, 0.5, None)])
     items = client.get("/runs", params={"tag": tag}).json()["items"]
     by_id = {r["id"]: r for r in items}
@@ -172,7 +183,9 @@ def test_get_patch_and_404(client) -> None:
     run = create_run(client, tags=["a"])
     got = client.get(f"/runs/{run['id']}").json()
     assert got["id"] == run["id"] and got["config"]["algorithm"] == "klq" and got["status"] == "queued"
-    r = client.patch(f"/runs/{run['id']}", json={"tags": ["b", "c", "b"], "notes": "<script>alert(1)</script>"})
+    r = client.patch(
+        f"/runs/{run['id']}", json={"tags": ["b", "c", "b"], "notes": "<script>alert(1)</script>"}
+    )
     assert r.status_code == 200 and r.json()["tags"] == ["b", "c"]
     assert r.headers["content-type"].startswith("application/json")
     assert r.json()["notes"] == "<script>alert(1)</script>"  # stored and returned as plain text
@@ -223,7 +236,11 @@ def test_clone_with_overrides(server: Server, client) -> None:
     clone = r.json()
     assert clone["parent_id"] == src["id"] and clone["name"] == "source (clone)" and clone["tags"] == ["x"]
     cfg = clone["config"]
-    assert cfg["kl_coef"] == 0.2 and cfg["train"]["total_episodes"] == 128 and cfg["rollout"]["temperature"] == 0.7
+    assert (
+        cfg["kl_coef"] == 0.2
+        and cfg["train"]["total_episodes"] == 128
+        and cfg["rollout"]["temperature"] == 0.7
+    )
     assert cfg["train"]["batch_size"] == 8  # untouched keys kept
     assert any(_message_args(p)[1] == [clone["id"]] for p in set(server.broker_messages()) - before)
 

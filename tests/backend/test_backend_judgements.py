@@ -1,0 +1,157 @@
+"""Judgements: create (queued as klq.run_judgement), verdict storage, win-rate with a Wilson CI."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from backend_testkit import Server, create_run
+
+from backend import store
+from backend.winrate import summarize, wilson_interval, win_rate
+
+
+def test_wilson_interval_hand_computed() -> None:
+    # p = 0.7, n = 10, z = 1.959964: centre = (0.7 + z^2/20) / (1 + z^2/10), etc.
+    low, high = wilson_interval(7, 10)
+    assert low == pytest.approx(0.396778, abs=1e-6) and high == pytest.approx(0.892209, abs=1e-6)
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.277533, abs=1e-6)
+    assert wilson_interval(50, 100) == pytest.approx((0.403832, 0.596168), abs=1e-6)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_win_rate_counts_ties_half_and_ignores_invalid() -> None:
+    wr = win_rate(6, 2, ties=2, invalid=5)
+    assert wr.n_valid == 10 and wr.win_rate == pytest.approx(0.7)
+    assert (wr.ci_low, wr.ci_high) == pytest.approx(wilson_interval(7, 10))
+    assert win_rate(0, 0, invalid=3).win_rate is None
+
+
+def test_position_swap_cancels_a_judge_that_always_says_first() -> None:
+    # "ab": A shown first, the judge picks the first -> A; "ba": B shown first -> B
+    verdicts = [(f"p{i}", "ab", "A") for i in range(20)] + [(f"p{i}", "ba", "B") for i in range(20)]
+    s = summarize(verdicts)
+    assert s.win_rate == 0.5 and s.position_consistency == 0.0 and s.prompts == 20
+
+
+def _judgement_messages(server: Server) -> list[tuple[str, list]]:
+    out = []
+    for p in server.broker_messages():
+        msg = json.loads(p.read_text())
+        out.append((msg["headers"]["task"], json.loads(base64.b64decode(msg["body"]))[0]))
+    return out
+
+
+def test_create_get_and_verdicts(server: Server, client) -> None:
+    a, b = create_run(client)["id"], create_run(client)["id"]
+    r = client.post(
+        "/judgements",
+        json={
+            "run_a": a,
+            "run_b": b,
+            "step_a": 100,
+            "num_prompts": 3,
+            "judge": {"backend": "openai", "model": "gpt-4o-mini", "template": "summarization"},
+            "queue": "cpu",
+        },
+    )
+    assert r.status_code == 201, r.text
+    j = r.json()
+    assert (
+        j["status"] == "queued"
+        and j["run_a"] == a
+        and j["run_b"] == b
+        and j["step_a"] == 100
+        and j["step_b"] is None
+    )
+    assert j["judge"]["model"] == "gpt-4o-mini" and j["total"] == 6 and j["result"]["win_rate"] is None
+    assert ("klq.run_judgement", [j["id"]]) in _judgement_messages(server)
+
+    with server.db.write_session() as s:
+        assert store.set_judgement_status(s, j["id"], "running", owner="w")
+        verdicts = [
+            {
+                "prompt_id": "p1",
+                "order": "ab",
+                "verdict": "A",
+                "prompt": "q1",
+                "response_a": "ra",
+                "response_b": "rb",
+                "raw_output": "1",
+            },
+            {"prompt_id": "p1", "order": "ba", "verdict": "A", "raw_output": "2"},
+            {"prompt_id": "p2", "order": "ab", "verdict": "B"},
+            {"prompt_id": "p2", "order": "ba", "verdict": "tie"},
+            {"prompt_id": "p3", "order": "ab", "verdict": "invalid", "raw_output": "I cannot decide"},
+        ]
+        store.record_verdicts(s, j["id"], verdicts)
+        store.record_verdicts(s, j["id"], verdicts[:2])  # a retry never double-counts
+        with pytest.raises(ValueError):
+            store.record_verdicts(s, j["id"], [{"prompt_id": "p9", "order": "xy", "verdict": "A"}])
+
+    got = client.get(f"/judgements/{j['id']}").json()
+    res = got["result"]
+    assert (res["wins_a"], res["wins_b"], res["ties"], res["invalid"]) == (2, 1, 1, 1)
+    assert res["win_rate"] == pytest.approx(2.5 / 4)
+    assert (res["ci_low"], res["ci_high"]) == pytest.approx(wilson_interval(2.5, 4))
+    assert res["position_consistency"] == 0.5  # p1 agrees, p2 does not, p3 has no valid pair
+    assert got["completed"] == 5 and got["status"] == "running" and got["verdicts_total"] == 5
+    assert got["verdicts"][0] == {
+        "id": got["verdicts"][0]["id"],
+        "prompt_id": "p1",
+        "prompt": "q1",
+        "response_a": "ra",
+        "response_b": "rb",
+        "order": "ab",
+        "verdict": "A",
+        "raw_output": "1",
+    }
+    page = client.get(f"/judgements/{j['id']}/verdicts", params={"limit": 2, "offset": 4}).json()
+    assert page["total"] == 5 and [v["prompt_id"] for v in page["items"]] == ["p3"]
+    assert client.get(f"/judgements/{j['id']}", params={"include_verdicts": False}).json()["verdicts"] is None
+
+    listed = client.get("/judgements", params={"run_id": b}).json()
+    assert [x["id"] for x in listed["items"]] == [j["id"]]
+    assert client.get("/judgements", params={"status": "running", "run_id": a}).json()["total"] == 1
+
+    with server.db.write_session() as s:
+        store.set_judgement_status(s, j["id"], "succeeded")
+    assert client.post(f"/judgements/{j['id']}/cancel").status_code == 409
+    assert client.delete(f"/judgements/{j['id']}").status_code == 204
+    assert client.get(f"/judgements/{j['id']}").status_code == 404
+
+
+def test_judgement_against_reference_and_cancel(client) -> None:
+    a = create_run(client)["id"]
+    j = client.post("/judgements", json={"run_a": a, "num_prompts": 8}).json()
+    assert j["run_b"] is None and j["judge"]["backend"] == "gold" and j["queue"] == "gpu"
+    c = client.post(f"/judgements/{j['id']}/cancel").json()
+    assert c["status"] == "cancelled" and c["cancel_requested"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"run_a": 999_999}, "run_a"),
+        ({"run_a": "RUN", "num_prompts": 1}, "run_a"),
+        ({"num_prompts": 0}, "num_prompts"),
+        ({"num_prompts": 10**9}, "num_prompts"),
+        ({"judge": {"backend": "openai", "api_key": "sk-secret"}}, "judge"),
+        ({"judge": {"backend": "openai", "headers": {"Authorization": "x"}}}, "judge.headers"),
+        ({"judge": {"backend": "magic"}}, "judge.backend"),
+        ({"judge": {"backend": "hf", "model": "/etc"}}, "judge.model"),
+        ({"queue": "nope"}, "queue"),
+    ],
+)
+def test_bad_judgements_are_422_and_store_nothing(client, body, field) -> None:
+    a = create_run(client)["id"]
+    before = client.get("/judgements").json()["total"]
+    r = client.post("/judgements", json={"run_a": a, **body})
+    assert r.status_code == 422, r.text
+    assert field in [p["field"] for p in r.json()["detail"]], r.json()
+    assert "sk-secret" not in r.text
+    assert client.get("/judgements").json()["total"] == before

@@ -1,0 +1,95 @@
+"""The data-access layer as the worker uses it: leases, heartbeats, stale runs, progress, concurrency."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from backend_testkit import Server, create_run
+from sqlalchemy import update
+
+from backend import store
+from backend.models import Run, utcnow
+
+
+def test_lease_is_exclusive_until_its_heartbeat_goes_stale(server: Server, client) -> None:
+    rid = create_run(client)["id"]
+    db = server.db
+    with db.write_session() as s:
+        assert store.acquire_lease(s, rid, "w1", worker_host="host-a", worker_gpu="0")
+        assert not store.acquire_lease(s, rid, "w2")  # a second delivery of the same task
+        assert store.acquire_lease(s, rid, "w1")  # the owner may re-acquire
+        assert store.heartbeat(s, rid, "w1", iteration=2, episodes=16).ok
+        assert not store.heartbeat(s, rid, "w2").ok
+        # the heartbeat goes stale: another worker may take over; the first has lost its lease
+        s.execute(update(Run).where(Run.id == rid).values(heartbeat_at=utcnow() - timedelta(minutes=5)))
+        s.commit()
+        assert store.acquire_lease(s, rid, "w2", stale_after=timedelta(seconds=60))
+        hb = store.heartbeat(s, rid, "w1")
+        assert not hb.ok and not hb.cancel_requested
+        assert not store.finish_run(s, rid, "succeeded", owner="w1")  # a stale worker cannot finish it
+        assert store.finish_run(s, rid, "succeeded", owner="w2")
+        assert not store.acquire_lease(s, rid, "w3")  # finished runs are never claimed
+    run = client.get(f"/runs/{rid}").json()
+    assert run["status"] == "succeeded" and run["attempts"] == 3 and run["worker_host"] == "host-a"
+    assert run["iteration"] == 2 and run["episodes"] == 16 and run["started_at"] and run["finished_at"]
+
+
+def test_requeue_stale_runs_and_cancelled_ones(server: Server, client) -> None:
+    a, b, c = (create_run(client)["id"] for _ in range(3))
+    db = server.db
+    with db.write_session() as s:
+        for rid in (a, b, c):
+            assert store.acquire_lease(s, rid, f"w{rid}")
+        s.execute(update(Run).where(Run.id.in_([a, b])).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+        s.commit()
+    client.post(f"/runs/{b}/cancel")
+    with db.write_session() as s:
+        requeued = store.requeue_stale_runs(s, stale_after=timedelta(minutes=2))
+    assert a in requeued and b not in requeued and c not in requeued
+    assert client.get(f"/runs/{a}").json()["status"] == "queued"
+    assert client.get(f"/runs/{b}").json()["status"] == "cancelled"
+    assert client.get(f"/runs/{c}").json()["status"] == "running"
+    with db.write_session() as s:
+        assert store.acquire_lease(s, a, "new-worker")
+        assert not store.acquire_lease(s, b, "new-worker")
+
+
+def test_status_progress_and_error(server: Server, client) -> None:
+    rid = create_run(client)["id"]
+    with server.db.write_session() as s:
+        assert store.set_progress(s, rid, iteration=5, total_iterations=10, episodes=40, worker_gpu="cuda:1")
+        assert store.set_status(s, rid, "running")
+        assert store.finish_run(s, rid, "failed", error="CUDA out of memory: try a smaller micro_batch_size")
+    run = client.get(f"/runs/{rid}").json()
+    assert run["progress"] == 0.5 and run["worker_gpu"] == "cuda:1"
+    assert run["status"] == "failed" and run["error"].startswith("CUDA out of memory")
+    assert client.get("/runs", params={"status": "failed"}).json()["total"] >= 1
+
+
+def test_concurrent_writers_do_not_lock_each_other_out(server: Server, client) -> None:
+    """Worker-style metric batches and API writes at the same time (SQLite: BEGIN IMMEDIATE + busy_timeout)."""
+    rid = create_run(client)["id"]
+    errors: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        try:
+            for i in range(20):
+                with server.db.write_session() as s:
+                    store.write_metrics(
+                        s, rid, [(f"k{offset}", i * 10 + j, float(j), None) for j in range(10)]
+                    )
+                    store.heartbeat(s, rid, "nobody")
+        except BaseException as err:  # collected for the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(10):
+        assert client.patch(f"/runs/{rid}", json={"notes": f"edit {i}"}).status_code == 200
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    keys = {k["key"]: k["last_step"] for k in client.get(f"/runs/{rid}/metrics/keys").json()}
+    assert keys == {"k0": 199, "k1": 199, "k2": 199}
