@@ -35,6 +35,7 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 
 def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     """Variance of x over masked positions (scalar). Bessel-corrected when unbiased."""
+    x = _zeroed(x, mask)  # non-finite padding must not reach the gradient through (x - mean)
     mean = masked_mean(x, mask)
     n = mask.to(x.dtype).sum()
     var = masked_mean((x - mean) ** 2, mask)
@@ -45,6 +46,7 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
 
 def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
     """(x - mean) / std over masked positions; padded positions come back as 0. x, mask: (B, T)."""
+    x = _zeroed(x, mask)
     mean, var = masked_mean(x, mask), masked_var(x, mask)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
@@ -181,6 +183,9 @@ def klq_loss(
     Returns (scalar loss, stats: q (action value mean), clipfrac).
     """
 
+    # Padding may hold inf/nan: zero it in every input so no 0 * nan reaches a gradient.
+    logp, logp_ref, values, targets = (_zeroed(x, mask) for x in (logp, logp_ref, values, targets))
+
     def pointwise(q: Tensor) -> Tensor:
         err = q - targets
         if loss_type == "l2":
@@ -196,15 +201,16 @@ def klq_loss(
     if ratio_clip is not None:
         if logp_old is None:
             raise ValueError("ratio_clip needs logp_old")
-        old = logp_old - logp_ref
-        q_rc = tau * (old + (log_ratio_ref - old).clamp(-ratio_clip, ratio_clip)) + values
+        old = _zeroed(logp_old, mask) - logp_ref
+        q_rc = tau * torch.clamp(log_ratio_ref, old - ratio_clip, old + ratio_clip) + values
         losses_rc = pointwise(q_rc)
         clipped |= losses_rc > losses
         losses = torch.maximum(losses, losses_rc)
     if value_clip is not None:
         if q_old is None:
             raise ValueError("value_clip needs q_old")
-        q_vc = q_old + (q - q_old).clamp(-value_clip, value_clip)
+        q_old = _zeroed(q_old, mask)
+        q_vc = torch.clamp(q, q_old - value_clip, q_old + value_clip)
         losses_vc = pointwise(q_vc)
         clipped |= losses_vc > losses
         losses = torch.maximum(losses, losses_vc)
@@ -250,10 +256,11 @@ def ppo_value_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """0.5 masked_mean max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2). All (B, T).
     cliprange_value None -> unclipped 0.5 masked_mean (V - R)^2. Returns (loss, stats: clipfrac)."""
+    values, values_old, returns = (_zeroed(x, mask) for x in (values, values_old, returns))
     unclipped = (values - returns) ** 2
     if cliprange_value is None:
         return 0.5 * masked_mean(unclipped, mask), {"clipfrac": torch.zeros((), device=values.device)}
-    values_clipped = values_old + (values - values_old).clamp(-cliprange_value, cliprange_value)
+    values_clipped = torch.clamp(values, values_old - cliprange_value, values_old + cliprange_value)
     clipped = (values_clipped - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
     return loss, {"clipfrac": masked_mean((clipped > unclipped).float(), mask)}

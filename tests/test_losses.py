@@ -35,13 +35,11 @@ def close_frac(actual, value):
 def assert_clip_count(clipfrac, n_bind: int, n_round: int, n: int):
     """clipfrac * n must count the tokens where a clip range is exceeded and raises the loss (n_bind).
 
-    Tolerates up to n_round extra tokens: in-range tokens where the library's re-centred clip
-    `old + (new - old).clamp(...)` does not give back `new` exactly, so a rounding-level difference can be
-    counted as "clipped". That miscount is a bug, pinned by the strict-xfail tests
-    test_*_clipfrac_ignores_rounding below; here it must not hide the rest of the checks.
+    n_round (tokens within rounding of the clip edge) is kept for the callers' bookkeeping; the clip is
+    computed as torch.clamp(new, old - c, old + c), exact inside the range, so the count must be exact.
     """
     got = round(float(clipfrac) * n)
-    assert n_bind <= got <= n_bind + n_round, (got, n_bind, n_round)
+    assert got == n_bind, (got, n_bind, n_round)
 
 
 # ------------------------------------------------------------------------------------------ batch data
@@ -723,24 +721,15 @@ def test_klq_loss_argument_errors():
         L.klq_loss(*args, ratio_clip=0.1)
 
 
-BUG_CLIPFRAC = (
-    "BUG: {fn} re-centres the clip as `old + (new - old).clamp(-c, c)`, which for an in-range token need not "
-    "give back `new` exactly (e.g. -0.3 + (-0.9 - -0.3) = -0.9000000000000001); the clipped loss is then larger "
-    "by rounding only and `clipped > unclipped` counts the token as clipped, so {what} is inflated (one float32 "
-    "sample, V - V_old ~ N(0, 0.1^2), c = 0.2: 0.0242 reported vs 0.0227 true). Loss values and gradients are "
-    "unaffected beyond rounding. torch.clamp(new, old - c, old + c) is exact inside the range."
-)
 ONE = torch.ones(1, 1, dtype=torch.bool)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_CLIPFRAC.format(fn="ppo_value_loss", what="val/clipfrac"))
 def test_ppo_value_clipfrac_ignores_rounding():
     # |V - V_old| = 0.6 < c = 1: the clip is not exceeded, so nothing is clipped.
     _, stats = L.ppo_value_loss(tensor([[-0.9]]), tensor([[-0.3]]), tensor([[-0.9]]), ONE, 1.0)
     assert float(stats["clipfrac"]) == 0.0  # got 1.0
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_CLIPFRAC.format(fn="klq_loss", what="KLQ clipfrac"))
 @pytest.mark.parametrize("variant", ["value_clip", "ratio_clip"])
 def test_klq_clipfrac_ignores_rounding(variant):
     # tau = 1, logp_ref = 0, V = 0: Q = logp = -0.9; Q_old = logp_old = -0.3; |Q - Q_old| = 0.6 < c = 1.
@@ -958,11 +947,6 @@ PAD_TENSORS = [
     "advantages", "returns", "rewards", "x", "logits",
 ]  # fmt: skip
 
-BUG_STATS_GRAD = (
-    "BUG: masked_var / masked_whiten compute (x - mean)**2 on the raw x and only then zero the padding, so "
-    "a nan/inf at a padded position gives 0 * nan = nan in d/d(mean) and the gradient w.r.t. EVERY real "
-    "x is nan (values are correct)."
-)
 
 
 def _perturb(batch, kind, gen):
@@ -1006,8 +990,6 @@ def _pad_params():
     for name in PAD_CASES:
         for kind in ["random", "nan", "+inf", "-inf"]:
             marks = []
-            if name in ("masked_var", "masked_whiten") and kind != "random":
-                marks = [pytest.mark.xfail(strict=True, reason=BUG_STATS_GRAD)]
             out.append(pytest.param(name, kind, marks=marks, id=f"{name}-{kind}"))
     return out
 
@@ -1053,12 +1035,6 @@ def test_bool_and_float_masks_agree(name):
 # padded slots may hold anything (the module docstring: "even inf/nan"). The parameter gradients must then be
 # the clean ones.
 
-BUG_PARAM_GRAD = (
-    "BUG: {fn} forms the per-token loss (err**2 / huber / max) from raw padded inputs and masks only at the "
-    "final masked_mean; the backward pass multiplies the zero upstream gradient by the non-finite local "
-    "derivative at padded positions (0 * nan = nan), so d loss / d logp and d loss / d V at padded positions "
-    "are nan and every network parameter gradient becomes nan (the loss value itself is correct)."
-)
 
 
 def _param_cases():
@@ -1069,11 +1045,6 @@ def _param_cases():
     ]:  # fmt: skip
         for kind in ["nan", "+inf"]:
             marks = []
-            if name == "klq_loss_huber" and kind == "+inf":
-                pass  # Huber's derivative stays finite (+-delta) at an infinite error: 0 * delta = 0
-            elif name.startswith("klq_loss") or name.startswith("ppo_value_loss"):
-                fn = "klq_loss" if name.startswith("klq") else "ppo_value_loss"
-                marks = [pytest.mark.xfail(strict=True, reason=BUG_PARAM_GRAD.format(fn=fn))]
             out.append(pytest.param(name, kind, marks=marks, id=f"{name}-{kind}"))
     return out
 
