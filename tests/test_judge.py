@@ -303,7 +303,7 @@ def stand_in():
     model = StandInModel(api_key="sk-test-SECRET-123")
     server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(model))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield model, f"http://127.0.0.1:{server.server_address[1]}/v1"
@@ -315,7 +315,8 @@ def stand_in():
 def openai_judge(url, key="sk-test-SECRET-123", **kw):
     sleeps: list[float] = []
     kw.setdefault("concurrency", 1)
-    judge = OpenAIJudge(url, "judge-model", api_key=key, timeout=5.0, max_retries=kw.pop("max_retries", 3),
+    judge = OpenAIJudge(url, "judge-model", api_key=key, timeout=kw.pop("timeout", 5.0),
+                        max_retries=kw.pop("max_retries", 3),
                         backoff_base=0.01, sleep=sleeps.append, **kw)
     return judge, sleeps
 
@@ -347,9 +348,7 @@ def test_openai_judge_retries_429_honouring_retry_after_then_succeeds(stand_in):
 def test_openai_judge_retries_500_and_timeouts_with_backoff(stand_in):
     model, url = stand_in
     model.plan = ["500", "hang", "500"]
-    judge, sleeps = openai_judge(url, max_retries=3)
-    judge.timeout = 0.3
-    judge._client.timeout = __import__("httpx").Timeout(0.3)
+    judge, sleeps = openai_judge(url, max_retries=3, timeout=0.3)  # the "hang" answers after 1 s
     outputs = judge.judge([JudgeRequest("q", "poor", "good", text=format_prompt(GENERIC, "q", "poor", "good"))])
     assert outputs == ["B"]
     assert judge.requests_sent == 4 and len(sleeps) == 3

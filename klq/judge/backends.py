@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -213,6 +214,7 @@ class OpenAIJudge:
             headers["Authorization"] = f"Bearer {api_key}"
         self._client = httpx.Client(timeout=httpx.Timeout(self.timeout), headers=headers, transport=transport,
                                     follow_redirects=False)
+        self._lock = threading.Lock()
         self.requests_sent = 0  # HTTP attempts made, retries included (for tests and metrics)
 
     def __repr__(self) -> str:
@@ -238,9 +240,11 @@ class OpenAIJudge:
         return messages + [{"role": "user", "content": text}]
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
+        with self._lock:
+            jitter = self._rng.random()
         if retry_after is not None:
-            return min(retry_after, self.max_retry_after) + self._rng.uniform(0, 0.1)
-        return min(self.backoff_max, self.backoff_base * 2**attempt) * self._rng.uniform(0.5, 1.0)
+            return min(retry_after, self.max_retry_after) + 0.1 * jitter
+        return min(self.backoff_max, self.backoff_base * 2**attempt) * (0.5 + 0.5 * jitter)
 
     def complete(self, text: str) -> str:
         """One chat completion with retries: the assistant message's content ("" when it has none)."""
@@ -257,8 +261,9 @@ class OpenAIJudge:
         attempts = self.max_retries + 1
         for attempt in range(attempts):
             retry_after = None
-            try:
+            with self._lock:
                 self.requests_sent += 1
+            try:
                 response = self._client.post(self._url, json=payload)
             except httpx.TimeoutException as err:
                 last, status = f"timed out after {self.timeout:g}s ({type(err).__name__})", None

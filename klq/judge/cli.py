@@ -149,7 +149,16 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    response_length = args.response_length or (run_cfg.rollout.response_length if run_cfg else 53)
+    if args.response_length:
+        response_length = args.response_length
+    elif run_cfg is not None:
+        response_length = run_cfg.rollout.response_length
+    elif task_cfg.name == "builtin":
+        from klq.tasks.builtin import RESPONSE_LENGTH as response_length
+    else:
+        from klq.config import RolloutConfig
+
+        response_length = RolloutConfig().response_length
     stops = run_cfg.rollout.stop_sequences if run_cfg else []
     texts = [p.text for p in prompts]
     responses = {}
