@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_build_assets)
+
+    from klq.judge.cli import add_judge_parser
+
+    add_judge_parser(sub)
     return parser
 
 
