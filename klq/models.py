@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +78,24 @@ def load_scorer(name: str, dtype: torch.dtype, pad_token_id: int | None = None) 
     return model
 
 
+class ModelLoadError(RuntimeError):
+    """A configured model could not be loaded; the message names the config field and the model."""
+
+
+def _load(field: str, name: str, loader, *args, **kwargs):
+    try:
+        return loader(name, *args, **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        if name.startswith(("/", ".", "~")) and not Path(name).expanduser().exists():
+            reason = "no such directory"
+        else:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
+        raise ModelLoadError(
+            f"{field} = {name!r} could not be loaded ({reason}). Give a local directory in HF layout "
+            "(config.json and weights) or a hub id reachable from the worker."
+        ) from err
+
+
 @dataclass
 class Models:
     tokenizer: PreTrainedTokenizerBase
@@ -92,13 +111,14 @@ def load_models(cfg: ModelConfig, device: torch.device, policy_dir: str | None =
                 value_dir: str | None = None) -> Models:
     """Load the four models. policy_dir / value_dir override the configured ones (resuming a checkpoint)."""
     dtype = resolve_dtype(cfg.dtype, device)
-    tokenizer = load_tokenizer(cfg.policy)
-    policy = load_causal_lm(policy_dir or cfg.policy, dtype)
-    reference = load_causal_lm(cfg.reference or cfg.policy, dtype)
-    reward_tokenizer = load_tokenizer(cfg.reward)
-    reward = load_scorer(cfg.reward, dtype, reward_tokenizer.pad_token_id)
+    tokenizer = _load("model.policy", cfg.policy, load_tokenizer)
+    policy = _load("model.policy", policy_dir or cfg.policy, load_causal_lm, dtype)
+    reference = _load("model.reference", cfg.reference or cfg.policy, load_causal_lm, dtype)
+    reward_tokenizer = _load("model.reward", cfg.reward, load_tokenizer)
+    reward = _load("model.reward", cfg.reward, load_scorer, dtype, reward_tokenizer.pad_token_id)
+    value_field = "model.value" if cfg.value else f"model.{cfg.value_init} (value_init)"
     value_source = value_dir or cfg.value or (cfg.reward if cfg.value_init == "reward" else cfg.policy)
-    value = load_scorer(value_source, dtype, tokenizer.pad_token_id)
+    value = _load(value_field, value_source, load_scorer, dtype, tokenizer.pad_token_id)
     for frozen in (reference, reward):
         frozen.requires_grad_(False).eval()
     policy.train()

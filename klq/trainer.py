@@ -210,7 +210,7 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
     run_start = time.perf_counter()
     try:
         while iteration < num_iterations:
-            if sink is not None and sink.should_stop():
+            if _should_stop(accelerator, sink):
                 stopped = True
                 break
             t0 = time.perf_counter()
@@ -263,6 +263,16 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
         if sink is not None and accelerator.is_main_process:
             sink.close()
     return TrainResult(out_dir, iteration, stopped, last_checkpoint, metrics)
+
+
+def _should_stop(accelerator: Accelerator, sink: Sink | None) -> bool:
+    """The main process asks the sink; every process gets the same answer (or data parallelism hangs)."""
+    stop = [bool(sink is not None and accelerator.is_main_process and sink.should_stop())]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(stop, from_process=0)
+    return stop[0]
 
 
 def _checkpoint(out_dir, iteration, models, policy, value, optimizer, scheduler, cfg, final, accelerator, sink):
