@@ -79,6 +79,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     return cmd_train(argparse.Namespace(config=str(config), out=args.out, set=[], resume=None))
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """A Celery worker: threads pool (the work itself runs in child processes), one slot per GPU,
+    prefetch 1, early acks plus the database lease (see worker/tasks.py for why)."""
+    import socket
+
+    from worker.tasks import DEVICES, app
+
+    concurrency = args.concurrency or max(1, DEVICES.total)
+    argv = ["worker", "--pool=threads", f"--concurrency={concurrency}", f"--queues={args.queues}",
+            f"--loglevel={args.loglevel}", "--prefetch-multiplier=1", "--without-gossip", "--without-mingle",
+            f"--hostname=klq-{args.queues.replace(',', '-')}@{socket.gethostname()}"]
+    app.worker_main(argv)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="klq", description="KLQ Lab: RLHF runs with KLQ and PPO")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -95,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="start KLQ Lab on the embedded defaults")
     p.add_argument("--out", default="runs/demo-klq", help="run directory of the demo run")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("worker", help="start a Celery worker that trains runs and judges")
+    p.add_argument("--queues", default="gpu,cpu", help="comma-separated queues to consume (default gpu,cpu)")
+    p.add_argument("--concurrency", type=int, default=0, help="parallel jobs (default: one per GPU, else 1)")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("build-assets", help="build the built-in offline task (tokenizer, SFT policy, reward model)")
     p.add_argument("--out", help="directory (default <data dir>/assets/builtin)")

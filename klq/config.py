@@ -128,6 +128,7 @@ class RunConfig(_Strict):
     eval_interval: int = Field(10, ge=1, description="iterations between sample records")
     checkpoint_interval: int = Field(50, ge=1, description="iterations between checkpoints")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    num_gpus: int = Field(1, ge=1, le=64, description="GPUs for this run on a GPU worker (>1: accelerate launch)")
     task: TaskConfig = Field(default_factory=TaskConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)

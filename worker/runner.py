@@ -1,0 +1,188 @@
+"""The child process that does a job's work: `python -m worker.runner train RUN_ID --owner OWNER` (or under
+`accelerate launch` for several GPUs), `python -m worker.runner judge JUDGEMENT_ID --owner OWNER`.
+
+The Celery task that starts it holds the lease and sends heartbeats; this process trains (or judges) and
+writes the outcome. A training failure ends the run failed with a reason a user can act on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from backend import store
+from backend.db import Database
+from backend.settings import get_settings
+from klq.config import RunConfig
+
+log = logging.getLogger("klq.worker.runner")
+
+EXIT_OK, EXIT_FAILED, EXIT_LEASE_LOST = 0, 1, 3
+
+
+def run_dir(run_id: int) -> Path:
+    return get_settings().data_dir / "runs" / str(run_id)
+
+
+def explain_failure(err: BaseException) -> str:
+    """One paragraph a user understands, for the run's `error` field."""
+    import torch
+
+    from klq.models import ModelLoadError
+    from klq.trainer import TrainingError
+
+    if isinstance(err, torch.OutOfMemoryError):
+        return ("out of GPU memory: " + str(err).splitlines()[0] + ". Lower train.micro_batch_size, enable "
+                "model.gradient_checkpointing, shorten rollout.response_length, or use a larger GPU.")
+    if isinstance(err, MemoryError):
+        return "out of host memory while training; lower train.batch_size or train.micro_batch_size."
+    if isinstance(err, (TrainingError, ModelLoadError)):
+        return str(err)
+    if isinstance(err, FileNotFoundError):
+        return f"file not found: {err}"
+    return f"{type(err).__name__}: {err}"
+
+
+def _uses_builtin(cfg: RunConfig) -> bool:
+    names = [cfg.model.policy, cfg.model.reward, cfg.model.reference or "", cfg.model.value or ""]
+    return cfg.task.name == "builtin" or any(n.startswith("builtin:") for n in names)
+
+
+def train_main(run_id: int, owner: str) -> int:
+    from accelerate import PartialState
+
+    from klq.trainer import latest_checkpoint, train
+    from worker.sink import DatabaseSink, LeaseLost
+
+    db = Database.from_settings()
+    state = PartialState()
+    with db.session() as session:
+        run = store.require_run(session, run_id)
+        cfg = RunConfig.model_validate(run.config)
+    out_dir = run_dir(run_id)
+    resume = latest_checkpoint(out_dir) is not None
+    sink = DatabaseSink(db, run_id, owner) if state.is_main_process else None
+    try:
+        if _uses_builtin(cfg) and state.is_main_process:
+            from klq.tasks.builtin import ensure_assets
+
+            ensure_assets(log=log.info)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            with db.write_session() as session:
+                store.set_progress(session, run_id, total_iterations=cfg.train.num_iterations)
+        log.info("run %s: %s training in %s (resume=%s)", run_id, cfg.algorithm, out_dir, resume)
+        result = train(cfg, out_dir, sink=sink, resume=resume)
+    except LeaseLost as err:
+        log.warning("run %s: %s; leaving it to its new worker", run_id, err)
+        return EXIT_LEASE_LOST
+    except Exception as err:  # every failure becomes the run's reason, never a silent exit
+        log.error("run %s failed:\n%s", run_id, traceback.format_exc())
+        if state.is_main_process:
+            with db.write_session() as session:
+                store.finish_run(session, run_id, "failed", error=explain_failure(err), owner=owner)
+        return EXIT_FAILED
+    if state.is_main_process:
+        with db.write_session() as session:
+            store.finish_run(session, run_id, "cancelled" if result.stopped else "succeeded", owner=owner)
+    log.info("run %s %s after %s iterations", run_id, "cancelled" if result.stopped else "succeeded",
+             result.iterations_done)
+    return EXIT_OK
+
+
+def _policy_of(session, run_id: int, step: int | None) -> tuple[str, str]:
+    """(model dir, description) of a run's policy at `step` (None: its final or latest checkpoint)."""
+    checkpoints = store.list_checkpoints(session, run_id)
+    if step is not None:
+        checkpoints = [c for c in checkpoints if c.step == step]
+        if not checkpoints:
+            raise FileNotFoundError(f"run {run_id} has no checkpoint at step {step}")
+    elif not checkpoints:
+        raise FileNotFoundError(f"run {run_id} has no checkpoint yet")
+    chosen = next((c for c in checkpoints if c.is_final), checkpoints[-1])
+    return str(Path(chosen.path) / "policy"), f"run {run_id} step {chosen.step}"
+
+
+def judge_main(judgement_id: int, owner: str) -> int:
+    from klq.judge.backends import make_judge
+    from klq.judge.core import Comparison, JudgementRecord, run_judgement
+    from klq.judge.generate import generate_responses
+    from klq.judge.templates import resolve_template, template_for_task
+    from klq.tasks import load_task
+
+    db = Database.from_settings()
+    settings = get_settings()
+    try:
+        with db.session() as session:
+            j = store.get_judgement(session, judgement_id)
+            if j is None:
+                raise FileNotFoundError(f"judgement {judgement_id} was deleted")
+            run_a = store.require_run(session, j.run_a_id)
+            cfg = RunConfig.model_validate(run_a.config)
+            policy_a, _ = _policy_of(session, j.run_a_id, j.step_a)
+            if j.run_b_id is not None:
+                policy_b, _ = _policy_of(session, j.run_b_id, j.step_b)
+            else:
+                policy_b = cfg.model.reference or cfg.model.policy
+            spec, seed, num_prompts = dict(j.judge), j.seed, j.num_prompts
+            done = store.list_verdicts(session, judgement_id, limit=10**9)
+        if _uses_builtin(cfg):
+            from klq.tasks.builtin import ensure_assets
+
+            ensure_assets(log=log.info)
+        task = load_task(cfg.task)
+        prompts = task.prompts("eval")[:num_prompts]
+        decoding = spec.pop("decoding", "greedy")
+        template_text = spec.pop("template", None)
+        judge = make_judge(spec, settings, task=task)
+        template = None
+        if spec["backend"] in ("openai", "local_hf"):
+            template = resolve_template(template_text) if template_text else template_for_task(cfg.task.name)
+        texts = [p.text for p in prompts]
+        responses = [
+            generate_responses(path, cfg.model.policy, texts, cfg.rollout.response_length,
+                               greedy=decoding == "greedy", temperature=cfg.rollout.temperature, seed=seed,
+                               stop_sequences=cfg.rollout.stop_sequences)
+            for path in (policy_a, policy_b)
+        ]
+        comparisons = [Comparison(p.id, p.text, a, b) for p, a, b in zip(prompts, *responses)]
+        orders_done: dict[str, set[str]] = {}
+        for v in done:
+            orders_done.setdefault(v.prompt_id, set()).add(v.order)
+        done_ids = {pid for pid, orders in orders_done.items() if len(orders) == 2}
+
+        def save(done_count: int, total: int, records: list[JudgementRecord]) -> None:
+            rows = [
+                {"prompt_id": r.prompt_id, "order": part.order.lower(), "verdict": part.verdict,
+                 "prompt": r.prompt, "response_a": r.response_1, "response_b": r.response_2, "raw_output": part.raw}
+                for r in records for part in (r.first, r.second)
+            ]
+            with db.write_session() as session:
+                store.record_verdicts(session, judgement_id, rows)
+
+        run_judgement(comparisons, judge, template, seed=seed, on_progress=save, done_ids=done_ids)
+    except Exception as err:
+        log.error("judgement %s failed:\n%s", judgement_id, traceback.format_exc())
+        with db.write_session() as session:
+            store.set_judgement_status(session, judgement_id, "failed", error=explain_failure(err))
+        return EXIT_FAILED
+    with db.write_session() as session:
+        store.set_judgement_status(session, judgement_id, "succeeded")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.runner")
+    parser.add_argument("job", choices=["train", "judge"])
+    parser.add_argument("object_id", type=int)
+    parser.add_argument("--owner", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return (train_main if args.job == "train" else judge_main)(args.object_id, args.owner)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

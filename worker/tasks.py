@@ -1,0 +1,297 @@
+"""Celery tasks: `klq.train_run(run_id)` and `klq.run_judgement(judgement_id)`.
+
+Delivery and ownership. Tasks are acknowledged early (on receipt) and ownership lives in the database:
+a task first takes the run's lease (one conditional UPDATE), so a task delivered twice trains once; while
+the job runs, this process renews the lease every `heartbeat_interval` seconds. If a worker dies, its
+runs' heartbeats go stale and any live worker's reaper re-queues them (`requeue_stale_runs`) and sends
+the task again; the new owner resumes from the last checkpoint. Late acks were the alternative, but a
+Redis visibility timeout longer than the longest run (days) would also delay redelivery after a crash by
+days, and the filesystem transport has no visibility timeout at all; the lease works the same on both.
+
+Isolation. The work runs in a child process (`python -m worker.runner`, or `accelerate launch` for a
+multi-GPU run) that gets the GPUs it was given through CUDA_VISIBLE_DEVICES and dies with this process
+(PR_SET_PDEATHSIG), so a killed worker never leaves an orphan training on a GPU. CUDA is never
+initialised in the worker process itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from celery import signals
+
+from backend import store
+from backend.db import Database
+from backend.dispatch import send_train_run
+from backend.settings import get_settings
+from worker.celery_app import JUDGE_TASK, TRAIN_TASK, app
+
+log = logging.getLogger("klq.worker")
+
+_db: Database | None = None
+
+
+def db() -> Database:
+    global _db
+    if _db is None:
+        _db = Database.from_settings()
+    return _db
+
+
+# ------------------------------------------------------------------------------------------------ GPUs
+
+
+class DevicePool:
+    """The GPUs this worker may hand out (KLQ_WORKER_GPUS, else all it sees); one run per GPU."""
+
+    def __init__(self, devices: list[str]) -> None:
+        self.total = len(devices)
+        self.free = list(devices)
+        self.lock = threading.Condition()
+
+    def take(self, n: int) -> list[str]:
+        with self.lock:
+            if n > len(self.free) and not self.lock.wait_for(lambda: n <= len(self.free), timeout=0.1):
+                raise RuntimeError(f"needs {n} GPU(s) but this worker has {len(self.free)} free")
+            taken, self.free = self.free[:n], self.free[n:]
+            return taken
+
+    def give_back(self, devices: list[str]) -> None:
+        with self.lock:
+            self.free.extend(devices)
+            self.lock.notify_all()
+
+
+def detect_gpus() -> list[str]:
+    configured = os.environ.get("KLQ_WORKER_GPUS")
+    if configured is not None:
+        return [d.strip() for d in configured.split(",") if d.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+DEVICES = DevicePool(detect_gpus())
+
+
+# --------------------------------------------------------------------------------------- child process
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    os.setpgrp()  # its own process group, so a stop reaches accelerate's children too
+
+
+def _child_command(job: str, object_id: int, owner: str, gpus: list[str]) -> list[str]:
+    runner = ["-m", "worker.runner", job, str(object_id), "--owner", owner]
+    if len(gpus) > 1:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                str(len(gpus)), *runner]
+    return [sys.executable, *runner]
+
+
+def _start_child(job: str, object_id: int, owner: str, gpus: list[str], log_path: Path) -> subprocess.Popen:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(gpus), PYTHONUNBUFFERED="1")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(_child_command(job, object_id, owner, gpus), stdout=log_file,
+                                stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+
+
+def _stop_child(child: subprocess.Popen, grace: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGTERM)
+    try:
+        child.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _system_metrics(child: subprocess.Popen, gpus: list[str]) -> dict[str, float]:
+    """CPU and memory of the training process, and utilisation/memory of its GPUs."""
+    metrics: dict[str, float] = {}
+    try:
+        import psutil
+
+        proc = psutil.Process(child.pid)
+        procs = [proc, *proc.children(recursive=True)]
+        metrics["system/cpu_percent"] = sum(p.cpu_percent(interval=None) for p in procs)
+        metrics["system/rss_gb"] = sum(p.memory_info().rss for p in procs) / 2**30
+    except Exception:  # the process may have just exited
+        pass
+    if gpus:
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", f"--id={','.join(gpus)}", "--query-gpu=utilization.gpu,memory.used",
+                 "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10, check=True).stdout
+            rows = [[float(x) for x in line.split(",")] for line in out.splitlines() if line.strip()]
+            metrics["system/gpu_util_percent"] = sum(r[0] for r in rows) / len(rows)
+            metrics["system/gpu_memory_gb"] = sum(r[1] for r in rows) / 1024
+        except (OSError, subprocess.SubprocessError, ValueError, ZeroDivisionError):
+            pass
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------- tasks
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@app.task(name=TRAIN_TASK, acks_late=False, ignore_result=True)
+def train_run(run_id: int) -> str:
+    settings = get_settings()
+    owner = _owner()
+    with db().session() as session:
+        run = store.get_run(session, run_id)
+        if run is None:
+            return "deleted"
+        num_gpus = int(run.config.get("num_gpus", 1)) if run.queue != "cpu" else 0
+    try:
+        # A worker without GPUs trains single-process runs on its CPU.
+        gpus = DEVICES.take(num_gpus) if DEVICES.total or num_gpus > 1 else []
+    except RuntimeError as err:
+        with db().write_session() as session:
+            store.finish_run(session, run_id, "failed", error=str(err))
+        return "failed"
+    try:
+        with db().write_session() as session:
+            claimed = store.acquire_lease(
+                session, run_id, owner, stale_after=timedelta(seconds=settings.lease_timeout),
+                worker_host=socket.gethostname(), worker_gpu=",".join(gpus) or "cpu",
+            )
+        if not claimed:
+            log.info("run %s is finished, cancelled or owned by a live worker: nothing to do", run_id)
+            return "skipped"
+        log.info("run %s: training on %s as %s", run_id, ",".join(gpus) or "cpu", owner)
+        return _supervise("train", run_id, owner, gpus, settings)
+    finally:
+        DEVICES.give_back(gpus)
+
+
+def _supervise(job: str, object_id: int, owner: str, gpus: list[str], settings) -> str:
+    from worker.runner import run_dir
+
+    log_path = run_dir(object_id) / "train.log" if job == "train" else (
+        settings.data_dir / "judgements" / str(object_id) / "judge.log")
+    child = _start_child(job, object_id, owner, gpus, log_path)
+    cancel_seen: float | None = None
+    while True:
+        try:
+            child.wait(settings.heartbeat_interval)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if job != "train":
+            continue
+        with db().write_session() as session:
+            beat = store.heartbeat(session, object_id, owner)
+            run = store.get_run(session, object_id)
+            metrics = _system_metrics(child, gpus)
+            if metrics and run is not None:
+                store.write_metrics(session, object_id, [(k, run.iteration, v) for k, v in metrics.items()])
+        if not beat.ok:
+            log.warning("run %s: lease lost, stopping its training process", object_id)
+            _stop_child(child, settings.cancel_grace)
+            return "lease lost"
+        if beat.cancel_requested:
+            cancel_seen = cancel_seen or time.monotonic()
+            if time.monotonic() - cancel_seen > settings.cancel_grace:
+                _stop_child(child, settings.cancel_grace)  # stuck mid-iteration: stop it the hard way
+                break
+    rc = child.returncode
+    with db().write_session() as session:
+        if job == "train":
+            run = store.get_run(session, object_id)
+            if run is not None and run.status == "running" and run.lease_owner == owner:
+                if run.cancel_requested:
+                    store.finish_run(session, object_id, "cancelled", owner=owner)
+                else:
+                    store.finish_run(session, object_id, "failed", owner=owner, error=(
+                        f"the training process exited with code {rc}"
+                        + (" (killed: out of memory?)" if rc in (-9, 137) else "")
+                        + f"; last lines of its log:\n{_log_tail(log_path)}"))
+            return run.status if run is not None else "deleted"
+        j = store.get_judgement(session, object_id)
+        if j is not None and j.status == "running":
+            store.set_judgement_status(session, object_id, "failed",
+                                       error=f"the judge process exited with code {rc}:\n{_log_tail(log_path)}")
+        return j.status if j is not None else "deleted"
+
+
+@app.task(name=JUDGE_TASK, acks_late=False, ignore_result=True)
+def run_judgement(judgement_id: int) -> str:
+    settings = get_settings()
+    owner = _owner()
+    with db().write_session() as session:
+        if not store.acquire_judgement(session, judgement_id, owner,
+                                       stale_after=timedelta(seconds=settings.lease_timeout)):
+            return "skipped"
+    gpus = DEVICES.take(1) if DEVICES.total else []
+    try:
+        return _supervise("judge", judgement_id, owner, gpus, settings)
+    finally:
+        DEVICES.give_back(gpus)
+
+
+# ---------------------------------------------------------------------------------------------- reaper
+
+
+def reap_once(settings=None) -> list[int]:
+    """Re-queue runs whose worker stopped sending heartbeats, and send their tasks again."""
+    settings = settings or get_settings()
+    with db().write_session() as session:
+        ids = store.requeue_stale_runs(session, stale_after=timedelta(seconds=settings.lease_timeout))
+        queues = {i: store.get_run(session, i).queue for i in ids}
+    for run_id in ids:
+        log.warning("run %s: its worker stopped sending heartbeats; re-queued to resume from its checkpoint", run_id)
+        send_train_run(run_id, queues[run_id])
+    return ids
+
+
+def _reaper_loop(stop: threading.Event) -> None:
+    settings = get_settings()
+    while not stop.wait(settings.reap_interval):
+        try:
+            reap_once(settings)
+        except Exception:
+            log.exception("reaper pass failed; trying again in %ss", settings.reap_interval)
+
+
+_reaper_stop = threading.Event()
+
+
+@signals.worker_ready.connect
+def _start_reaper(**_kwargs) -> None:
+    threading.Thread(target=_reaper_loop, args=(_reaper_stop,), name="klq-reaper", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_reaper(**_kwargs) -> None:
+    _reaper_stop.set()
