@@ -141,7 +141,7 @@ class Series(BaseModel):
     steps: list[int]
     values: list[float | None]
     wall_times: list[float | None] | None = None
-    total_points: int = Field(description="points in the requested range before downsampling")
+    total_points: int = Field(description="finite points in the requested range, before downsampling")
     downsampled: bool
     last_step: int | None = Field(
         description="largest step in the requested range (use as the next since_step)"

@@ -679,6 +679,105 @@ def metric_points(
     return [tuple(r) for r in session.execute(stmt.order_by(Metric.step)).all()]
 
 
+_FINITE = "value BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308"  # NaN is NULL; +-inf excluded
+
+
+@dataclass
+class PlotPoints:
+    points: list[tuple[int, float, float | None]]  # finite (step, value, wall_time), in step order
+    total: int  # finite points in the requested range
+    last_step: int | None  # largest step in the range (whatever its value)
+    preselected: bool  # True: per-bucket minima and maxima (and both ends), not every point
+
+
+def plot_points(
+    session: Session,
+    run_id: int,
+    key: str,
+    *,
+    since_step: int | None = None,
+    until_step: int | None = None,
+    max_points: int = 500,
+    ratio: int = 4,
+) -> PlotPoints:
+    """The points of one series needed to draw it with ``max_points`` points, read cheaply.
+
+    Short ranges (at most ``ratio * max_points`` steps) are read whole. Longer ones are reduced in the
+    database: the step range is cut into ``ratio * max_points / 2`` buckets and only each bucket's
+    minimum and maximum (with their real steps) and the first and last points come back - the
+    preselection step of MinMaxLTTB done by SQL, so a 1M-point series never crosses into Python. Spikes
+    are bucket extremes and so always among the candidates.
+    """
+    conn = session.connection()
+    ph = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    where = f"run_id = {ph} AND key = {ph}"
+    params: list[Any] = [run_id, key]
+    if since_step is not None:
+        where += f" AND step > {ph}"
+        params.append(since_step)
+    if until_step is not None:
+        where += f" AND step <= {ph}"
+        params.append(until_step)
+
+    def one(sql: str, extra: Sequence[Any] = ()) -> Any:
+        return conn.exec_driver_sql(sql, (*extra, *params)).first()
+
+    last = one(f"SELECT step FROM metrics WHERE {where} ORDER BY step DESC LIMIT 1")
+    if last is None:
+        return PlotPoints([], 0, None, False)
+    last_step = int(last[0])
+    first_row = one(
+        f"SELECT step, value, wall_time FROM metrics WHERE {where} AND {_FINITE} ORDER BY step LIMIT 1"
+    )
+    if first_row is None:
+        return PlotPoints([], 0, last_step, False)
+    first_step = int(first_row[0])
+    span = last_step - first_step + 1
+    if span <= ratio * max_points:
+        rows = conn.exec_driver_sql(
+            f"SELECT step, value, wall_time FROM metrics WHERE {where} AND {_FINITE} ORDER BY step",
+            tuple(params),
+        ).all()
+        return PlotPoints([tuple(r) for r in rows], len(rows), last_step, False)  # type: ignore[misc]
+
+    buckets = max(2, ratio * max_points // 2)
+    width = -(-span // buckets)  # ceil
+    bucket = f"(step - {ph}) / {ph}"
+    if conn.dialect.name == "sqlite":
+        # SQLite: with exactly one min()/max() aggregate, bare columns come from that row.
+        mins = conn.exec_driver_sql(
+            f"SELECT {bucket} AS b, MIN(value), step, wall_time, COUNT(*) FROM metrics "
+            f"WHERE {where} AND {_FINITE} GROUP BY b",
+            (first_step, width, *params),
+        ).all()
+        maxs = conn.exec_driver_sql(
+            f"SELECT {bucket} AS b, MAX(value), step, wall_time FROM metrics WHERE {where} AND {_FINITE} GROUP BY b",
+            (first_step, width, *params),
+        ).all()
+    else:
+        # PostgreSQL: one scan; min/max over ARRAY[value, step, wall_time] carry the extreme's step along.
+        # A hash aggregate (a few thousand groups) beats the sort the planner picks on fresh statistics.
+        conn.exec_driver_sql("SET LOCAL enable_sort = off")
+        rows = conn.exec_driver_sql(
+            f"SELECT {bucket} AS b, MIN(ARRAY[value, step::float8, wall_time]), "
+            f"MAX(ARRAY[value, -step::float8, wall_time]), COUNT(*) FROM metrics "
+            f"WHERE {where} AND {_FINITE} GROUP BY b",
+            (first_step, width, *params),
+        ).all()
+        conn.exec_driver_sql("SET LOCAL enable_sort = on")
+        mins = [(b, lo[0], int(lo[1]), lo[2], n) for b, lo, _hi, n in rows]
+        maxs = [(b, hi[0], -int(hi[1]), hi[2]) for b, _lo, hi, _n in rows]
+    last_row = one(
+        f"SELECT step, value, wall_time FROM metrics WHERE {where} AND {_FINITE} ORDER BY step DESC LIMIT 1"
+    )
+    candidates = {int(first_row[0]): (int(first_row[0]), first_row[1], first_row[2])}
+    for row in (*mins, *maxs):
+        candidates[int(row[2])] = (int(row[2]), row[1], row[3])
+    candidates[int(last_row[0])] = (int(last_row[0]), last_row[1], last_row[2])
+    total = sum(int(r[4]) for r in mins)
+    return PlotPoints([candidates[k] for k in sorted(candidates)], total, last_step, True)
+
+
 def iter_metrics(
     session: Session, run_id: int, keys: Sequence[str] | None = None, *, batch: int = 5000
 ) -> Iterator[tuple[str, int, float | None, float | None]]:

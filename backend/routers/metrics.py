@@ -73,8 +73,10 @@ def series(
     out = []
     for rid in run_ids:
         for k in keys_by_run[rid]:
-            points = store.metric_points(session, rid, k, since_step=since_step, until_step=until_step)
-            steps, values, walls, downsampled = downsample(points, max_points)
+            pp = store.plot_points(
+                session, rid, k, since_step=since_step, until_step=until_step, max_points=max_points
+            )
+            steps, values, walls, downsampled = downsample(pp.points, max_points, preselected=pp.preselected)
             out.append(
                 Series(
                     run_id=rid,
@@ -82,9 +84,9 @@ def series(
                     steps=steps,
                     values=values,
                     wall_times=walls if include_wall_time else None,
-                    total_points=len(points),
+                    total_points=pp.total,
                     downsampled=downsampled,
-                    last_step=points[-1][0] if points else None,
+                    last_step=pp.last_step,
                 )
             )
     return SeriesResponse(max_points=max_points, series=out)
