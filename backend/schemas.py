@@ -220,52 +220,86 @@ class CheckpointOut(BaseModel):
 
 # --- judgements ------------------------------------------------------------------------------------------
 
-_SECRET_KEY = re.compile(r"(api[_-]?key|secret|token|password|passwd|authorization|bearer)", re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"^(api[_-]?key|key|token|access[_-]?token|bearer|authorization|headers|base[_-]?url|api[_-]?base|url|endpoint"
+    r"|organization|.*secret.*|.*passw(or)?d.*|.*_key|.*_token)$",
+    re.IGNORECASE,
+)
 
 
-class GenerationConfig(_In):
-    greedy: bool = Field(True, description="greedy decoding (else sampled with temperature/top_p)")
-    temperature: float = Field(1.0, gt=0, le=5)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(128, ge=1, le=4096)
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_text)]
 
 
 class JudgeConfig(_In):
-    """How to judge. API keys and endpoints of remote judges are server settings (KLQ_JUDGE_*), never part
-    of a judgement: they are not stored in the database nor returned by the API."""
+    """How to judge: a ``klq.judge`` backend spec plus the decoding of the two policies and the judge
+    template. Keys that a backend does not take are refused (klq.judge.backends.validate_spec). Endpoint
+    URLs and API keys of remote judges are server settings (KLQ_JUDGE_*): refused here, never stored in
+    the database, never returned by the API."""
 
-    backend: Literal["openai", "hf", "reward", "gold"] = Field(
+    backend: Literal["openai", "local_hf", "reward_model", "gold"] = Field(
         "gold",
-        description="openai: an OpenAI-compatible chat endpoint (server settings); hf: a local causal LM "
-        "judging by answer-token log-probabilities; reward: the run's reward model; gold: the built-in "
-        "task's gold reward",
+        description="openai: an OpenAI-compatible chat endpoint (server settings); local_hf: a local causal LM "
+        "judging by answer-token log-probabilities; reward_model: a reward model; gold: the built-in task's "
+        "gold reward",
     )
-    model: Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_text)] | None = (
-        Field(
-            None,
-            description="openai: model name (default KLQ_JUDGE_MODEL); hf: builtin:<name>, a path under the model roots or a hub id",
-        )
+    model: ShortText | None = Field(
+        None,
+        description="openai: model name (default KLQ_JUDGE_MODEL); local_hf/reward_model: builtin:<name>, a "
+        "path under the model roots, or a hub id if the server allows them",
     )
-    template: Literal["summarization", "dialogue", "generic"] = "generic"
-    prompt_template: Annotated[str, StringConstraints(max_length=20_000), AfterValidator(_text)] | None = (
-        Field(None, description="custom judge prompt with {prompt}, {response_1}, {response_2}")
+    template: (
+        Annotated[str, StringConstraints(min_length=1, max_length=20_000), AfterValidator(_text)] | None
+    ) = Field(
+        None,
+        description="openai/local_hf: a built-in template (summarisation, dialogue, generic) or a template text "
+        "with {prompt}, {response_a} and {response_b}; default: by the run's task",
     )
-    temperature: float = Field(0.0, ge=0, le=2)
-    max_tokens: int = Field(16, ge=1, le=4096)
-    swap: bool = Field(True, description="judge each pair in both orders to cancel position bias")
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    decoding: Literal["greedy", "sampled"] = Field("greedy", description="how both policies generate")
+    max_tokens: int | None = Field(None, ge=1, le=4096)
+    temperature: float | None = Field(None, ge=0, le=2)
+    system_prompt: Annotated[str, StringConstraints(max_length=20_000), AfterValidator(_text)] | None = None
+    concurrency: int | None = Field(None, ge=1, le=64)
+    device: Annotated[str, StringConstraints(pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$")] | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+    margin: float | None = Field(None, ge=0, le=1e6)
+    batch_size: int | None = Field(None, ge=1, le=1024)
+    use_chat_template: bool | None = None
+    append_eos: bool | None = None
+    task: Literal["builtin", "tldr", "hh", "prompts"] | None = Field(
+        None, description="gold: the task's gold reward"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _no_secrets(cls, data: Any) -> Any:
         if isinstance(data, dict):
             for key in data:
-                if isinstance(key, str) and _SECRET_KEY.search(key):
+                if isinstance(key, str) and key != "max_tokens" and _SECRET_KEY.match(key):
                     raise ValueError(
-                        f"{key!r}: secrets such as API keys are configured on the server (KLQ_JUDGE_API_KEY), "
-                        "never sent with a judgement"
+                        f"{key!r}: endpoints and secrets such as API keys are configured on the server "
+                        "(KLQ_JUDGE_BASE_URL, KLQ_JUDGE_API_KEY), never sent with a judgement"
                     )
         return data
+
+    @model_validator(mode="after")
+    def _valid_for_backend(self) -> JudgeConfig:
+        from klq.judge.backends import validate_spec
+        from klq.judge.templates import resolve_template
+
+        validate_spec(self.spec())
+        if self.template is not None:
+            if self.backend not in ("openai", "local_hf"):
+                raise ValueError(f"judge backend {self.backend!r} takes no template")
+            resolve_template(self.template)
+        return self
+
+    def spec(self) -> dict[str, Any]:
+        """The klq.judge backend spec (what make_judge takes)."""
+        return self.model_dump(exclude_none=True, exclude={"decoding", "template"})
+
+    def stored(self) -> dict[str, Any]:
+        """What the judgement row keeps: the spec plus ``decoding`` and ``template`` (the worker pops them)."""
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 class JudgementCreate(_In):

@@ -76,6 +76,18 @@ class Settings(BaseSettings):
     print_initial_token: bool = True
 
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
+
+    # workers (see worker/tasks.py)
+    heartbeat_interval: float = Field(5.0, gt=0, description="seconds between a worker's heartbeats")
+    lease_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="a run whose heartbeat is older than this (seconds) is taken to have lost its worker",
+    )
+    cancel_grace: float = Field(30.0, gt=0, description="seconds a cancelled run gets to stop by itself")
+    reap_interval: float = Field(
+        30.0, gt=0, description="seconds between passes re-queueing runs of dead workers"
+    )
     sse_poll_interval: float = Field(1.0, gt=0, description="seconds between database polls of a live stream")
     sse_ping_interval: float = Field(15.0, gt=0)
     max_series_points: int = Field(5000, ge=10, description="largest max_points a series request may ask for")
@@ -84,6 +96,8 @@ class Settings(BaseSettings):
     judge_base_url: str | None = Field(None, description="OpenAI-compatible endpoint for the judge")
     judge_api_key: SecretStr | None = Field(None, description="never stored in the database or returned")
     judge_model: str | None = None
+    judge_timeout: float = Field(60.0, gt=0)
+    judge_max_retries: int = Field(5, ge=0)
 
     @field_validator("model_roots", "dataset_roots", "queues", "cors_origins", mode="before")
     @classmethod
@@ -99,6 +113,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
+        if self.lease_timeout <= self.heartbeat_interval:
+            raise ValueError("KLQ_LEASE_TIMEOUT must be longer than KLQ_HEARTBEAT_INTERVAL")
         self.data_dir = Path(self.data_dir).expanduser().resolve()
         if not self.model_roots:
             self.model_roots = [self.data_dir / "models", self.data_dir / "runs"]

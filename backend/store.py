@@ -59,7 +59,7 @@ from .models import (
     Verdict,
     utcnow,
 )
-from .winrate import summarize
+from .winrate import summarize_rows
 
 
 class NotFound(LookupError):
@@ -1109,6 +1109,64 @@ def set_judgement_status(
     return bool(changed)
 
 
+def acquire_judgement(
+    session: Session,
+    judgement_id: int,
+    owner: str,
+    *,
+    stale_after: timedelta = timedelta(seconds=60),
+    commit: bool = True,
+) -> bool:
+    """Claim a judgement for ``owner``, like ``acquire_lease`` for runs: only if it is queued, or running
+    under this owner or under a worker whose heartbeat is stale, and has no cancel request."""
+    now = utcnow()
+    claimable = or_(
+        Judgement.status == "queued",
+        and_(
+            Judgement.status == "running",
+            or_(
+                Judgement.lease_owner.is_(None),
+                Judgement.lease_owner == owner,
+                Judgement.heartbeat_at.is_(None),
+                Judgement.heartbeat_at < now - stale_after,
+            ),
+        ),
+    )
+    changed = session.execute(
+        update(Judgement)
+        .where(Judgement.id == judgement_id, Judgement.cancel_requested.is_(False), claimable)
+        .values(
+            status="running",
+            lease_owner=owner,
+            heartbeat_at=now,
+            updated_at=now,
+            started_at=func.coalesce(Judgement.started_at, _now_param()),
+            error=None,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if commit:
+        session.commit()
+    return bool(changed)
+
+
+def heartbeat_judgement(
+    session: Session, judgement_id: int, owner: str, *, commit: bool = True
+) -> HeartbeatResult:
+    """Renew a judgement's lease; says whether it is still ours and whether a cancel was requested."""
+    now = utcnow()
+    changed = session.execute(
+        update(Judgement)
+        .where(Judgement.id == judgement_id, Judgement.lease_owner == owner, Judgement.status == "running")
+        .values(heartbeat_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    cancel = session.scalar(select(Judgement.cancel_requested).where(Judgement.id == judgement_id))
+    if commit:
+        session.commit()
+    return HeartbeatResult(ok=bool(changed), cancel_requested=bool(cancel) if cancel is not None else True)
+
+
 def request_judgement_cancel(session: Session, judgement_id: int, *, commit: bool = True) -> Judgement:
     j = session.get(Judgement, judgement_id, with_for_update=True)
     if j is None:
@@ -1174,10 +1232,12 @@ def record_verdicts(
 
 
 def refresh_judgement_summary(session: Session, judgement_id: int, *, commit: bool = True) -> Judgement:
+    """Recompute a judgement's counts, win-rate, Wilson CI and position consistency from its verdicts
+    (per prompt, once both orders are in; see backend.winrate)."""
     triples = session.execute(
         select(Verdict.prompt_id, Verdict.order, Verdict.verdict).where(Verdict.judgement_id == judgement_id)
     ).all()
-    summary = summarize((p, o, v) for p, o, v in triples)
+    summary = summarize_rows((p, o, v) for p, o, v in triples)
     j = session.get(Judgement, judgement_id, populate_existing=True)
     if j is None:
         raise NotFound(f"judgement {judgement_id} not found")

@@ -43,7 +43,7 @@ def create_judgement(body: JudgementCreate, session: WriteSession, settings: App
     for field, rid in (("run_a", body.run_a), ("run_b", body.run_b)):
         if rid is not None and session.get(Run, rid) is None:
             problems.append((("body", field), f"run {rid} does not exist"))
-    if body.judge.backend == "hf" and body.judge.model is not None:
+    if body.judge.backend in ("local_hf", "reward_model") and body.judge.model is not None:
         msg = reference_problem(
             body.judge.model,
             roots=settings.model_roots,
@@ -63,7 +63,7 @@ def create_judgement(body: JudgementCreate, session: WriteSession, settings: App
         run_b_id=body.run_b,
         step_b=body.step_b,
         num_prompts=body.num_prompts,
-        judge=body.judge.model_dump(mode="json"),
+        judge=body.judge.stored(),
         seed=body.seed,
         queue=queue,
     )

@@ -9,33 +9,42 @@ import pytest
 from backend_testkit import Server, create_run
 
 from backend import store
-from backend.winrate import summarize, wilson_interval, win_rate
+from backend.winrate import summarize_rows, wilson_interval
 
 
 def test_wilson_interval_hand_computed() -> None:
-    # p = 0.7, n = 10, z = 1.959964: centre = (0.7 + z^2/20) / (1 + z^2/10), etc.
+    # p = 0.7, n = 10, z = 1.959964: centre = (p + z^2/2n) / (1 + z^2/n), half-width as in klq.judge.stats
     low, high = wilson_interval(7, 10)
     assert low == pytest.approx(0.396778, abs=1e-6) and high == pytest.approx(0.892209, abs=1e-6)
     low, high = wilson_interval(0, 10)
-    assert low == 0.0 and high == pytest.approx(0.277533, abs=1e-6)
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.277533, abs=1e-6)
     assert wilson_interval(50, 100) == pytest.approx((0.403832, 0.596168), abs=1e-6)
-    assert wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError):
         wilson_interval(3, 2)
 
 
+def _rows(pairs: dict[str, tuple[str, str]]) -> list[tuple[str, str, str]]:
+    return [(pid, order, v) for pid, (ab, ba) in pairs.items() for order, v in (("ab", ab), ("ba", ba))]
+
+
 def test_win_rate_counts_ties_half_and_ignores_invalid() -> None:
-    wr = win_rate(6, 2, ties=2, invalid=5)
-    assert wr.n_valid == 10 and wr.win_rate == pytest.approx(0.7)
-    assert (wr.ci_low, wr.ci_high) == pytest.approx(wilson_interval(7, 10))
-    assert win_rate(0, 0, invalid=3).win_rate is None
+    pairs = {f"a{i}": ("A", "A") for i in range(6)}
+    pairs |= {f"b{i}": ("B", "B") for i in range(2)}
+    pairs |= {"t0": ("tie", "tie"), "t1": ("A", "B")}  # an explicit tie and a position-inconsistent pair
+    pairs |= {f"x{i}": ("invalid", "A") for i in range(5)}
+    s = summarize_rows(_rows(pairs))
+    assert (s.wins_a, s.wins_b, s.ties, s.invalid) == (6, 2, 2, 5)
+    assert s.win_rate == pytest.approx(0.7)
+    assert (s.ci_low, s.ci_high) == pytest.approx(wilson_interval(7, 10))
+    assert s.position_consistency == pytest.approx(9 / 10)
+    assert summarize_rows(_rows({"p": ("invalid", "invalid")})).win_rate is None
+    assert summarize_rows([("p", "ab", "A")]).n == 0  # one order only: still pending
 
 
 def test_position_swap_cancels_a_judge_that_always_says_first() -> None:
     # "ab": A shown first, the judge picks the first -> A; "ba": B shown first -> B
-    verdicts = [(f"p{i}", "ab", "A") for i in range(20)] + [(f"p{i}", "ba", "B") for i in range(20)]
-    s = summarize(verdicts)
-    assert s.win_rate == 0.5 and s.position_consistency == 0.0 and s.prompts == 20
+    s = summarize_rows(_rows({f"p{i}": ("A", "B") for i in range(20)}))
+    assert s.win_rate == 0.5 and s.position_consistency == 0.0 and s.ties == 20
 
 
 def _judgement_messages(server: Server) -> list[tuple[str, list]]:
@@ -87,6 +96,8 @@ def test_create_get_and_verdicts(server: Server, client) -> None:
             {"prompt_id": "p2", "order": "ab", "verdict": "B"},
             {"prompt_id": "p2", "order": "ba", "verdict": "tie"},
             {"prompt_id": "p3", "order": "ab", "verdict": "invalid", "raw_output": "I cannot decide"},
+            {"prompt_id": "p3", "order": "ba", "verdict": "A"},
+            {"prompt_id": "p4", "order": "ab", "verdict": "B"},  # its swapped order is not in yet
         ]
         store.record_verdicts(s, j["id"], verdicts)
         store.record_verdicts(s, j["id"], verdicts[:2])  # a retry never double-counts
@@ -95,11 +106,12 @@ def test_create_get_and_verdicts(server: Server, client) -> None:
 
     got = client.get(f"/judgements/{j['id']}").json()
     res = got["result"]
-    assert (res["wins_a"], res["wins_b"], res["ties"], res["invalid"]) == (2, 1, 1, 1)
-    assert res["win_rate"] == pytest.approx(2.5 / 4)
-    assert (res["ci_low"], res["ci_high"]) == pytest.approx(wilson_interval(2.5, 4))
+    # p1: A/A -> A; p2: B/tie -> tie (inconsistent); p3: invalid/A -> invalid; p4: pending
+    assert (res["wins_a"], res["wins_b"], res["ties"], res["invalid"]) == (1, 0, 1, 1)
+    assert res["win_rate"] == pytest.approx(1.5 / 2)
+    assert (res["ci_low"], res["ci_high"]) == pytest.approx(wilson_interval(1.5, 2))
     assert res["position_consistency"] == 0.5  # p1 agrees, p2 does not, p3 has no valid pair
-    assert got["completed"] == 5 and got["status"] == "running" and got["verdicts_total"] == 5
+    assert got["completed"] == 7 and got["status"] == "running" and got["verdicts_total"] == 7
     assert got["verdicts"][0] == {
         "id": got["verdicts"][0]["id"],
         "prompt_id": "p1",
@@ -111,7 +123,10 @@ def test_create_get_and_verdicts(server: Server, client) -> None:
         "raw_output": "1",
     }
     page = client.get(f"/judgements/{j['id']}/verdicts", params={"limit": 2, "offset": 4}).json()
-    assert page["total"] == 5 and [v["prompt_id"] for v in page["items"]] == ["p3"]
+    assert page["total"] == 7 and [(v["prompt_id"], v["order"]) for v in page["items"]] == [
+        ("p3", "ab"),
+        ("p3", "ba"),
+    ]
     assert client.get(f"/judgements/{j['id']}", params={"include_verdicts": False}).json()["verdicts"] is None
 
     listed = client.get("/judgements", params={"run_id": b}).json()
@@ -141,9 +156,14 @@ def test_judgement_against_reference_and_cancel(client) -> None:
         ({"num_prompts": 0}, "num_prompts"),
         ({"num_prompts": 10**9}, "num_prompts"),
         ({"judge": {"backend": "openai", "api_key": "sk-secret"}}, "judge"),
-        ({"judge": {"backend": "openai", "headers": {"Authorization": "x"}}}, "judge.headers"),
+        ({"judge": {"backend": "openai", "headers": {"Authorization": "x"}}}, "judge"),
+        ({"judge": {"backend": "openai", "base_url": "http://evil"}}, "judge"),
+        ({"judge": {"backend": "openai", "whatever": 1}}, "judge.whatever"),
+        ({"judge": {"backend": "gold", "max_tokens": 5}}, "judge"),
+        ({"judge": {"backend": "local_hf"}}, "judge"),
+        ({"judge": {"backend": "openai", "template": "no placeholders"}}, "judge"),
         ({"judge": {"backend": "magic"}}, "judge.backend"),
-        ({"judge": {"backend": "hf", "model": "/etc"}}, "judge.model"),
+        ({"judge": {"backend": "local_hf", "model": "/etc"}}, "judge.model"),
         ({"queue": "nope"}, "queue"),
     ],
 )

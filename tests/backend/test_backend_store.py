@@ -9,7 +9,7 @@ from backend_testkit import Server, create_run
 from sqlalchemy import update
 
 from backend import store
-from backend.models import Run, utcnow
+from backend.models import Judgement, Run, utcnow
 
 
 def test_lease_is_exclusive_until_its_heartbeat_goes_stale(server: Server, client) -> None:
@@ -93,3 +93,23 @@ def test_concurrent_writers_do_not_lock_each_other_out(server: Server, client) -
     assert not errors, errors
     keys = {k["key"]: k["last_step"] for k in client.get(f"/runs/{rid}/metrics/keys").json()}
     assert keys == {"k0": 199, "k1": 199, "k2": 199}
+
+
+def test_judgement_lease(server: Server, client) -> None:
+    rid = create_run(client)["id"]
+    with server.db.write_session() as s:
+        j = store.create_judgement(s, run_a_id=rid, num_prompts=4, judge={"backend": "gold"})
+        assert store.acquire_judgement(s, j.id, "w1")
+        assert not store.acquire_judgement(s, j.id, "w2")
+        assert store.heartbeat_judgement(s, j.id, "w1").ok
+        assert not store.heartbeat_judgement(s, j.id, "w2").ok
+        s.execute(
+            update(Judgement).where(Judgement.id == j.id).values(heartbeat_at=utcnow() - timedelta(minutes=5))
+        )
+        s.commit()
+        assert store.acquire_judgement(s, j.id, "w2", stale_after=timedelta(seconds=60))
+    assert client.post(f"/judgements/{j.id}/cancel").json()["cancel_requested"]
+    with server.db.write_session() as s:
+        hb = store.heartbeat_judgement(s, j.id, "w2")
+        assert hb.ok and hb.cancel_requested
+        assert not store.acquire_judgement(s, j.id, "w3")
