@@ -118,7 +118,8 @@ class Run(Base):
 
     @property
     def tags(self) -> list[str]:
-        return [t.tag for t in self.tag_rows]
+        cached = self.__dict__.get("_tag_list")  # set by store.list_runs, which aggregates tags in SQL
+        return cached if cached is not None else [t.tag for t in self.tag_rows]
 
 
 class RunTag(Base):
