@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=f"{API_PREFIX}/redoc",
+        max_body_size=settings.max_request_bytes,
     )
     app.state.settings = settings
     install_error_handlers(app)

@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     sse_poll_interval: float = Field(1.0, gt=0, description="seconds between database polls of a live stream")
     sse_ping_interval: float = Field(15.0, gt=0)
     max_series_points: int = Field(5000, ge=10, description="largest max_points a series request may ask for")
+    max_series_per_request: int = Field(400, ge=1, description="most (run, key) series in one request")
+    max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request body accepted (413 beyond)")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     judge_base_url: str | None = Field(None, description="OpenAI-compatible endpoint for the judge")

@@ -1198,9 +1198,17 @@ def request_judgement_cancel(session: Session, judgement_id: int, *, commit: boo
     return j
 
 
-def delete_judgement(session: Session, judgement_id: int, *, commit: bool = True) -> None:
-    if not session.execute(delete(Judgement).where(Judgement.id == judgement_id)).rowcount:
+def delete_judgement(
+    session: Session, judgement_id: int, *, force: bool = False, commit: bool = True
+) -> None:
+    """Delete a judgement and its verdicts; a running one must be cancelled first unless ``force``."""
+    j = session.get(Judgement, judgement_id, with_for_update=True)
+    if j is None:
         raise NotFound(f"judgement {judgement_id} not found")
+    if j.status == "running" and not force:
+        raise Conflict(f"judgement {judgement_id} is running: cancel it first (or delete with force=true)")
+    session.expunge(j)
+    session.execute(delete(Judgement).where(Judgement.id == judgement_id))
     if commit:
         session.commit()
 

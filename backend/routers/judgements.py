@@ -145,6 +145,6 @@ def cancel_judgement(judgement_id: JudgementPath, session: WriteSession) -> Judg
 @router.delete(
     "/{judgement_id}", status_code=204, dependencies=[CanWrite], summary="Delete a judgement and its verdicts"
 )
-def delete_judgement(judgement_id: JudgementPath, session: WriteSession) -> Response:
-    store.delete_judgement(session, judgement_id)
+def delete_judgement(judgement_id: JudgementPath, session: WriteSession, force: bool = False) -> Response:
+    store.delete_judgement(session, judgement_id, force=force)
     return Response(status_code=204)

@@ -19,6 +19,7 @@ from .. import store
 from ..db import Database
 from ..deps import CanRead, ReadSession
 from ..downsample import MIN_POINTS, downsample
+from ..errors import FieldErrors
 from ..models import TERMINAL_STATUSES, Run
 from ..schemas import INT32_MAX, STEP_MAX, MetricKey, Series, SeriesResponse
 from .common import QueryText, RunId, finite
@@ -70,6 +71,16 @@ def series(
     if keys_by_run is None:
         latest = store.latest_metrics(session, run_ids)
         keys_by_run = {rid: sorted(latest[rid]) for rid in run_ids}
+    count = sum(len(v) for v in keys_by_run.values())
+    if count > settings.max_series_per_request:
+        raise FieldErrors(
+            [
+                (
+                    ("query", "key"),
+                    f"{count} series requested; at most {settings.max_series_per_request} per request",
+                )
+            ]
+        )
     out = []
     for rid in run_ids:
         for k in keys_by_run[rid]:

@@ -133,6 +133,7 @@ def test_create_get_and_verdicts(server: Server, client) -> None:
     assert [x["id"] for x in listed["items"]] == [j["id"]]
     assert client.get("/judgements", params={"status": "running", "run_id": a}).json()["total"] == 1
 
+    assert client.delete(f"/judgements/{j['id']}").status_code == 409  # running
     with server.db.write_session() as s:
         store.set_judgement_status(s, j["id"], "succeeded")
     assert client.post(f"/judgements/{j['id']}/cancel").status_code == 409

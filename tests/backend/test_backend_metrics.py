@@ -226,3 +226,10 @@ def test_sse_stream_resumes_with_last_event_id(server: Server, client) -> None:
         events = _read_events(r, lambda ev: ev[-1].get("event") == "end")
     assert metric_steps(events) == []
     assert client.get("/runs/999999/events").status_code == 404
+
+
+def test_too_many_series_in_one_request_is_422(client) -> None:
+    ids = [create_run(client)["id"] for _ in range(5)]
+    params = [("run_id", i) for i in ids] + [("key", f"k{n}") for n in range(100)]
+    r = client.get("/metrics/series", params=params)
+    assert r.status_code == 422 and "500 series requested" in r.json()["message"]

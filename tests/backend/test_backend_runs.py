@@ -102,6 +102,11 @@ def test_bad_run_metadata_is_422(client, body, field) -> None:
     assert field in [p["field"] for p in r.json()["detail"]]
 
 
+def test_huge_bodies_are_refused(client) -> None:
+    r = client.post("/runs", json={"config": small_config(), "notes": "x" * (2 << 20)})
+    assert r.status_code == 413
+
+
 def test_malformed_json_and_wrong_types_are_4xx(client) -> None:
     r = client.post("/runs", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
