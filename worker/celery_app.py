@@ -35,6 +35,8 @@ def broker_config(settings: Settings) -> dict[str, Any]:
             data_folder_in=str(messages),
             data_folder_out=str(messages),
             processed_folder=str(processed),
+            # Broadcast/remote-control messages; kombu's default is ./control in the working directory.
+            control_folder=str(settings.broker_folder / "control"),
             store_processed=False,
         )
     options.update(settings.broker_transport_options)

@@ -35,8 +35,10 @@ def explain_failure(err: BaseException) -> str:
     from klq.trainer import TrainingError
 
     if isinstance(err, torch.OutOfMemoryError):
-        return ("out of GPU memory: " + str(err).splitlines()[0] + ". Lower train.micro_batch_size, enable "
-                "model.gradient_checkpointing, shorten rollout.response_length, or use a larger GPU.")
+        return (
+            "out of GPU memory: " + str(err).splitlines()[0] + ". Lower train.micro_batch_size, enable "
+            "model.gradient_checkpointing, shorten rollout.response_length, or use a larger GPU."
+        )
     if isinstance(err, MemoryError):
         return "out of host memory while training; lower train.batch_size or train.micro_batch_size."
     if isinstance(err, (TrainingError, ModelLoadError)):
@@ -88,8 +90,12 @@ def train_main(run_id: int, owner: str) -> int:
     if state.is_main_process:
         with db.write_session() as session:
             store.finish_run(session, run_id, "cancelled" if result.stopped else "succeeded", owner=owner)
-    log.info("run %s %s after %s iterations", run_id, "cancelled" if result.stopped else "succeeded",
-             result.iterations_done)
+    log.info(
+        "run %s %s after %s iterations",
+        run_id,
+        "cancelled" if result.stopped else "succeeded",
+        result.iterations_done,
+    )
     return EXIT_OK
 
 
@@ -143,9 +149,16 @@ def judge_main(judgement_id: int, owner: str) -> int:
             template = resolve_template(template_text) if template_text else template_for_task(cfg.task.name)
         texts = [p.text for p in prompts]
         responses = [
-            generate_responses(path, cfg.model.policy, texts, cfg.rollout.response_length,
-                               greedy=decoding == "greedy", temperature=cfg.rollout.temperature, seed=seed,
-                               stop_sequences=cfg.rollout.stop_sequences)
+            generate_responses(
+                path,
+                cfg.model.policy,
+                texts,
+                cfg.rollout.response_length,
+                greedy=decoding == "greedy",
+                temperature=cfg.rollout.temperature,
+                seed=seed,
+                stop_sequences=cfg.rollout.stop_sequences,
+            )
             for path in (policy_a, policy_b)
         ]
         comparisons = [Comparison(p.id, p.text, a, b) for p, a, b in zip(prompts, *responses)]
@@ -156,9 +169,17 @@ def judge_main(judgement_id: int, owner: str) -> int:
 
         def save(done_count: int, total: int, records: list[JudgementRecord]) -> None:
             rows = [
-                {"prompt_id": r.prompt_id, "order": part.order.lower(), "verdict": part.verdict,
-                 "prompt": r.prompt, "response_a": r.response_1, "response_b": r.response_2, "raw_output": part.raw}
-                for r in records for part in (r.first, r.second)
+                {
+                    "prompt_id": r.prompt_id,
+                    "order": part.order.lower(),
+                    "verdict": part.verdict,
+                    "prompt": r.prompt,
+                    "response_a": r.response_1,
+                    "response_b": r.response_2,
+                    "raw_output": part.raw,
+                }
+                for r in records
+                for part in (r.first, r.second)
             ]
             with db.write_session() as session:
                 store.record_verdicts(session, judgement_id, rows)

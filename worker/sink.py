@@ -26,8 +26,9 @@ class DatabaseSink:
         rows = [(key, step, value, now) for key, value in metrics.items()]
         with self.db.write_session() as session:
             store.write_metrics(session, self.run_id, rows, commit=False)
-            store.set_progress(session, self.run_id, iteration=step, episodes=int(metrics.get("episode", 0)),
-                               commit=False)
+            store.set_progress(
+                session, self.run_id, iteration=step, episodes=int(metrics.get("episode", 0)), commit=False
+            )
             session.commit()
 
     def log_samples(self, step: int, samples: list[SampleRecord]) -> None:

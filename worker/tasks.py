@@ -79,8 +79,13 @@ def detect_gpus() -> list[str]:
     if configured is not None:
         return [d.strip() for d in configured.split(",") if d.strip()]
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.splitlines() if line.strip()]
@@ -101,8 +106,15 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 def _child_command(job: str, object_id: int, owner: str, gpus: list[str]) -> list[str]:
     runner = ["-m", "worker.runner", job, str(object_id), "--owner", owner]
     if len(gpus) > 1:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                str(len(gpus)), *runner]
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(len(gpus)),
+            *runner,
+        ]
     return [sys.executable, *runner]
 
 
@@ -110,8 +122,13 @@ def _start_child(job: str, object_id: int, owner: str, gpus: list[str], log_path
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(gpus), PYTHONUNBUFFERED="1")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:
-        return subprocess.Popen(_child_command(job, object_id, owner, gpus), stdout=log_file,
-                                stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+        return subprocess.Popen(
+            _child_command(job, object_id, owner, gpus),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
 
 
 def _stop_child(child: subprocess.Popen, grace: float) -> None:
@@ -147,8 +164,17 @@ def _system_metrics(child: subprocess.Popen, gpus: list[str]) -> dict[str, float
     if gpus:
         try:
             out = subprocess.run(
-                ["nvidia-smi", f"--id={','.join(gpus)}", "--query-gpu=utilization.gpu,memory.used",
-                 "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10, check=True).stdout
+                [
+                    "nvidia-smi",
+                    f"--id={','.join(gpus)}",
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout
             rows = [[float(x) for x in line.split(",")] for line in out.splitlines() if line.strip()]
             metrics["system/gpu_util_percent"] = sum(r[0] for r in rows) / len(rows)
             metrics["system/gpu_memory_gb"] = sum(r[1] for r in rows) / 1024
@@ -183,8 +209,12 @@ def train_run(run_id: int) -> str:
     try:
         with db().write_session() as session:
             claimed = store.acquire_lease(
-                session, run_id, owner, stale_after=timedelta(seconds=settings.lease_timeout),
-                worker_host=socket.gethostname(), worker_gpu=",".join(gpus) or "cpu",
+                session,
+                run_id,
+                owner,
+                stale_after=timedelta(seconds=settings.lease_timeout),
+                worker_host=socket.gethostname(),
+                worker_gpu=",".join(gpus) or "cpu",
             )
         if not claimed:
             log.info("run %s is finished, cancelled or owned by a live worker: nothing to do", run_id)
@@ -198,8 +228,11 @@ def train_run(run_id: int) -> str:
 def _supervise(job: str, object_id: int, owner: str, gpus: list[str], settings) -> str:
     from worker.runner import run_dir
 
-    log_path = run_dir(object_id) / "train.log" if job == "train" else (
-        settings.data_dir / "judgements" / str(object_id) / "judge.log")
+    log_path = (
+        run_dir(object_id) / "train.log"
+        if job == "train"
+        else (settings.data_dir / "judgements" / str(object_id) / "judge.log")
+    )
     child = _start_child(job, object_id, owner, gpus, log_path)
     cancel_seen: float | None = None
     while True:
@@ -233,15 +266,26 @@ def _supervise(job: str, object_id: int, owner: str, gpus: list[str], settings) 
                 if run.cancel_requested:
                     store.finish_run(session, object_id, "cancelled", owner=owner)
                 else:
-                    store.finish_run(session, object_id, "failed", owner=owner, error=(
-                        f"the training process exited with code {rc}"
-                        + (" (killed: out of memory?)" if rc in (-9, 137) else "")
-                        + f"; last lines of its log:\n{_log_tail(log_path)}"))
+                    store.finish_run(
+                        session,
+                        object_id,
+                        "failed",
+                        owner=owner,
+                        error=(
+                            f"the training process exited with code {rc}"
+                            + (" (killed: out of memory?)" if rc in (-9, 137) else "")
+                            + f"; last lines of its log:\n{_log_tail(log_path)}"
+                        ),
+                    )
             return run.status if run is not None else "deleted"
         j = store.get_judgement(session, object_id)
         if j is not None and j.status == "running":
-            store.set_judgement_status(session, object_id, "failed",
-                                       error=f"the judge process exited with code {rc}:\n{_log_tail(log_path)}")
+            store.set_judgement_status(
+                session,
+                object_id,
+                "failed",
+                error=f"the judge process exited with code {rc}:\n{_log_tail(log_path)}",
+            )
         return j.status if j is not None else "deleted"
 
 
@@ -250,8 +294,9 @@ def run_judgement(judgement_id: int) -> str:
     settings = get_settings()
     owner = _owner()
     with db().write_session() as session:
-        if not store.acquire_judgement(session, judgement_id, owner,
-                                       stale_after=timedelta(seconds=settings.lease_timeout)):
+        if not store.acquire_judgement(
+            session, judgement_id, owner, stale_after=timedelta(seconds=settings.lease_timeout)
+        ):
             return "skipped"
     gpus = DEVICES.take(1) if DEVICES.total else []
     try:
@@ -270,7 +315,9 @@ def reap_once(settings=None) -> list[int]:
         ids = store.requeue_stale_runs(session, stale_after=timedelta(seconds=settings.lease_timeout))
         queues = {i: store.get_run(session, i).queue for i in ids}
     for run_id in ids:
-        log.warning("run %s: its worker stopped sending heartbeats; re-queued to resume from its checkpoint", run_id)
+        log.warning(
+            "run %s: its worker stopped sending heartbeats; re-queued to resume from its checkpoint", run_id
+        )
         send_train_run(run_id, queues[run_id])
     return ids
 
