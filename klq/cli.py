@@ -69,14 +69,46 @@ def cmd_build_assets(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    """Start KLQ Lab on the embedded defaults. Until the web app lands, this builds the built-in task and
-    runs the demo KLQ training run in the terminal."""
-    from klq.tasks.builtin import ensure_assets
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from backend.migrate import upgrade
+    from backend.settings import get_settings
 
-    print(f"built-in task assets: {ensure_assets()}")
-    config = Path(__file__).resolve().parents[1] / "configs" / "builtin-klq.yaml"
-    return cmd_train(argparse.Namespace(config=str(config), out=args.out, set=[], resume=None))
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    print(f"database migrated: {_safe_url(settings.resolved_database_url)}")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("backend.main:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
+                access_log=args.log_level in ("debug", "info"))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    app = Path(__file__).resolve().parents[1] / "frontend" / "app.py"
+    env = dict(os.environ, KLQ_API_URL=args.api_url)
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.headless=true",
+                            f"--server.port={args.port}", f"--server.address={args.host}",
+                            "--browser.gatherUsageStats=false"], env=env)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """API, one worker and the UI on the embedded defaults, each its own process; Ctrl-C stops them all."""
+    from backend.launch import up
+
+    return up(host=args.host, api_port=args.api_port, ui_port=args.ui_port, demo=args.demo)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -107,9 +139,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("up", help="start KLQ Lab on the embedded defaults")
-    p.add_argument("--out", default="runs/demo-klq", help="run directory of the demo run")
+    p = sub.add_parser("up", help="start API, worker and UI on the embedded defaults (SQLite, filesystem broker)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--api-port", type=int, default=8000)
+    p.add_argument("--ui-port", type=int, default=8501)
+    p.add_argument("--demo", action="store_true",
+                   help="queue a KLQ and a PPO run on the built-in task, and a judgement between them")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("api", help="start the REST API server")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("ui", help="start the Streamlit dashboard")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--api-url", default="http://127.0.0.1:8000")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("worker", help="start a Celery worker that trains runs and judges")
     p.add_argument("--queues", default="gpu,cpu", help="comma-separated queues to consume (default gpu,cpu)")
