@@ -109,13 +109,19 @@ class Models:
 
 def load_models(cfg: ModelConfig, device: torch.device, policy_dir: str | None = None,
                 value_dir: str | None = None) -> Models:
-    """Load the four models. policy_dir / value_dir override the configured ones (resuming a checkpoint)."""
-    dtype = resolve_dtype(cfg.dtype, device)
+    """Load the four models. policy_dir / value_dir override the configured ones (resuming a checkpoint).
+
+    The frozen reference and reward models run in the configured dtype (bf16 on GPU); the trained policy
+    and value keep float32 master weights, and bf16 compute comes from mixed-precision autocast, so that
+    small AdamW updates are not rounded away.
+    """
+    frozen_dtype = resolve_dtype(cfg.dtype, device)
+    dtype = torch.float32
     tokenizer = _load("model.policy", cfg.policy, load_tokenizer)
     policy = _load("model.policy", policy_dir or cfg.policy, load_causal_lm, dtype)
-    reference = _load("model.reference", cfg.reference or cfg.policy, load_causal_lm, dtype)
+    reference = _load("model.reference", cfg.reference or cfg.policy, load_causal_lm, frozen_dtype)
     reward_tokenizer = _load("model.reward", cfg.reward, load_tokenizer)
-    reward = _load("model.reward", cfg.reward, load_scorer, dtype, reward_tokenizer.pad_token_id)
+    reward = _load("model.reward", cfg.reward, load_scorer, frozen_dtype, reward_tokenizer.pad_token_id)
     value_field = "model.value" if cfg.value else f"model.{cfg.value_init} (value_init)"
     value_source = value_dir or cfg.value or (cfg.reward if cfg.value_init == "reward" else cfg.policy)
     value = _load(value_field, value_source, load_scorer, dtype, tokenizer.pad_token_id)

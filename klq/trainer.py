@@ -29,7 +29,7 @@ from transformers.utils import logging as hf_logging
 from klq import losses
 from klq.algorithms import make_algorithm
 from klq.config import RunConfig
-from klq.models import Models, load_models, resolve_device, response_logits
+from klq.models import Models, load_models, resolve_device, resolve_dtype, response_logits
 from klq.rollout import Rollout, generate_and_score
 from klq.sinks import JSONLSink, SampleRecord, Sink
 from klq.tasks import Prompt, Task, load_task
@@ -140,8 +140,10 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
     out_dir.mkdir(parents=True, exist_ok=True)
     tc, rc = cfg.train, cfg.rollout
     device = resolve_device(cfg.device)
+    bf16 = resolve_dtype(cfg.model.dtype, device) == torch.bfloat16
     accelerator = Accelerator(
-        cpu=device.type == "cpu", gradient_accumulation_steps=tc.minibatch_size // tc.micro_batch_size
+        cpu=device.type == "cpu", gradient_accumulation_steps=tc.minibatch_size // tc.micro_batch_size,
+        mixed_precision="bf16" if bf16 else "no",
     )
     device = accelerator.device
     checkpoint = latest_checkpoint(out_dir) if resume else None
