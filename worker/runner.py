@@ -134,7 +134,7 @@ def judge_main(judgement_id: int, owner: str) -> int:
             else:
                 policy_b = cfg.model.reference or cfg.model.policy
             spec, seed, num_prompts = dict(j.judge), j.seed, j.num_prompts
-            done = store.list_verdicts(session, judgement_id, limit=10**9)
+            done, _ = store.list_verdicts(session, judgement_id, limit=2 * num_prompts)
         if _uses_builtin(cfg):
             from klq.tasks.builtin import ensure_assets
 

@@ -1,0 +1,178 @@
+"""Runs and judgements through the API, trained by a real `klq worker` process, on both stacks:
+live metrics and samples, success, cancel, a failing run's reason, a gold-judge judgement."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+
+import pytest
+from worker_testkit import Stack, process_gone, wait_for
+
+pytestmark = pytest.mark.slow
+
+FINISHED: dict[str, list[int]] = {}  # stack name -> ids of runs that succeeded (for the judgement test)
+
+
+def test_run_trains_live_and_succeeds(stack: Stack, client) -> None:
+    n = 12
+    created = stack.create_run(client, iterations=n, checkpoint_interval=3, eval_interval=2)
+    run_id = created["id"]
+    assert created["status"] == "queued" and created["queue"] == stack.queues["main"]
+    assert created["attempts"] == 0 and created["worker_host"] is None
+
+    # While it runs: the metric step grows and samples appear, seen through the public API.
+    steps_while_running: list[int] = []
+    sample_steps_while_running: set[int] = set()
+    seen_running = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        keys = client.get(f"/runs/{run_id}/metrics/keys").json()
+        series = client.get(
+            "/metrics/series", params={"run_id": run_id, "key": "objective/scores", "max_points": 1000}
+        ).json()
+        samples = client.get(f"/runs/{run_id}/samples/steps").json()
+        run = client.get(f"/runs/{run_id}").json()
+        if run["status"] == "running":  # read after the data: the run was still running when it was taken
+            seen_running = True
+            got = [step for s in series["series"] for step in s["steps"]]
+            last = max((k["last_step"] for k in keys if k["key"] == "objective/scores"), default=0)
+            assert last <= max(got, default=0)  # keys were read first; the series can only be newer
+            if got:
+                assert got == list(range(1, len(got) + 1))  # no gaps while it runs either
+                steps_while_running.append(got[-1])
+            sample_steps_while_running.update(s["step"] for s in samples)
+        elif run["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.15)
+    assert seen_running, stack.diagnostics(run_id)
+    assert len(set(steps_while_running)) >= 2, (steps_while_running, stack.diagnostics(run_id))
+    assert steps_while_running == sorted(steps_while_running)
+    assert max(steps_while_running) < n
+    assert sample_steps_while_running, "no samples were visible while the run was running"
+
+    run = stack.wait_status(client, run_id, ("succeeded", "failed", "cancelled"), 120)
+    assert run["status"] == "succeeded", (run["error"], stack.diagnostics(run_id))
+    assert run["error"] is None and run["attempts"] == 1
+    assert run["iteration"] == n and run["total_iterations"] == n and run["progress"] == pytest.approx(1.0)
+    assert run["episodes"] == n * 16
+    assert run["worker_host"] and run["worker_gpu"] == "cpu"
+    assert run["started_at"] and run["finished_at"] and run["finished_at"] >= run["started_at"]
+    assert not run["cancel_requested"]
+
+    keys = {k["key"]: k for k in client.get(f"/runs/{run_id}/metrics/keys").json()}
+    assert keys["objective/scores"]["last_step"] == n and keys["objective/gold_scores"]["last_step"] == n
+    system = [k for k in keys if k.startswith("system/")]
+    assert {"system/cpu_percent", "system/rss_gb"} <= set(system), sorted(keys)
+    assert keys["system/rss_gb"]["last_value"] > 0.05  # a training process holds at least 50 MB
+
+    steps = client.get(f"/runs/{run_id}/samples/steps").json()
+    assert [s["step"] for s in steps] == list(range(2, n + 1, 2)) and all(s["count"] == 8 for s in steps)
+    page = client.get(f"/runs/{run_id}/samples", params={"step": n}).json()
+    assert page["total"] == 8 and all(s["response"] is not None and s["prompt"] for s in page["items"])
+
+    checkpoints = client.get(f"/runs/{run_id}/checkpoints").json()
+    assert [c["step"] for c in checkpoints] == [3, 6, 9, 12]
+    assert [c["is_final"] for c in checkpoints] == [False, False, False, True]
+    r = client.get(f"/runs/{run_id}/checkpoints/final/download")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(r.content)).namelist()
+    assert any(name.endswith("/config.json") for name in names), names
+    assert any(name.endswith(".safetensors") for name in names), names
+    assert any(name.endswith("tokenizer.json") or name.endswith("tokenizer_config.json") for name in names)
+
+    log = stack.train_log(run_id)
+    assert "resume=False" in log and f"succeeded after {n} iterations" in log
+    FINISHED.setdefault(stack.name, []).append(run_id)
+
+
+def test_cancel_mid_run_keeps_metrics_and_checkpoints(stack: Stack, client) -> None:
+    run_id = stack.create_run(client, iterations=200, checkpoint_interval=2)["id"]
+    worker = stack.workers[0]
+
+    def progressed() -> bool:
+        run = client.get(f"/runs/{run_id}").json()
+        assert run["status"] in ("queued", "running"), (run, stack.diagnostics(run_id))
+        return run["iteration"] >= 3 and bool(client.get(f"/runs/{run_id}/checkpoints").json())
+
+    wait_for(progressed, 90, f"run {run_id} to pass iteration 3 with a checkpoint")
+    children = worker.train_processes()
+    assert len(children) == 1
+
+    asked = time.monotonic()
+    r = client.post(f"/runs/{run_id}/cancel")
+    assert r.status_code == 200 and r.json()["cancel_requested"]
+    run = stack.wait_status(client, run_id, ("cancelled", "succeeded", "failed"), 30)
+    took = time.monotonic() - asked
+    assert run["status"] == "cancelled", (run, stack.diagnostics(run_id))
+    assert took < 10, f"cancel took {took:.1f}s"
+    assert run["finished_at"] and run["error"] is None
+    wait_for(lambda: process_gone(children[0]), 10, "the training process to exit")
+
+    stopped_at = run["iteration"]
+    assert 3 <= stopped_at < 200
+    keys = {k["key"]: k["last_step"] for k in client.get(f"/runs/{run_id}/metrics/keys").json()}
+    assert keys["objective/scores"] == stopped_at
+    series = client.get(
+        "/metrics/series", params={"run_id": run_id, "key": "objective/scores", "max_points": 5000}
+    ).json()["series"][0]
+    assert series["steps"] == list(range(1, stopped_at + 1))
+    checkpoints = client.get(f"/runs/{run_id}/checkpoints").json()
+    # every second iteration, plus the one written when it stopped; none is final
+    assert [c["step"] for c in checkpoints][-1] == stopped_at
+    assert all(not c["is_final"] for c in checkpoints)
+    assert "cancelled after" in stack.train_log(run_id)
+    # the worker is free again: the cancel did not take it down
+    assert worker.alive()
+
+
+def test_failing_run_explains_itself(stack: Stack, client) -> None:
+    missing = stack.data_dir / "models" / "no-such-model"
+    run_id = stack.create_run(client, iterations=4, model={"policy": str(missing)})["id"]
+    run = stack.wait_status(client, run_id, ("failed", "succeeded", "cancelled"), 90)
+    assert run["status"] == "failed", run
+    error = run["error"]
+    assert "model.policy" in error and str(missing) in error and "no such directory" in error, error
+    assert "Traceback" not in error and len(error) < 500
+    assert run["finished_at"] and run["attempts"] == 1
+    assert "Traceback" in stack.train_log(run_id)  # the details are in the run's log, not its error
+    assert stack.workers[0].alive()
+
+
+def test_judgement_between_two_finished_runs(stack: Stack, client) -> None:
+    runs = list(FINISHED.get(stack.name, []))
+    pending = [stack.create_run(client, iterations=4, checkpoint_interval=4)["id"] for _ in range(2 - len(runs))]
+    for run_id in pending:
+        run = stack.wait_status(client, run_id, ("succeeded", "failed", "cancelled"), 120)
+        assert run["status"] == "succeeded", run
+    run_a, run_b = (runs + pending)[:2]
+    r = client.post(
+        "/judgements",
+        json={"run_a": run_a, "run_b": run_b, "num_prompts": 8, "judge": {"backend": "gold"},
+              "queue": stack.queues["main"]},
+    )
+    assert r.status_code == 201, r.text
+    jid = r.json()["id"]
+
+    judgement: dict = {}
+
+    def finished() -> bool:
+        nonlocal judgement
+        judgement = client.get(f"/judgements/{jid}").json()
+        return judgement["status"] in ("succeeded", "failed", "cancelled")
+
+    wait_for(finished, 120, f"judgement {jid} to finish")
+    log = (stack.data_dir / "judgements" / str(jid) / "judge.log")
+    assert judgement["status"] == "succeeded", (
+        judgement["error"], log.read_text() if log.exists() else "", stack.diagnostics())
+    assert judgement["completed"] == judgement["total"] == 16  # 8 prompts, both presentation orders
+    result = judgement["result"]
+    assert result["wins_a"] + result["wins_b"] + result["ties"] + result["invalid"] == 8
+    assert result["win_rate"] is not None and 0 <= result["win_rate"] <= 1
+    assert result["ci_low"] <= result["win_rate"] <= result["ci_high"]
+    verdicts = judgement["verdicts"]
+    assert judgement["verdicts_total"] == 16 and len(verdicts) == 16
+    assert {v["order"] for v in verdicts} == {"ab", "ba"}
+    assert all(v["verdict"] in ("A", "B", "tie", "invalid") for v in verdicts)
+    assert all(v["prompt"] and v["response_a"] is not None for v in verdicts)

@@ -1,0 +1,327 @@
+"""Helpers of the worker tests: a real API server (uvicorn) and real Celery worker processes (`klq worker`)
+on one database and one broker, with short lease timings so that faults show within seconds.
+
+A *stack* is a migrated database (SQLite file or a fresh PostgreSQL database), a data directory holding
+the built-in task's assets, a broker (kombu's filesystem transport under the data directory, or Redis with
+a private key prefix), and an API server configured with a few test-private queue names. Workers are
+started per test on one of those queues (`klq worker --queues Q --concurrency 1`), each in its own session
+(process group) so that a test can SIGKILL a worker together with everything in its group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
+
+from backend_testkit import (  # noqa: E402
+    REDIS_URL,
+    REPO,
+    Server,
+    free_port,
+    fresh_database,
+    start_server,
+    stop_server,
+)
+
+from backend import migrate  # noqa: E402
+
+__all__ = [
+    "REDIS_URL",
+    "Server",
+    "Stack",
+    "Worker",
+    "free_port",
+    "fresh_database",
+]
+
+# Short lease timings (the defaults are 5 s / 60 s / 30 s / 30 s): a dead worker's run is re-queued within
+# about five seconds. Valid because KLQ_LEASE_TIMEOUT > KLQ_HEARTBEAT_INTERVAL (backend.settings).
+TIMINGS = {
+    "KLQ_HEARTBEAT_INTERVAL": "0.5",
+    "KLQ_LEASE_TIMEOUT": "4",
+    "KLQ_REAP_INTERVAL": "1",
+    "KLQ_CANCEL_GRACE": "5",
+}
+QUEUE_ROLES = ("main", "kill", "dup", "idle")
+
+
+def tiny_config(iterations: int = 12, *, checkpoint_interval: int = 3, eval_interval: int = 2, **extra) -> dict:
+    """A run on the built-in task that takes well under a second per iteration on one CPU core."""
+    batch = 16
+    cfg: dict[str, Any] = {
+        "algorithm": "klq",
+        "task": {"name": "builtin", "num_eval_prompts": 8},
+        "model": {"policy": "builtin:sft", "reward": "builtin:reward"},
+        "rollout": {"response_length": 12},
+        "train": {
+            "total_episodes": iterations * batch,
+            "batch_size": batch,
+            "minibatch_size": 16,
+            "micro_batch_size": 16,
+            "num_epochs": 1,
+            "learning_rate": 3.0e-4,
+        },
+        "eval_interval": eval_interval,
+        "checkpoint_interval": checkpoint_interval,
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll until `predicate()` is truthy and return its value; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# ----------------------------------------------------------------------------------------------- workers
+
+
+@dataclass
+class Worker:
+    name: str
+    queue: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def train_processes(self) -> list[Any]:
+        """The `python -m worker.runner` processes this worker started (psutil.Process objects)."""
+        import psutil
+
+        try:
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        out = []
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                if "worker.runner" in child.cmdline():
+                    out.append(child)
+        return out
+
+    def kill_group(self) -> None:
+        """SIGKILL the worker's whole process group (the worker and anything left in its group; its
+        training child has a group of its own and must die through PR_SET_PDEATHSIG)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def process_gone(proc: Any) -> bool:
+    """True once a psutil.Process has exited (a zombie waiting for a reaper counts as gone)."""
+    import psutil
+
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# ------------------------------------------------------------------------------------------------ stacks
+
+
+@dataclass
+class Stack:
+    """An API server plus the environment workers need to join it (same database, broker, data dir)."""
+
+    name: str
+    server: Server
+    env: dict[str, str]
+    queues: dict[str, str]  # role -> unique queue name
+    redis_prefix: str | None = None
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.server.data_dir
+
+    @property
+    def db(self):
+        return self.server.db
+
+    def client(self, **kwargs) -> httpx.Client:
+        return self.server.client(**kwargs)
+
+    # --- workers
+
+    def start_worker(self, role: str = "main", *, wait: bool = True, timeout: float = 60) -> Worker:
+        queue = self.queues[role]
+        name = f"{role}-{len(self.workers) + 1}"
+        log_path = self.data_dir / "logs" / f"worker-{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "klq.cli",
+                    "worker",
+                    "--queues",
+                    queue,
+                    "--concurrency",
+                    "1",
+                    "--loglevel",
+                    "INFO",
+                ],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: kill_group() reaches all of it
+            )
+        worker = Worker(name, queue, proc, log_path)
+        self.workers.append(worker)
+        if wait:
+            self.wait_ready(worker, timeout)
+        return worker
+
+    @staticmethod
+    def wait_ready(worker: Worker, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if not worker.alive():
+                raise AssertionError(f"worker {worker.name} exited with {worker.proc.returncode}:\n{worker.log()}")
+            return " ready." in worker.log()
+
+        wait_for(ready, timeout, f"worker {worker.name} to be ready", interval=0.1)
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers.clear()
+
+    # --- runs
+
+    def create_run(self, client: httpx.Client, role: str = "main", **cfg: Any) -> dict:
+        body = {"config": tiny_config(**cfg), "queue": self.queues[role], "name": f"{self.name}-{role}"}
+        r = client.post("/runs", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def run_dir(self, run_id: int) -> Path:
+        return self.data_dir / "runs" / str(run_id)
+
+    def train_log(self, run_id: int) -> str:
+        path = self.run_dir(run_id) / "train.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_status(
+        self, client: httpx.Client, run_id: int, statuses: tuple[str, ...], timeout: float
+    ) -> dict:
+        run: dict = {}
+
+        def done() -> bool:
+            nonlocal run
+            run = client.get(f"/runs/{run_id}").json()
+            return run["status"] in statuses
+
+        try:
+            wait_for(done, timeout, f"run {run_id} to be {'/'.join(statuses)}")
+        except AssertionError as err:
+            raise AssertionError(f"{err}; last state {run}\n{self.diagnostics(run_id)}") from None
+        return run
+
+    def diagnostics(self, run_id: int | None = None) -> str:
+        parts = []
+        if run_id is not None:
+            parts.append(f"--- train.log of run {run_id}:\n{self.train_log(run_id)[-4000:]}")
+        for worker in self.workers:
+            parts.append(f"--- worker {worker.name} ({worker.queue}):\n{worker.log()[-4000:]}")
+        parts.append(f"--- server log:\n{self.server.log()[-2000:]}")
+        return "\n".join(parts)
+
+    def send_task(self, task: str, object_id: int, role: str, times: int = 1) -> None:
+        """Send a task by name with Celery's send_task, from a separate process on the stack's settings
+        (importing worker.celery_app here would configure a broker from this process's environment)."""
+        code = (
+            "import sys\nfrom worker.celery_app import app\n"
+            f"for _ in range({times}):\n"
+            f"    app.send_task({task!r}, args=[{object_id}], queue={self.queues[role]!r})\n"
+        )
+        subprocess.run([sys.executable, "-c", code], cwd=REPO, env=self.env, check=True, timeout=60)
+
+
+def make_stack(
+    name: str,
+    kind: str,
+    tmp: Path,
+    assets: Path,
+    *,
+    broker_url: str | None = None,
+    redis_prefix: str | None = None,
+) -> Iterator[Stack]:
+    """Generator for a fixture: a stack on a fresh database of `kind`, torn down (workers first) after."""
+    tag = secrets.token_hex(3)
+    queues = {role: f"t{tag}-{role}" for role in QUEUE_ROLES}
+    env = dict(TIMINGS)
+    env.update(
+        KLQ_QUEUES=",".join(queues.values()),
+        KLQ_DEFAULT_QUEUE=queues["main"],
+        KLQ_PRINT_INITIAL_TOKEN="false",
+        # One training at a time per worker; one torch thread each keeps two concurrent jobs (two workers,
+        # or a run beside a judgement) from fighting over a 2-core CI machine.
+        OMP_NUM_THREADS="1",
+        KLQ_WORKER_GPUS=os.environ.get("KLQ_TEST_WORKER_GPUS", ""),
+    )
+    if broker_url:
+        env["KLQ_BROKER_URL"] = broker_url
+        env["KLQ_BROKER_TRANSPORT_OPTIONS"] = json.dumps({"global_keyprefix": redis_prefix or ""})
+    data_dir = tmp / "data"
+    target = data_dir / "assets" / "builtin"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(assets, target)
+    with fresh_database(kind, tmp) as url:
+        migrate.upgrade(url)
+        server = start_server(kind, url, data_dir, **env)
+        stack = Stack(name, server, dict(server.env), queues, redis_prefix)
+        try:
+            yield stack
+        finally:
+            stack.stop_workers()
+            stop_server(server)
