@@ -99,6 +99,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     app = Path(__file__).resolve().parents[1] / "frontend" / "app.py"
     env = dict(os.environ, KLQ_API_URL=args.api_url)
+    if not env.get("KLQ_API_TOKEN"):
+        # The UI's token: KLQ_API_TOKEN, else the admin token the API wrote into the data directory (a
+        # local API); without either the UI asks for one in its sidebar.
+        token = getattr(args, "api_token", None)
+        if not token:
+            from backend.settings import get_settings
+
+            try:
+                token = get_settings().resolved_token_file.read_text().strip()
+            except OSError:
+                token = None
+        if token:
+            env["KLQ_API_TOKEN"] = token
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.headless=true",
                             f"--server.port={args.port}", f"--server.address={args.host}",
                             "--browser.gatherUsageStats=false"], env=env)

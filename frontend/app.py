@@ -1,0 +1,32 @@
+"""KLQ Lab's dashboard: `streamlit run frontend/app.py` (or `klq ui`), talking to the API at
+KLQ_API_URL with the token from KLQ_API_TOKEN, <KLQ_DATA_DIR>/api_token, or the sidebar."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run frontend/app.py` from a checkout that is not installed
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from frontend import ui  # noqa: E402
+
+st.set_page_config(page_title="KLQ Lab", page_icon=":material/science:", layout="wide")
+
+pages = [
+    st.Page(ui.PAGE_FILES["runs"], title="Runs", icon=":material/table_rows:", url_path="runs", default=True),
+    st.Page(ui.PAGE_FILES["launch"], title="Launch", icon=":material/rocket_launch:", url_path="launch"),
+    st.Page(ui.PAGE_FILES["run"], title="Run", icon=":material/monitoring:", url_path="run"),
+    st.Page(ui.PAGE_FILES["compare"], title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page(ui.PAGE_FILES["samples"], title="Samples & judgements", icon=":material/chat:",
+            url_path="samples"),
+]
+page = st.navigation(pages)
+with st.sidebar:
+    st.markdown("### KLQ Lab")
+    st.caption("RLHF runs with KLQ and PPO")
+ui.connection_sidebar()
+page.run()

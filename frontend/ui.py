@@ -1,0 +1,393 @@
+"""Streamlit helpers shared by the pages: the API client of this session, cached reads, run pickers,
+charts and error display. Page scripts stay thin; data shaping lives in frontend.logic."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from frontend import logic
+from frontend.client import DEFAULT_API_URL, APIConnectionError, APIError, Client, resolve_token
+
+PAGE_FILES = {
+    "runs": "views/runs.py",
+    "launch": "views/launch.py",
+    "run": "views/run.py",
+    "compare": "views/compare.py",
+    "samples": "views/samples.py",
+}
+CHART_HEIGHT = 260
+RUN_LIST_LIMIT = 200  # runs offered by the pickers (newest first; ids in the URL are added)
+
+_HASH = {Client: lambda c: c.identity}
+
+
+# --- the client ------------------------------------------------------------------------------------------
+
+
+def api_url() -> str:
+    return (os.environ.get("KLQ_API_URL") or DEFAULT_API_URL).rstrip("/")
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _client(url: str, token: str | None) -> Client:
+    return Client(url, token or None, timeout=float(os.environ.get("KLQ_UI_TIMEOUT", "30")))
+
+
+def current_token() -> str | None:
+    """KLQ_API_TOKEN, else <KLQ_DATA_DIR>/api_token, else what the user typed in the sidebar."""
+    return resolve_token() or (st.session_state.get("api_token") or "").strip() or None
+
+
+def client() -> Client:
+    return _client(api_url(), current_token())
+
+
+def connection_sidebar() -> None:
+    """The sidebar's connection box: the API address, its health, and a token field if none is known."""
+    api = client()
+    with st.sidebar:
+        st.caption(f"API: `{api.base_url}`")
+        if resolve_token() is None:
+            st.text_input("API token", type="password", key="api_token",
+                          help="Not found in KLQ_API_TOKEN or <KLQ_DATA_DIR>/api_token. The first admin "
+                          "token is printed by `klq up` and written to <data dir>/api_token.")
+        try:
+            health = _health(api)
+        except APIError as err:
+            st.error(f"API unreachable: {err.message}")
+            return
+        if health.get("status") != "ok":
+            st.warning(f"API unhealthy: database {health.get('database')}")
+        elif not api.token:
+            st.warning("No API token: enter one above.")
+
+
+@st.cache_data(ttl=10, hash_funcs=_HASH, show_spinner=False)
+def _health(api: Client) -> dict:
+    return dict(api.health())
+
+
+def show_error(err: Exception, what: str = "") -> None:
+    """An API failure as a readable message (422 field errors one per line)."""
+    prefix = f"{what}: " if what else ""
+    if isinstance(err, APIConnectionError):
+        st.error(f"{prefix}{err.message}")
+    elif isinstance(err, APIError):
+        if err.status == 401:
+            st.error(f"{prefix}the API refused the token (401). Set KLQ_API_TOKEN or enter a token in the "
+                     "sidebar.")
+        elif err.field_errors:
+            lines = "\n".join(f"- `{f}`: {m}" for f, msgs in err.field_errors.items() for m in msgs)
+            st.error(f"{prefix}the API refused the request (422):\n{lines}")
+        else:
+            st.error(f"{prefix}{err.status}: {err.message}")
+    else:
+        st.error(f"{prefix}{type(err).__name__}: {err}")
+
+
+def call(fn: Callable[..., Any], *args: Any, what: str = "", **kwargs: Any) -> Any:
+    """fn(*args, **kwargs), showing an API error instead of raising it (returns None then)."""
+    try:
+        return fn(*args, **kwargs)
+    except APIError as err:
+        show_error(err, what)
+        return None
+
+
+def clear_caches() -> None:
+    """After a write (cancel, delete, tag, launch): the cached lists are stale."""
+    for fn in (runs_page, run_choices, run_detail, list_tags, judgements_for, sample_steps):
+        fn.clear()
+
+
+# --- cached reads ----------------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=3, hash_funcs=_HASH, show_spinner=False, max_entries=100)
+def runs_page(api: Client, status: tuple[str, ...] = (), algorithm: tuple[str, ...] = (),
+              tags: tuple[str, ...] = (), q: str = "", order: str = "newest", limit: int = 50,
+              offset: int = 0) -> dict:
+    keys = (logic.REWARD_KEY, logic.GOLD_KEY, logic.KL_KEY, logic.RLHF_KEY, "timing/iteration_s")
+    return dict(api.list_runs(status=status or None, algorithm=algorithm or None, tag=tags or None,
+                              q=q or None, order=order, latest=keys, limit=limit, offset=offset))
+
+
+@st.cache_data(ttl=5, hash_funcs=_HASH, show_spinner=False, max_entries=20)
+def run_choices(api: Client, limit: int = RUN_LIST_LIMIT) -> list[dict]:
+    """The newest runs, for pickers: id, name, algorithm, status."""
+    page = api.list_runs(limit=limit, latest=[logic.REWARD_KEY])
+    return [{k: r[k] for k in ("id", "name", "algorithm", "status", "created_at")} for r in page["items"]]
+
+
+@st.cache_data(ttl=3, hash_funcs=_HASH, show_spinner=False, max_entries=200)
+def run_detail(api: Client, run_id: int) -> dict:
+    return dict(api.get_run(run_id))
+
+
+@st.cache_data(ttl=30, hash_funcs=_HASH, show_spinner=False)
+def list_tags(api: Client) -> list[str]:
+    return [t["tag"] for t in api.list_tags()]
+
+
+@st.cache_data(ttl=5, hash_funcs=_HASH, show_spinner=False, max_entries=200)
+def sample_steps(api: Client, run_id: int) -> list[dict]:
+    return list(api.sample_steps(run_id))
+
+
+@st.cache_data(ttl=3, hash_funcs=_HASH, show_spinner=False, max_entries=100)
+def judgements_for(api: Client, run_ids: tuple[int, ...] = (), limit: int = 100) -> list[dict]:
+    """Judgements involving any of these runs (all recent ones if none), newest first."""
+    if not run_ids:
+        return list(api.list_judgements(limit=limit)["items"])
+    seen: dict[int, dict] = {}
+    for rid in run_ids:
+        for j in api.list_judgements(run_id=rid, limit=limit)["items"]:
+            seen[j["id"]] = j
+    return sorted(seen.values(), key=lambda j: -j["id"])
+
+
+@st.cache_data(ttl=600, hash_funcs=_HASH, show_spinner=False)
+def config_schema(api: Client) -> dict:
+    """The RunConfig JSON schema definitions: the server's (its OpenAPI document), else the local klq's."""
+    try:
+        defs = logic.schema_defs_from_openapi(api.openapi())
+    except APIError:
+        defs = None
+    return defs or logic.local_schema_defs()
+
+
+class _ConfigCache:
+    """Run configs never change (PATCH edits name, tags and notes only): keep them, keyed by server,
+    token, run id and creation time (ids of deleted runs may be reused)."""
+
+    def __init__(self, size: int = 5000) -> None:
+        self._data: OrderedDict[tuple, dict] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+
+    def get_many(self, api: Client, runs: Sequence[Mapping[str, Any]]) -> dict[int, dict]:
+        out: dict[int, dict] = {}
+        missing = []
+        with self._lock:
+            for r in runs:
+                key = (*api.identity, r["id"], r.get("created_at"))
+                if key in self._data:
+                    self._data.move_to_end(key)
+                    out[r["id"]] = self._data[key]
+                else:
+                    missing.append((key, r["id"]))
+        if missing:
+            def fetch(rid: int) -> dict | None:
+                try:
+                    return api.get_run(rid)["config"]
+                except APIError:
+                    return None
+
+            with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+                fetched = list(pool.map(fetch, [rid for _, rid in missing]))
+            with self._lock:
+                for (key, rid), cfg in zip(missing, fetched):
+                    if cfg is not None:
+                        self._data[key] = cfg
+                        out[rid] = cfg
+                while len(self._data) > self._size:
+                    self._data.popitem(last=False)
+        return out
+
+
+@st.cache_resource(show_spinner=False)
+def _config_cache() -> _ConfigCache:
+    return _ConfigCache()
+
+
+def run_configs(api: Client, runs: Sequence[Mapping[str, Any]]) -> dict[int, dict]:
+    """Configs of these runs (one request per run not seen before, eight at a time)."""
+    return _config_cache().get_many(api, runs)
+
+
+# --- navigation and pickers ------------------------------------------------------------------------------
+
+
+def go(page: str, **params: Any) -> None:
+    """Switch to a page with query parameters (lists become comma-separated)."""
+    query = {k: ",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
+             for k, v in params.items() if v is not None}
+    st.switch_page(PAGE_FILES[page], query_params=query)
+
+
+def query_ids(name: str) -> list[int]:
+    """Run ids from a query parameter: '3' or '1,2,5'."""
+    raw = st.query_params.get(name, "")
+    out = []
+    for part in str(raw).split(","):
+        part = part.strip()
+        if part.isdigit():
+            out.append(int(part))
+    return list(dict.fromkeys(out))
+
+
+def run_label(run: Mapping[str, Any]) -> str:
+    return f"#{run['id']} {run['name']} ({run['algorithm'].upper()}, {run['status']})"
+
+
+def _choices_with(api: Client, ids: Iterable[int]) -> dict[int, dict]:
+    choices = {r["id"]: r for r in call(run_choices, api) or []}
+    for rid in ids:
+        if rid not in choices:
+            try:
+                r = run_detail(api, rid)
+            except APIError:
+                continue
+            choices[rid] = {k: r[k] for k in ("id", "name", "algorithm", "status", "created_at")}
+    return choices
+
+
+def pick_run(api: Client, *, key: str, param: str = "run", label: str = "Run") -> int | None:
+    """A run selectbox (the newest runs plus the one in the URL), kept in the URL as ?run=ID."""
+    wanted = query_ids(param)
+    choices = _choices_with(api, wanted)
+    if not choices:
+        st.info("No runs yet: launch one on the Launch page.")
+        return None
+    ids = list(choices)
+    if key not in st.session_state or st.session_state[key] not in ids:
+        st.session_state[key] = wanted[0] if wanted and wanted[0] in ids else ids[0]
+    rid = st.selectbox(label, ids, key=key, format_func=lambda i: run_label(choices[i]))
+    if rid is not None and query_ids(param) != [rid]:
+        st.query_params[param] = str(rid)
+    return rid
+
+
+def pick_runs(api: Client, *, key: str, param: str = "runs", label: str = "Runs",
+              max_selections: int | None = None, default_count: int = 2) -> list[int]:
+    """A multiselect of runs, kept in the URL as ?runs=1,2."""
+    wanted = query_ids(param)
+    choices = _choices_with(api, wanted)
+    if not choices:
+        st.info("No runs yet: launch one on the Launch page.")
+        return []
+    ids = list(choices)
+    if key not in st.session_state:
+        st.session_state[key] = [i for i in wanted if i in ids] or ids[:default_count]
+    else:
+        st.session_state[key] = [i for i in st.session_state[key] if i in ids]
+    selected = st.multiselect(label, ids, key=key, format_func=lambda i: run_label(choices[i]),
+                              max_selections=max_selections)
+    value = ",".join(str(i) for i in selected)
+    if st.query_params.get(param, "") != value:
+        if value:
+            st.query_params[param] = value
+        elif param in st.query_params:
+            del st.query_params[param]
+    return list(selected)
+
+
+def names_of(api: Client, ids: Iterable[int]) -> dict[int, str]:
+    choices = _choices_with(api, ids)
+    return {i: choices[i]["name"] if i in choices else f"run {i}" for i in ids}
+
+
+# --- charts ----------------------------------------------------------------------------------------------
+
+
+def line_chart(df: pd.DataFrame, *, color: str, x: str = "step", title: str = "",
+               smoothing: float = 0.0, height: int = CHART_HEIGHT) -> alt.Chart:
+    """Lines of ``df`` (logic.series_frame's columns) coloured by ``color``; with smoothing, the raw
+    values are drawn faintly behind the smoothed ones."""
+    x_enc = {
+        "step": alt.X("x:Q", title="step"),
+        "relative": alt.X("x:Q", title="minutes since start"),
+        "time": alt.X("x:T", title="wall-clock time"),
+    }[x]
+    tooltip = [alt.Tooltip(f"{color}:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", format=".4g")]
+    base = alt.Chart(df).encode(x=x_enc, color=alt.Color(f"{color}:N", legend=alt.Legend(orient="bottom",
+                                                                                          title=None)))
+    if smoothing > 0:
+        raw = base.mark_line(opacity=0.25, strokeWidth=1).encode(y=alt.Y("value:Q", title=None))
+        smooth = base.mark_line(strokeWidth=2).encode(y=alt.Y("smoothed:Q", title=None), tooltip=tooltip)
+        chart = alt.layer(raw, smooth)
+    else:
+        chart = base.mark_line(strokeWidth=1.5, point=len(df) <= 60).encode(
+            y=alt.Y("value:Q", title=None), tooltip=tooltip)
+    return chart.properties(title=title, height=height).interactive(bind_y=False)
+
+
+def tradeoff_chart(df: pd.DataFrame, *, reward_label: str, kl_label: str) -> alt.Chart:
+    """Reward-vs-KL scatter (one point per run) with the Pareto frontier as a step line."""
+    data = df.dropna(subset=["kl", "reward"])
+    points = alt.Chart(data).mark_point(filled=True, size=90).encode(
+        x=alt.X("kl:Q", title=kl_label, scale=alt.Scale(zero=False)),
+        y=alt.Y("reward:Q", title=reward_label, scale=alt.Scale(zero=False)),
+        color=alt.Color("algorithm:N", legend=alt.Legend(orient="bottom")),
+        shape=alt.Shape("on_frontier:N", title="on frontier"),
+        tooltip=["run", "algorithm", "tau", "status", alt.Tooltip("kl:Q", format=".4g"),
+                 alt.Tooltip("reward:Q", format=".4g")],
+    )
+    labels = alt.Chart(data).mark_text(align="left", dx=7, dy=-7, fontSize=11).encode(
+        x="kl:Q", y="reward:Q", text="run:N")
+    frontier = alt.Chart(data[data["on_frontier"]].sort_values("kl")).mark_line(
+        interpolate="step-after", strokeDash=[4, 3], color="gray").encode(x="kl:Q", y="reward:Q")
+    return alt.layer(frontier, points, labels).properties(height=380).interactive()
+
+
+def text_block(text: str | None, *, height: int | None = None) -> None:
+    """Model-generated (or any untrusted) text, shown literally: a code block never renders HTML or
+    Markdown."""
+    st.code(text if text is not None else "", language=None, wrap_lines=True,
+            height=height if height is not None else "content")
+
+
+# --- series of several runs ------------------------------------------------------------------------------
+
+MAX_RUNS_PER_REQUEST = 20  # the API's limit on run_id per series request
+MAX_SERIES_PER_REQUEST = 400  # the API's default KLQ_MAX_SERIES_PER_REQUEST
+
+
+def _chunks(ids: Sequence[int], n_keys: int) -> list[list[int]]:
+    size = max(1, min(MAX_RUNS_PER_REQUEST, MAX_SERIES_PER_REQUEST // max(1, n_keys)))
+    return [list(ids[i:i + size]) for i in range(0, len(ids), size)]
+
+
+@st.cache_data(ttl=5, hash_funcs=_HASH, show_spinner=False, max_entries=50)
+def series(api: Client, run_ids: tuple[int, ...], keys: tuple[str, ...], max_points: int = 1000,
+           include_wall_time: bool = True) -> list[dict]:
+    """Series of many runs and keys (several requests if the API's per-request limits need it)."""
+    out: list[dict] = []
+    for chunk in _chunks(run_ids, len(keys)):
+        out += api.series(chunk, keys, max_points=max_points, include_wall_time=include_wall_time)["series"]
+    return out
+
+
+@st.cache_data(ttl=10, hash_funcs=_HASH, show_spinner=False, max_entries=50)
+def final_values(api: Client, runs: tuple[tuple[int, int, int], ...], key: str, n: int) -> dict[int, float]:
+    """The mean of the last ``n`` points of ``key`` for each run; ``runs``: (run id, the key's latest step,
+    step stride of the key, e.g. the eval interval for eval/* keys). One request per group of runs that
+    share a starting step."""
+    groups: dict[int, list[int]] = {}
+    for rid, last_step, stride in runs:
+        groups.setdefault(max(-1, last_step - n * max(1, stride)), []).append(rid)
+    values: dict[int, float] = {}
+    for since, ids in groups.items():
+        for chunk in _chunks(ids, 1):
+            for s in api.series(chunk, [key], max_points=max(10, 2 * n), since_step=since)["series"]:
+                v = logic.tail_mean(s["values"], n)
+                if v is not None:
+                    values[s["run_id"]] = v
+    return values
+
+
+_MD_SPECIAL = set("\\`*_{}[]()#+-.!|~<>$:&")
+
+
+def md_escape(text: object) -> str:
+    """User text (run names, prompt ids) made literal inside Markdown labels and captions."""
+    return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in str(text)).replace("\n", " ")
