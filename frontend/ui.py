@@ -309,8 +309,8 @@ def line_chart(df: pd.DataFrame, *, color: str, x: str = "step", title: str = ""
         "time": alt.X("x:T", title="wall-clock time"),
     }[x]
     tooltip = [alt.Tooltip(f"{color}:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", format=".4g")]
-    base = alt.Chart(df).encode(x=x_enc, color=alt.Color(f"{color}:N", legend=alt.Legend(orient="bottom",
-                                                                                          title=None)))
+    legend = alt.Legend(orient="bottom", title=None, columns=2, labelLimit=300, symbolType="stroke")
+    base = alt.Chart(df).encode(x=x_enc, color=alt.Color(f"{color}:N", legend=legend))
     if smoothing > 0:
         raw = base.mark_line(opacity=0.25, strokeWidth=1).encode(y=alt.Y("value:Q", title=None))
         smooth = base.mark_line(strokeWidth=2).encode(y=alt.Y("smoothed:Q", title=None), tooltip=tooltip)

@@ -27,6 +27,7 @@ SECTIONS = {
     "klq": "KLQ",
     "ppo": "PPO",
 }
+LABELS = {"kl_coef": "kl_coef (tau)", "lam": "lam (lambda)"}
 MODEL_HELP = ("builtin:sft / builtin:reward (the built-in task), an absolute path under the server's model "
               "roots, or a Hugging Face hub id if the server allows them")
 
@@ -193,7 +194,7 @@ def field_help(f: logic.FormField) -> str:
 
 def draw(f: logic.FormField) -> None:
     key = PREFIX + f.path
-    label = f.name
+    label = LABELS.get(f.path, f.name)
     help_ = field_help(f)
     if f.kind == "bool":
         st.checkbox(label, key=key, help=help_)
@@ -231,7 +232,10 @@ with st.container(border=True):
         for msg in errors.get("name", []):
             st.error(msg, icon=":material/error:")
     with c[1]:
-        st.selectbox("queue", [DEFAULT_QUEUE, "gpu", "cpu"], key="launch.queue", accept_new_options=True,
+        queues = [DEFAULT_QUEUE, "gpu", "cpu"]
+        if st.session_state.get("launch.queue") not in (*queues, None):
+            queues.append(st.session_state["launch.queue"])
+        st.selectbox("queue", queues, key="launch.queue", accept_new_options=True,
                      help="The worker queue: GPU workers listen on 'gpu', CPU workers on 'cpu'; type another "
                      "name for a custom queue.")
         for msg in errors.get("queue", []):

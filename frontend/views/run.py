@@ -46,16 +46,17 @@ with st.container(horizontal=True):
 
 
 def status_header(r: dict) -> None:
-    cols = st.columns([1, 1, 1, 1, 2])
+    cols = st.columns(7)
     cols[0].metric("Status", r["status"] + (" (cancelling)" if r["cancel_requested"] and
                                             r["status"] in logic.ACTIVE else ""))
-    cols[1].metric("Algorithm", f"{r['algorithm'].upper()} · tau {r['config'].get('kl_coef')}")
-    cols[2].metric("Iteration", f"{r['iteration']}/{r['total_iterations'] or '?'}")
-    eta = logic.eta_seconds(r)
-    cols[3].metric("ETA", logic.format_duration(eta) or "–")
-    cols[4].metric("Reward / KL (latest)",
-                   f"{logic.format_number(logic.latest_value(r, logic.REWARD_KEY))} / "
-                   f"{logic.format_number(logic.latest_value(r, logic.KL_KEY))}")
+    cols[1].metric("Algorithm", r["algorithm"].upper())
+    cols[2].metric("tau", logic.format_number(r["config"].get("kl_coef")), help="kl_coef: tau for KLQ, "
+                   "the KL penalty coefficient for PPO")
+    cols[3].metric("Iteration", f"{r['iteration']}/{r['total_iterations'] or '?'}")
+    cols[4].metric("ETA", logic.format_duration(logic.eta_seconds(r)) or "–")
+    cols[5].metric("Reward", logic.format_number(logic.latest_value(r, logic.REWARD_KEY)),
+                   help=f"{logic.REWARD_KEY}, latest")
+    cols[6].metric("KL", logic.format_number(logic.latest_value(r, logic.KL_KEY)), help=f"{logic.KL_KEY}, latest")
     if r.get("progress") is not None:
         st.progress(float(r["progress"]), text=f"{100 * r['progress']:.0f}% · {r['episodes']} episodes")
     if r["status"] == "failed" and r.get("error"):

@@ -84,8 +84,9 @@ with tab_samples:
     verdicts: dict[str, list] = {}
     judgement = None
     if judgements:
+        best = next((i for i, j in enumerate(judgements) if j["completed"]), 0)
         jid = st.selectbox("Show verdicts of", [None, *[j["id"] for j in judgements]],
-                           index=1, key="samples.judgement",
+                           index=1 + best, key="samples.judgement",
                            format_func=lambda i: "no judgement" if i is None else logic.judgement_label(
                                next(j for j in judgements if j["id"] == i), names))
         if jid is not None:
@@ -103,14 +104,14 @@ with tab_samples:
     base_index = run_ids.index(baseline)
     for item in cmp["items"]:
         with st.container(border=True):
-            st.markdown(f"**Prompt** `{item['prompt_id']}`".replace("``", "` `"))
+            st.markdown(f"**Prompt** {ui.md_escape(item['prompt_id'])}")
             ui.text_block(item["prompt"])
             cols = st.columns(len(run_ids))
             base = item["samples"][base_index] if base_index < len(item["samples"]) else None
             for col, rid, sample in zip(cols, run_ids, item["samples"]):
                 with col:
-                    st.markdown(f"**#{rid}** {'(baseline)' if rid == baseline else ''}")
-                    st.caption(names[rid])
+                    st.markdown(f"**#{rid} {ui.md_escape(names[rid])}**"
+                                + (" (baseline)" if rid == baseline else ""))
                     if sample is None:
                         st.caption("no sample for this prompt")
                         continue
@@ -119,10 +120,14 @@ with tab_samples:
                                f"{logic.format_number(sample['kl'])} · step {sample['step']}")
                     ui.text_block(sample["response"])
                     if rid != baseline and base is not None:
-                        ops = logic.word_diff(base["response"], sample["response"])
-                        st.caption(f"diff vs #{baseline} ([-removed-] {{+added+}}), "
-                                   f"{100 * logic.diff_ratio(base['response'], sample['response']):.0f}% same")
-                        ui.text_block(logic.render_word_diff(ops))
+                        if base["response"] == sample["response"]:
+                            st.caption(f"identical to #{baseline}")
+                        else:
+                            ops = logic.word_diff(base["response"], sample["response"])
+                            same = 100 * logic.diff_ratio(base["response"], sample["response"])
+                            st.caption(f"word diff against #{baseline}: \\[-removed-\\] {{+added+}} "
+                                       f"({same:.0f}% of words shared)")
+                            ui.text_block(logic.render_word_diff(ops))
             if judgement is not None and item["prompt_id"] in verdicts:
                 vs = verdicts[item["prompt_id"]]
                 a = f"#{judgement['run_a']}"

@@ -1,0 +1,208 @@
+"""Helpers of the frontend tests: seeding a real API's database through backend.store (as a worker
+writes), and running dashboard pages in Streamlit's AppTest."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backend_testkit import REPO, Server
+from streamlit.testing.v1 import AppTest
+
+from backend import store
+
+APP = REPO / "frontend" / "app.py"
+TIMEOUT = 30
+
+XSS_RESPONSE = "<script>alert('xss')</script> <b>bold</b> **not bold** [link](http://example.com) :red[x]"
+XSS_PROMPT = "<i>italic?</i> review the tea :"
+XSS_JUDGE = "<b>A</b> is better <script>steal()</script>"
+PROMPTS = {
+    "p0": "review the coffee :",
+    "p1": "review the cake :",
+    "p2": XSS_PROMPT,
+    "p3": "review the soup :",
+}
+
+
+def seed_config(algorithm: str = "klq", *, kl_coef: float = 0.05, iterations: int = 50, **extra: Any) -> dict:
+    """A valid run configuration of ``iterations`` iterations (never trained: there is no worker)."""
+    cfg = {"algorithm": algorithm, "kl_coef": kl_coef,
+           "train": {"total_episodes": 8 * iterations, "batch_size": 8, "minibatch_size": 4,
+                     "micro_batch_size": 4}}
+    cfg.update(extra)
+    return cfg
+
+
+def metric_rows(steps: range, values: dict[str, Any], wall0: float = 1.7e9) -> list[tuple]:
+    """(key, step, value, wall_time) rows: ``values`` maps key -> f(step)."""
+    return [(k, s, float(f(s)), wall0 + 0.5 * s) for s in steps for k, f in values.items()]
+
+
+KLQ_METRICS = {
+    "objective/scores": lambda s: 0.2 + 0.01 * s,
+    "objective/gold_scores": lambda s: 0.1 + 0.008 * s,
+    "objective/kl": lambda s: 0.05 * s,
+    "objective/rlhf_reward": lambda s: 0.2 + 0.0075 * s,
+    "objective/entropy": lambda s: 5.0 - 0.01 * s,
+    "loss/q_avg": lambda s: 1.0 / s,
+    "q/target_avg": lambda s: 0.3,
+    "timing/iteration_s": lambda s: 0.5,
+    "episode": lambda s: 8 * s,
+}
+PPO_METRICS = {
+    "objective/scores": lambda s: 0.1 + 0.012 * s,
+    "objective/kl": lambda s: 0.08 * s,
+    "objective/rlhf_reward": lambda s: 0.1 + 0.008 * s,
+    "loss/policy_avg": lambda s: -0.01,
+    "loss/value_avg": lambda s: 0.5 / s,
+    "timing/iteration_s": lambda s: 0.6,
+}
+
+
+@dataclass
+class Seeded:
+    klq: int
+    ppo: int
+    live: int
+    failed: int
+    queued: int
+    judgement: int
+    queued_judgement: int
+    checkpoint: int
+    ids: dict[str, int] = field(default_factory=dict)
+
+
+def _run(session, server: Server, name: str, cfg: dict, *, tags: tuple[str, ...] = ("seed",)) -> int:
+    run = store.create_run(session, cfg, name=name, tags=tags, notes=f"seeded {name}", queue="gpu")
+    return run.id
+
+
+def _start(session, run_id: int, iteration: int) -> None:
+    store.set_status(session, run_id, "running")
+    store.set_progress(session, run_id, iteration=iteration, episodes=8 * iteration, worker_host="test-host",
+                       worker_gpu="cpu")
+
+
+def samples(step: int, responses: dict[str, str], score0: float) -> list[dict]:
+    return [
+        {"step": step, "prompt_id": pid, "prompt": PROMPTS[pid], "response": responses[pid],
+         "score": score0 + i / 10, "gold_score": score0 / 2 + i / 20, "kl": 1.0 + i}
+        for i, pid in enumerate(PROMPTS)
+    ]
+
+
+def seed(server: Server) -> Seeded:
+    """Runs as a worker leaves them: a finished KLQ and PPO run with curves, samples, a checkpoint and a
+    judgement between them; a running run; a failed run; a queued run and a queued judgement."""
+    with server.db.write_session() as s:
+        klq = _run(s, server, "seed-klq", seed_config("klq", kl_coef=0.05))
+        ppo = _run(s, server, "seed-ppo", seed_config("ppo", kl_coef=0.1))
+        live = _run(s, server, "seed-live", seed_config("klq", iterations=100))
+        failed = _run(s, server, "seed-failed", seed_config("klq", kl_coef=0.01, iterations=10))
+        queued = _run(s, server, "seed-queued", seed_config("ppo"), tags=("seed", "waiting"))
+
+        for rid, metrics, n in ((klq, KLQ_METRICS, 50), (ppo, PPO_METRICS, 50)):
+            _start(s, rid, n)
+            store.write_metrics(s, rid, metric_rows(range(1, n + 1), metrics))
+        store.write_metrics(s, klq, [("eval/scores", st, 0.3 + st / 100, None) for st in range(10, 51, 10)])
+
+        base = {pid: f"the {PROMPTS[pid].split()[-2]} was good ." for pid in PROMPTS}
+        store.write_samples(s, klq, samples(25, base, 0.3))
+        store.write_samples(s, klq, samples(50, {**base, "p0": "the coffee was very good ."}, 0.5))
+        ppo_text = {**base, "p0": "the coffee was hot and good .", "p1": XSS_RESPONSE}
+        store.write_samples(s, ppo, samples(25, base, 0.2))
+        store.write_samples(s, ppo, samples(50, ppo_text, 0.4))
+
+        ckpt_dir = server.data_dir / "runs" / str(klq) / "checkpoints" / "step-0000050"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+        (ckpt_dir / "model.safetensors").write_bytes(b"\0" * 64)
+        checkpoint = store.add_checkpoint(s, klq, 50, ckpt_dir, is_final=True).id
+        for rid in (klq, ppo):
+            store.finish_run(s, rid, "succeeded")
+
+        _start(s, live, 10)
+        store.write_metrics(s, live, metric_rows(range(1, 11), KLQ_METRICS, wall0=time.time() - 20))
+
+        _start(s, failed, 5)
+        store.write_metrics(s, failed, metric_rows(range(1, 6), {
+            "objective/scores": lambda st: 0.9, "objective/kl": lambda st: 5.0}))
+        store.finish_run(s, failed, "failed",
+                         error="RuntimeError: CUDA out of memory <b>not html</b>\nTraceback line 2")
+
+        j = store.create_judgement(s, run_a_id=klq, run_b_id=ppo, num_prompts=4,
+                                   judge={"backend": "gold", "decoding": "greedy"}, queue="gpu")
+        store.set_judgement_status(s, j.id, "running")
+        verdicts = []
+        for i, pid in enumerate(PROMPTS):
+            for order in ("ab", "ba"):
+                verdicts.append({"prompt_id": pid, "order": order, "verdict": "A" if i < 3 else "B",
+                                 "prompt": PROMPTS[pid], "response_a": base[pid],
+                                 "response_b": ppo_text[pid], "raw_output": XSS_JUDGE})
+        store.record_verdicts(s, j.id, verdicts)
+        store.set_judgement_status(s, j.id, "succeeded")
+        judgement = j.id
+        queued_j = store.create_judgement(s, run_a_id=klq, num_prompts=8, judge={"backend": "gold"},
+                                          queue="gpu").id
+    return Seeded(klq, ppo, live, failed, queued, judgement, queued_j, checkpoint,
+                  {"seed-klq": klq, "seed-ppo": ppo, "seed-live": live, "seed-failed": failed,
+                   "seed-queued": queued})
+
+
+# --- AppTest ---------------------------------------------------------------------------------------------
+
+
+def page(name: str, query: dict[str, Any] | None = None, *, run: bool = True) -> AppTest:
+    """The dashboard (frontend/app.py) on one of its pages (frontend/views/<name>.py), run once."""
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    for key, value in (query or {}).items():
+        at.query_params[key] = str(value)
+    at.switch_page(f"views/{name}.py")
+    if run:
+        at.run()
+        check(at)
+    return at
+
+
+def check(at: AppTest) -> None:
+    """No uncaught exception on the page."""
+    assert not at.exception, "\n".join(str(e.value) for e in at.exception)
+
+
+def walk(node: Any) -> Iterator[Any]:
+    """Every node of an AppTest tree, in page order."""
+    yield node
+    children = getattr(node, "children", None)
+    if isinstance(children, dict):
+        for key in sorted(children):
+            yield from walk(children[key])
+
+
+def elements(at: AppTest) -> list[Any]:
+    return [n for n in walk(at.main) if not hasattr(n, "children") or n.type not in ("vertical", "horizontal")]
+
+
+def texts(at: AppTest, kind: str) -> list[str]:
+    """Values of all elements of this kind (e.g. 'code', 'markdown', 'error', 'caption')."""
+    return [str(getattr(e, "value", "")) for e in getattr(at, kind)]
+
+
+def all_text(at: AppTest) -> str:
+    parts = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "code", "text", "error", "warning",
+                 "info", "success"):
+        parts += texts(at, kind)
+    return "\n".join(parts)
+
+
+def widget(at: AppTest, key: str) -> Any:
+    return at.get_by_key(key) if hasattr(at, "get_by_key") else at.main.get_by_key(key)
+
+
+def checkpoint_dir(server: Server, run_id: int) -> Path:
+    return server.data_dir / "runs" / str(run_id) / "checkpoints" / "step-0000050"

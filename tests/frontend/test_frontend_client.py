@@ -1,0 +1,168 @@
+"""frontend.client against a real API server: every method, errors (401/404/409/422 field errors, no
+server), tokens from the environment and the data directory."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import zipfile
+
+import pytest
+from backend_testkit import free_port
+from frontend_testkit import PROMPTS, seed_config
+
+from backend import store
+from frontend.client import APIConnectionError, APIError, Client, resolve_token
+
+
+@pytest.fixture
+def api(server):
+    with Client(server.url, server.token, timeout=10) as c:
+        yield c
+
+
+def test_no_streamlit_import():
+    import subprocess
+
+    code = "import sys, frontend.client; assert 'streamlit' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_base_url_forms_and_health(server):
+    for url in (server.url, server.url + "/", server.url + "/api/v1", server.url + "/api/v1/"):
+        with Client(url, server.token) as c:
+            assert c.base_url == server.url
+            assert c.health()["status"] == "ok"
+    with Client(server.url, server.token) as c:
+        assert "RunConfig" in c.openapi()["components"]["schemas"]
+        assert "admin" in c.me()["scopes"]
+        assert repr(c) == f"Client({server.url!r}, token=set)"
+
+
+def test_runs_crud(api, seeded):
+    run = api.create_run(seed_config("ppo", kl_coef=0.2), name="client-run", tags=["client", "x"], notes="n",
+                         queue="cpu")
+    assert run["status"] == "queued" and run["config"]["kl_coef"] == 0.2 and run["queue"] == "cpu"
+    rid = run["id"]
+    assert api.get_run(rid)["name"] == "client-run"
+    page = api.list_runs(tag=["client"], algorithm=["ppo"], status=["queued"])
+    assert [r["id"] for r in page["items"]] == [rid] and page["total"] == 1
+    assert api.list_runs(q="client-run", latest=["objective/scores"])["total"] == 1
+    updated = api.update_run(rid, tags=["client", "y"], notes="changed")
+    assert updated["tags"] == ["client", "y"] and updated["notes"] == "changed"
+    assert {"tag": "client", "runs": 1} in api.list_tags()
+    clone = api.clone_run(rid, {"train.num_epochs": 2}, name="client-clone")
+    assert clone["parent_id"] == rid and clone["config"]["train"]["num_epochs"] == 2
+    assert clone["tags"] == ["client", "y"]
+    assert api.cancel_run(clone["id"])["status"] == "cancelled"
+    api.delete_run(clone["id"])
+    api.delete_run(rid)
+    with pytest.raises(APIError) as err:
+        api.get_run(rid)
+    assert err.value.status == 404 and "not found" in err.value.message
+    ids = {r["id"] for r in api.iter_runs(page_size=2, tag=["seed"])}
+    assert set(seeded.ids.values()) <= ids
+
+
+def test_validation_errors_are_parsed_per_field(api):
+    cfg = {"kl_coef": -1, "train": {"batch_size": 10, "minibatch_size": 4}}
+    with pytest.raises(APIError) as err:
+        api.create_run(cfg)
+    e = err.value
+    assert e.status == 422
+    assert e.field_errors["config.kl_coef"] == ["Input should be greater than 0"]
+    assert "must divide" in e.field_errors["config.train"][0]
+    assert "config.kl_coef: Input should be greater than 0" in str(e)
+    with pytest.raises(APIError) as err:
+        api.create_run(seed_config(), queue="nope")
+    assert "unknown queue" in err.value.field_errors["queue"][0]
+    with pytest.raises(APIError) as err:
+        api.create_run(seed_config(model={"policy": "/etc"}))
+    assert list(err.value.field_errors) == ["config.model.policy"]
+    # picklable (Streamlit may cache or move errors between threads)
+    again = pickle.loads(pickle.dumps(err.value))
+    assert again.status == 422 and again.field_errors == err.value.field_errors
+
+
+def test_conflicts_auth_and_connection_errors(server, api, seeded):
+    with pytest.raises(APIError) as err:
+        api.cancel_run(seeded.klq)  # finished
+    assert err.value.status == 409
+    with Client(server.url, "klq_wrong") as bad, pytest.raises(APIError) as err:
+        bad.list_runs()
+    assert err.value.status == 401
+    with Client(f"http://127.0.0.1:{free_port()}", "x", timeout=2) as gone, \
+            pytest.raises(APIConnectionError) as err:
+        gone.health()
+    assert err.value.status == 0 and "cannot reach" in err.value.message
+
+
+def test_resolve_token_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("KLQ_API_TOKEN", raising=False)
+    monkeypatch.setenv("KLQ_DATA_DIR", str(tmp_path))
+    assert resolve_token() is None
+    (tmp_path / "api_token").write_text("klq_from_file\n")
+    assert resolve_token() == "klq_from_file"
+    monkeypatch.setenv("KLQ_API_TOKEN", "klq_from_env")
+    assert resolve_token() == "klq_from_env"
+    assert resolve_token("klq_given") == "klq_given"
+    with Client("http://127.0.0.1:1") as c:
+        assert c.token == "klq_from_env" and c.identity == ("http://127.0.0.1:1", "klq_from_env")
+
+
+def test_metrics(api, seeded):
+    keys = {k["key"]: k for k in api.metric_keys(seeded.klq)}
+    assert keys["objective/scores"]["last_step"] == 50
+    resp = api.series([seeded.klq, seeded.ppo], ["objective/scores", "objective/kl"], max_points=20,
+                      include_wall_time=True)
+    assert len(resp["series"]) == 4
+    s = resp["series"][0]
+    assert s["downsampled"] and len(s["steps"]) <= 20 and s["total_points"] == 50 and s["wall_times"]
+    tail = api.series([seeded.klq], ["objective/scores"], since_step=47)["series"][0]
+    assert tail["steps"] == [48, 49, 50] and tail["last_step"] == 50 and tail["wall_times"] is None
+    csv = api.export_metrics(seeded.klq, keys=["objective/kl"]).decode()
+    assert csv.splitlines()[0] == "run_id,key,step,value,wall_time" and len(csv.splitlines()) == 51
+
+
+def test_samples_and_checkpoints(api, seeded):
+    assert [s["step"] for s in api.sample_steps(seeded.klq)] == [25, 50]
+    page = api.list_samples(seeded.klq, step=50, limit=2)
+    assert page["total"] == 4 and [s["prompt_id"] for s in page["items"]] == ["p0", "p1"]
+    cmp = api.compare_samples([seeded.klq, seeded.ppo], 25)
+    assert [r["step"] for r in cmp["runs"]] == [25, 25] and cmp["total"] == len(PROMPTS)
+    cmp = api.compare_samples([seeded.klq, seeded.ppo])
+    assert [r["step"] for r in cmp["runs"]] == [50, 50]
+    assert api.export_samples(seeded.ppo, step=50).decode().count("\n") == 4
+    ckpts = api.list_checkpoints(seeded.klq)
+    assert [c["step"] for c in ckpts] == [50] and ckpts[0]["is_final"]
+    for which in ("final", ckpts[0]["id"]):
+        names = zipfile.ZipFile(io.BytesIO(api.download_checkpoint(seeded.klq, which))).namelist()
+        assert sorted(names) == [f"klq-run-{seeded.klq}-step-50/config.json",
+                                 f"klq-run-{seeded.klq}-step-50/model.safetensors"]
+
+
+def test_download_checkpoint_to_file(api, seeded, tmp_path):
+    path = api.download_checkpoint_to(seeded.klq, tmp_path / "p.zip")
+    assert zipfile.is_zipfile(path)
+    with pytest.raises(APIError) as err:
+        api.download_checkpoint_to(seeded.ppo, tmp_path / "none.zip")
+    assert err.value.status == 404
+
+
+def test_judgements(api, server, seeded):
+    j = api.get_judgement(seeded.judgement, limit=3)
+    assert j["status"] == "succeeded" and j["result"]["wins_a"] == 3 and j["verdicts_total"] == 8
+    assert len(j["verdicts"]) == 3
+    assert len(list(api.iter_verdicts(seeded.judgement, page_size=3))) == 8
+    ids = [x["id"] for x in api.list_judgements(run_id=seeded.klq)["items"]]
+    assert seeded.judgement in ids and seeded.queued_judgement in ids
+    new = api.create_judgement(seeded.klq, seeded.ppo, num_prompts=2, judge={"backend": "gold"}, queue="cpu")
+    assert new["status"] == "queued" and new["judge"]["backend"] == "gold"
+    with pytest.raises(APIError) as err:
+        api.create_judgement(seeded.klq, 999_999, judge={"backend": "gold", "model": "x"})
+    assert err.value.status == 422 and "judge" in err.value.field_errors
+    assert api.cancel_judgement(new["id"])["status"] == "cancelled"
+    api.delete_judgement(new["id"])
+    with server.db.session() as s:
+        assert store.get_judgement(s, new["id"]) is None
