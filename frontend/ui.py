@@ -28,6 +28,7 @@ CHART_HEIGHT = 260
 RUN_LIST_LIMIT = 200  # runs offered by the pickers (newest first; ids in the URL are added)
 
 _HASH = {Client: lambda c: c.identity}
+TABLE_KEYS = (logic.REWARD_KEY, logic.GOLD_KEY, logic.KL_KEY, logic.RLHF_KEY, "timing/iteration_s")
 
 
 # --- the client ------------------------------------------------------------------------------------------
@@ -115,10 +116,9 @@ def clear_caches() -> None:
 @st.cache_data(ttl=3, hash_funcs=_HASH, show_spinner=False, max_entries=100)
 def runs_page(api: Client, status: tuple[str, ...] = (), algorithm: tuple[str, ...] = (),
               tags: tuple[str, ...] = (), q: str = "", order: str = "newest", limit: int = 50,
-              offset: int = 0) -> dict:
-    keys = (logic.REWARD_KEY, logic.GOLD_KEY, logic.KL_KEY, logic.RLHF_KEY, "timing/iteration_s")
+              offset: int = 0, latest: tuple[str, ...] = TABLE_KEYS) -> dict:
     return dict(api.list_runs(status=status or None, algorithm=algorithm or None, tag=tags or None,
-                              q=q or None, order=order, latest=keys, limit=limit, offset=offset))
+                              q=q or None, order=order, latest=latest, limit=limit, offset=offset))
 
 
 @st.cache_data(ttl=5, hash_funcs=_HASH, show_spinner=False, max_entries=20)

@@ -66,7 +66,8 @@ with tab_tradeoff:
                        format_func={"selected": "the selected runs",
                                     "all": f"all runs (newest {FRONTIER_SCOPE_LIMIT})"}.get)
     if scope == "all":
-        page = ui.call(ui.runs_page, api, limit=FRONTIER_SCOPE_LIMIT, what="listing runs")
+        page = ui.call(ui.runs_page, api, limit=FRONTIER_SCOPE_LIMIT, latest=(reward_key, kl_key),
+                       what="listing runs")
         pool = page["items"] if page else []
     else:
         pool = [details[r] for r in run_ids]
@@ -79,10 +80,10 @@ with tab_tradeoff:
         stride = (configs.get(run["id"]) or {}).get("eval_interval", 1) if key.startswith("eval/") else 1
         return (run["id"], latest["step"], int(stride or 1))
 
-    values = {}
+    values: dict[str, dict[int, float]] = {}
     for key in (reward_key, kl_key):
         specs = tuple(s for s in (spec(r, key) for r in pool) if s is not None)
-        values[key] = ui.call(ui.final_values, api, specs, key, int(last_n), what=key) or {} if specs else {}
+        values[key] = (ui.call(ui.final_values, api, specs, key, int(last_n), what=key) or {}) if specs else {}
     rows = [
         {"run_id": r["id"], "run": f"#{r['id']} {r['name']}", "algorithm": r["algorithm"].upper(),
          "tau": (configs.get(r["id"]) or {}).get("kl_coef"), "status": r["status"],

@@ -85,11 +85,11 @@ with tab_samples:
     judgement = None
     if judgements:
         best = next((i for i, j in enumerate(judgements) if j["completed"]), 0)
-        jid = st.selectbox("Show verdicts of", [None, *[j["id"] for j in judgements]],
+        jid = st.selectbox("Show verdicts of", [0, *[j["id"] for j in judgements]],
                            index=1 + best, key="samples.judgement",
-                           format_func=lambda i: "no judgement" if i is None else logic.judgement_label(
+                           format_func=lambda i: "no judgement" if not i else logic.judgement_label(
                                next(j for j in judgements if j["id"] == i), names))
-        if jid is not None:
+        if jid:
             judgement = next(j for j in judgements if j["id"] == jid)
             try:
                 verdicts = logic.verdicts_by_prompt(api.iter_verdicts(jid))

@@ -1,0 +1,145 @@
+"""The Run page (AppTest against a real API): curves per panel, live tails fetched with since_step,
+smoothing and x-axes, config, logs and errors, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from frontend_testkit import KLQ_METRICS, all_text, metric_rows, page, seed_config, walk, widget
+
+from backend import store
+from frontend.client import Client
+
+
+def charts(at):
+    return [n for n in walk(at.main) if getattr(n, "type", None) == "vega_lite_chart"]
+
+
+def chart_titles(at) -> list[str]:
+    out = []
+    for c in charts(at):
+        spec = json.loads(c.proto.spec)
+        title = spec.get("title")
+        out.append(title["text"] if isinstance(title, dict) else title)
+    return out
+
+
+def test_curves_of_a_finished_run(app_env, seeded):
+    at = page("run", {"run": seeded.klq})
+    assert widget(at, "run.id").value == seeded.klq
+    titles = chart_titles(at)  # two columns: the walk goes down the left one first
+    assert sorted(titles) == sorted(["Reward (RM score, gold)", "KL", "RLHF reward", "Losses", "Entropy",
+                                     "Q values (KLQ)", "Timing"])
+    text = all_text(at)
+    assert "objective/scores: 50 points, last step 50" in text
+    assert "objective/gold_scores: 50 points, last step 50" in text and "eval/scores: 5 points" in text
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Status"] == "succeeded" and metrics["Iteration"] == "50/50" and metrics["tau"] == "0.05"
+    assert metrics["Reward"] == "0.7" and metrics["KL"] == "2.5"
+    assert widget(at, "run.live").disabled  # nothing to follow: the run has finished
+    # choosing panels
+    at.multiselect(key="run.panels").set_value(["KL", "Other"]).run()
+    assert chart_titles(at) == ["KL"]  # no 'Other' keys in this run
+
+
+def test_smoothing_and_x_axes(app_env, seeded):
+    at = page("run", {"run": seeded.klq})
+    at.slider(key="run.smoothing").set_value(0.6).run()
+    spec = json.dumps(json.loads(charts(at)[0].proto.spec))
+    assert "smoothed" in spec
+    for x in ("relative", "time"):
+        at.selectbox(key="run.x").set_value(x).run()
+        assert not at.exception and len(charts(at)) == 7
+    at.selectbox(key="run.max_points").set_value(500).run()
+    assert not at.exception
+
+
+def test_live_run_fetches_only_new_points(app_env, seeded, monkeypatch):
+    with app_env.db.write_session() as s:
+        rid = store.create_run(s, seed_config(iterations=100), name="live-tail", queue="gpu").id
+        store.set_status(s, rid, "running")
+        store.set_progress(s, rid, iteration=10)
+        store.write_metrics(s, rid, metric_rows(range(1, 11), KLQ_METRICS, wall0=time.time()))
+    calls = []
+    original = Client.series
+
+    def spy(self, run_ids, keys=None, **kw):
+        calls.append((list(run_ids), list(keys or []), kw.get("since_step")))
+        return original(self, run_ids, keys, **kw)
+
+    monkeypatch.setattr(Client, "series", spy)
+    at = page("run", {"run": rid})
+    assert widget(at, "run.live").value and not widget(at, "run.live").disabled
+    assert "Live, every 3 s" in all_text(at)
+    assert [c[2] for c in calls] == [None]  # the first request: every key, in full
+    held = at.session_state["run.series"]["data"]
+    assert len(held["objective/scores"]) == 10
+
+    with app_env.db.write_session() as s:  # the worker writes five more iterations
+        store.write_metrics(s, rid, metric_rows(range(11, 16), KLQ_METRICS, wall0=time.time()))
+        store.set_progress(s, rid, iteration=15)
+    calls.clear()
+    at.run()  # what the fragment's timer does: draw again
+    assert [c[2] for c in calls] == [9]  # only the tail: points after step 9
+    held = at.session_state["run.series"]["data"]
+    assert held["objective/scores"].steps == list(range(1, 16))  # no duplicates, nothing lost
+    assert held["objective/scores"].values[-1] == pytest.approx(KLQ_METRICS["objective/scores"](15))
+    assert "objective/scores: 15 points, last step 15" in all_text(at)
+
+    with app_env.db.write_session() as s:  # the run ends: the page stops following it
+        store.finish_run(s, rid, "succeeded")
+    calls.clear()
+    at.run()
+    assert not widget(at, "run.live").value or widget(at, "run.live").disabled
+    assert "Not live" in all_text(at)
+
+
+def test_new_keys_are_fetched_in_full(app_env, seeded, monkeypatch):
+    with app_env.db.write_session() as s:
+        rid = store.create_run(s, seed_config(iterations=100), name="live-new-key", queue="gpu").id
+        store.set_status(s, rid, "running")
+        store.write_metrics(s, rid, metric_rows(range(1, 6), {"objective/scores": lambda st: st}))
+    at = page("run", {"run": rid})
+    assert "objective/kl" not in at.session_state["run.series"]["data"]
+    with app_env.db.write_session() as s:
+        store.write_metrics(s, rid, metric_rows(range(1, 8), {"objective/kl": lambda st: st / 10}))
+    at.run()
+    assert at.session_state["run.series"]["data"]["objective/kl"].steps == list(range(1, 8))
+
+
+def test_config_logs_and_checkpoints(app_env, seeded):
+    at = page("run", {"run": seeded.klq})
+    code = [c.value for c in at.code]
+    assert any("kl_coef: 0.05" in c and "batch_size: 8" in c for c in code)
+    assert "No error recorded." in all_text(at)
+    ckpt = at.dataframe[-1].value
+    assert list(ckpt["step"]) == [50] and bool(ckpt["is_final"].iloc[0])
+    labels = [b.label for b in at.get("download_button")]
+    assert "Download policy (zip, Hugging Face layout)" in labels
+    assert "Download all metrics (CSV)" in labels
+    assert "not served by the API yet" in all_text(at)
+
+
+def test_failed_run_shows_its_error_as_text(app_env, seeded):
+    at = page("run", {"run": seeded.failed})
+    assert "The run failed; see the Logs tab." in [e.value for e in at.error]
+    assert "RuntimeError: CUDA out of memory <b>not html</b>\nTraceback line 2" in [c.value for c in at.code]
+    assert "No checkpoints yet." in all_text(at)
+
+
+def test_queued_run_without_metrics(app_env, seeded):
+    at = page("run", {"run": seeded.queued})
+    assert "No metrics yet." in all_text(at)
+    assert not at.button(key="run.cancel").disabled
+
+
+def test_buttons_lead_to_other_pages(app_env, seeded):
+    at = page("run", {"run": seeded.klq})
+    at.button(key="run.clone").click().run()
+    assert at.title[0].value == "Launch a run"
+    assert widget(at, "launch.f.train.total_episodes").value == 400
+    at = page("run", {"run": seeded.klq})
+    at.button(key="run.samples").click().run()
+    assert at.title[0].value == "Samples & judgements"
