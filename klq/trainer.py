@@ -32,7 +32,7 @@ from klq.config import RunConfig
 from klq.models import Models, load_models, resolve_device, resolve_dtype, response_logits
 from klq.rollout import Rollout, generate_and_score
 from klq.sinks import JSONLSink, SampleRecord, Sink
-from klq.tasks import Prompt, Task, load_task
+from klq.tasks import Prompt, Task, filter_prompts_by_length, load_task
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +105,6 @@ def _restore_rng(rng: dict) -> None:
 # ---------------------------------------------------------------------------------------------- prompts
 
 
-def usable_prompts(prompts: list[Prompt], tokenizer, max_length: int) -> list[Prompt]:
-    lengths = [len(ids) for ids in tokenizer([p.text for p in prompts])["input_ids"]]
-    return [p for p, n in zip(prompts, lengths, strict=True) if n <= max_length]
-
-
 def batch_prompts(prompts: list[Prompt], iteration: int, batch_size: int, rank: int, world: int,
                   seed: int) -> list[Prompt]:
     """The prompts of one iteration: consecutive slices of seeded permutations of the prompt set, a new
@@ -167,8 +162,8 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
     )
     for module in (models.reference, models.reward):
         module.to(device)
-    train_prompts = usable_prompts(task.prompts("train"), models.tokenizer, cfg.task.max_prompt_length)
-    eval_prompts = usable_prompts(task.prompts("eval"), models.tokenizer, cfg.task.max_prompt_length)
+    train_prompts = filter_prompts_by_length(task.prompts("train"), models.tokenizer, cfg.task.max_prompt_length)
+    eval_prompts = filter_prompts_by_length(task.prompts("eval"), models.tokenizer, cfg.task.max_prompt_length)
     eval_prompts = eval_prompts[: cfg.task.num_eval_prompts]
     if not train_prompts:
         raise TrainingError(f"task {cfg.task.name!r} has no training prompts of at most "

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from klq.config import TaskConfig
-from klq.tasks import Prompt, Task, filter_prompts_by_length, load_task, resolve_model_path, score_sequences
+from klq.models import sequence_scores
+from klq.tasks import Prompt, Task, filter_prompts_by_length, load_task, resolve_model_path
 from klq.tasks import builtin as B
 from klq.tasks.datasets import DatasetError, DatasetTask, hh_question
 
@@ -185,7 +186,7 @@ def test_reward_model_roundtrip_and_scoring(builtin_assets: Path, tmp_path: Path
     texts = [f"{PIZZA} the pizza was hot and crispy . <eos>", f"{PIZZA} the pizza . <eos>", f"{PIZZA} the"]
     right = tok(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
-        ours = score_sequences(rm, right["input_ids"], right["attention_mask"])
+        ours = sequence_scores(rm, right["input_ids"], right["attention_mask"])
         theirs = rm(**right).logits[:, 0]  # HF pools the last non-pad token: same thing, right-padded
     assert ours.shape == (3,)
     torch.testing.assert_close(ours, theirs)
@@ -194,14 +195,14 @@ def test_reward_model_roundtrip_and_scoring(builtin_assets: Path, tmp_path: Path
     left = tok(texts, padding=True, return_tensors="pt")
     assert left["attention_mask"][2, 0].item() == 0
     with torch.no_grad():
-        left_scores = score_sequences(rm, left["input_ids"], left["attention_mask"])
+        left_scores = sequence_scores(rm, left["input_ids"], left["attention_mask"])
     torch.testing.assert_close(left_scores, ours, atol=1e-5, rtol=1e-5)
     assert ours[0] > ours[1]  # the reward model agrees with the gold reward here
 
     rm.save_pretrained(tmp_path / "rm")
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
     with torch.no_grad():
-        assert torch.equal(score_sequences(again, right["input_ids"], right["attention_mask"]), ours)
+        assert torch.equal(sequence_scores(again, right["input_ids"], right["attention_mask"]), ours)
 
 
 def _load_models(assets: Path):

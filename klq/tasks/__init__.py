@@ -29,7 +29,6 @@ __all__ = [
     "filter_prompts_by_length",
     "load_task",
     "resolve_model_path",
-    "score_sequences",
 ]
 
 SPLITS = ("train", "eval")
@@ -126,35 +125,6 @@ def resolve_model_path(name: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Helpers shared by trainers
 # ---------------------------------------------------------------------------------------------------
-
-
-def score_sequences(model, input_ids, attention_mask):
-    """Scalar score of each sequence from a `*ForSequenceClassification` model with a `score` head.
-
-    Runs the backbone (`getattr(model, model.base_model_prefix)`) and applies `model.score` to the hidden
-    state of the LAST attended position of each row, so left and right padding both work. Position ids
-    count attended tokens only (0 at the first real token), so a left-padded row scores the same as the
-    same row right-padded. Returns a float tensor of shape [B] (the first label if num_labels > 1).
-    """
-    import inspect
-
-    import torch
-
-    attention_mask = attention_mask.to(input_ids.device)
-    mask = attention_mask.long()
-    backbone = getattr(model, model.base_model_prefix)
-    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-    params = inspect.signature(backbone.forward).parameters
-    if "position_ids" in params:
-        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-    if "use_cache" in params:
-        kwargs["use_cache"] = False
-    out = backbone(**kwargs)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    positions = torch.arange(mask.shape[-1], device=mask.device)
-    last = (positions * mask).argmax(-1)  # rightmost attended position (0 for an all-pad row)
-    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    return model.score(pooled)[:, 0]
 
 
 def filter_prompts_by_length(prompts: list[Prompt], tokenizer, max_length: int) -> list[Prompt]:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from klq.tasks import Prompt, Task, _check_split, builtin_assets_dir, score_sequences
+from klq.tasks import Prompt, Task, _check_split, builtin_assets_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -739,11 +739,13 @@ def _make_pairs(vocab: _Vocab, sft_model, n_pairs: int, rng: random.Random, gen)
 def _rm_scores(model, seqs: list[list[int]], pad_id: int, batch: int = 1024) -> list[float]:
     import torch
 
+    from klq.models import sequence_scores
+
     scores: list[float] = []
     with _eval_mode(model), torch.no_grad():
         for start in range(0, len(seqs), batch):
             ids, mask = _pad(seqs[start : start + batch], pad_id)
-            scores += score_sequences(model, ids, mask).tolist()
+            scores += sequence_scores(model, ids, mask).tolist()
     return scores
 
 
@@ -753,6 +755,8 @@ def _train_reward(
     import torch
     import torch.nn.functional as F
     from transformers import GPT2ForSequenceClassification
+
+    from klq.models import sequence_scores
 
     rng = random.Random(f"klq-builtin-rm-{seed}")
     gen = torch.Generator().manual_seed(seed + 1)
@@ -774,7 +778,7 @@ def _train_reward(
             group["lr"] = _lr_at(step, RM_STEPS, RM_LR)
         idx = torch.randint(0, n, (RM_BATCH,), generator=gen).tolist()
         ids, mask = _pad([train.chosen[i] for i in idx] + [train.rejected[i] for i in idx], vocab.pad)
-        scores = score_sequences(model, ids, mask)
+        scores = sequence_scores(model, ids, mask)
         loss = -F.logsigmoid(scores[:RM_BATCH] - scores[RM_BATCH:]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
