@@ -1181,6 +1181,57 @@ def heartbeat_judgement(
     return HeartbeatResult(ok=bool(changed), cancel_requested=bool(cancel) if cancel is not None else True)
 
 
+def requeue_stale_judgements(
+    session: Session, *, stale_after: timedelta = timedelta(seconds=120), commit: bool = True
+) -> list[int]:
+    """Like ``requeue_stale_runs`` for judgements whose worker died: cancelled if a cancel was requested,
+    else queued again (their stored verdicts are kept and not judged again). Returns the ids re-queued."""
+    cutoff = utcnow() - stale_after
+    stale = and_(
+        Judgement.status == "running", or_(Judgement.heartbeat_at.is_(None), Judgement.heartbeat_at < cutoff)
+    )
+    ids = list(
+        session.scalars(
+            select(Judgement.id).where(stale, Judgement.cancel_requested.is_(False)).with_for_update()
+        )
+    )
+    now = utcnow()
+    session.execute(
+        update(Judgement)
+        .where(stale, Judgement.cancel_requested.is_(True))
+        .values(status="cancelled", finished_at=now, lease_owner=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if ids:
+        session.execute(
+            update(Judgement)
+            .where(Judgement.id.in_(ids), stale)
+            .values(status="queued", lease_owner=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    if commit:
+        session.commit()
+    return ids
+
+
+def unqueue_unsent(
+    session: Session, table: Literal["runs", "judgements"], object_id: int, *, commit: bool = True
+) -> bool:
+    """A re-queued run/judgement whose task could not be sent (broker down) goes back to running with no
+    heartbeat, so that the next reaper pass re-queues it and tries again (and a worker that still gets an
+    older message for it may claim it)."""
+    model = Run if table == "runs" else Judgement
+    changed = session.execute(
+        update(model)
+        .where(model.id == object_id, model.status == "queued", model.lease_owner.is_(None))
+        .values(status="running", heartbeat_at=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if commit:
+        session.commit()
+    return bool(changed)
+
+
 def request_judgement_cancel(session: Session, judgement_id: int, *, commit: bool = True) -> Judgement:
     j = session.get(Judgement, judgement_id, with_for_update=True)
     if j is None:

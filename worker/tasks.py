@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ from celery import signals
 
 from backend import store
 from backend.db import Database
-from backend.dispatch import send_train_run
+from backend.dispatch import DispatchError, send_judgement, send_train_run
 from backend.settings import get_settings
 from worker.celery_app import JUDGE_TASK, TRAIN_TASK, app
 
@@ -62,9 +63,12 @@ class DevicePool:
         self.lock = threading.Condition()
 
     def take(self, n: int) -> list[str]:
+        """n GPUs, waiting while other jobs of this worker hold them (a run on several GPUs leaves
+        Celery slots without a GPU); RuntimeError if this worker can never give n."""
         with self.lock:
-            if n > len(self.free) and not self.lock.wait_for(lambda: n <= len(self.free), timeout=0.1):
-                raise RuntimeError(f"needs {n} GPU(s) but this worker has {len(self.free)} free")
+            if n > self.total:
+                raise RuntimeError(f"needs {n} GPU(s) but this worker has {self.total}")
+            self.lock.wait_for(lambda: n <= len(self.free))
             taken, self.free = self.free[:n], self.free[n:]
             return taken
 
@@ -97,9 +101,17 @@ DEVICES = DevicePool(detect_gpus())
 # --------------------------------------------------------------------------------------- child process
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+try:  # resolved here: between fork and exec (in a process with threads) the child must not dlopen
+    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux/glibc: no parent-death signal
+    _prctl = None
+
+
+def _die_with_parent(parent: int) -> None:  # runs in the child between fork and exec
+    if _prctl is not None:
+        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1 (fires when the forking thread exits)
+        if os.getppid() != parent:  # the worker died before the signal was armed
+            os._exit(1)
     os.setpgrp()  # its own process group, so a stop reaches accelerate's children too
 
 
@@ -127,7 +139,7 @@ def _start_child(job: str, object_id: int, owner: str, gpus: list[str], log_path
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         )
 
 
@@ -204,6 +216,9 @@ def train_run(run_id: int) -> str:
         gpus = DEVICES.take(num_gpus) if DEVICES.total or num_gpus > 1 else []
     except RuntimeError as err:
         with db().write_session() as session:
+            run = store.get_run(session, run_id)
+            if run is None or run.status != "queued":  # a duplicate delivery: not ours to fail
+                return "skipped"
             store.finish_run(session, run_id, "failed", error=str(err))
         return "failed"
     try:
@@ -234,6 +249,7 @@ def _supervise(job: str, object_id: int, owner: str, gpus: list[str], settings) 
         else (settings.data_dir / "judgements" / str(object_id) / "judge.log")
     )
     child = _start_child(job, object_id, owner, gpus, log_path)
+    what = "training" if job == "train" else "judge"
     cancel_seen: float | None = None
     while True:
         try:
@@ -241,21 +257,39 @@ def _supervise(job: str, object_id: int, owner: str, gpus: list[str], settings) 
             break
         except subprocess.TimeoutExpired:
             pass
-        if job != "train":
-            continue
         with db().write_session() as session:
-            beat = store.heartbeat(session, object_id, owner)
-            run = store.get_run(session, object_id)
-            metrics = _system_metrics(child, gpus)
-            if metrics and run is not None:
-                store.write_metrics(session, object_id, [(k, run.iteration, v) for k, v in metrics.items()])
+            if job == "train":
+                beat = store.heartbeat(session, object_id, owner)
+                row = store.get_run(session, object_id)
+                metrics = _system_metrics(child, gpus)
+                if metrics and row is not None and beat.ok:
+                    store.write_metrics(
+                        session, object_id, [(k, row.iteration, v) for k, v in metrics.items()]
+                    )
+            else:
+                beat = store.heartbeat_judgement(session, object_id, owner)
+                row = store.get_judgement(session, object_id)
+        if not beat.ok and row is not None and row.status in store.TERMINAL_STATUSES:
+            # The child has just written the outcome and is exiting: let it.
+            try:
+                child.wait(settings.cancel_grace)
+            except subprocess.TimeoutExpired:
+                _stop_child(child, settings.cancel_grace)
+            break
         if not beat.ok:
-            log.warning("run %s: lease lost, stopping its training process", object_id)
+            log.warning(
+                "%s %s: lease lost, stopping its %s process",
+                "run" if job == "train" else "judgement",
+                object_id,
+                what,
+            )
             _stop_child(child, settings.cancel_grace)
             return "lease lost"
         if beat.cancel_requested:
+            # A training process stops by itself at its next iteration boundary (it polls the cancel
+            # flag) and keeps a checkpoint; a judge process does not poll: its verdicts so far are stored.
             cancel_seen = cancel_seen or time.monotonic()
-            if time.monotonic() - cancel_seen > settings.cancel_grace:
+            if job != "train" or time.monotonic() - cancel_seen > settings.cancel_grace:
                 _stop_child(child, settings.cancel_grace)  # stuck mid-iteration: stop it the hard way
                 break
     rc = child.returncode
@@ -277,15 +311,20 @@ def _supervise(job: str, object_id: int, owner: str, gpus: list[str], settings) 
                             + f"; last lines of its log:\n{_log_tail(log_path)}"
                         ),
                     )
+                session.refresh(run)
             return run.status if run is not None else "deleted"
         j = store.get_judgement(session, object_id)
-        if j is not None and j.status == "running":
-            store.set_judgement_status(
-                session,
-                object_id,
-                "failed",
-                error=f"the judge process exited with code {rc}:\n{_log_tail(log_path)}",
-            )
+        if j is not None and j.status == "running" and j.lease_owner == owner:
+            if j.cancel_requested:
+                store.set_judgement_status(session, object_id, "cancelled")
+            else:
+                store.set_judgement_status(
+                    session,
+                    object_id,
+                    "failed",
+                    error=f"the judge process exited with code {rc}:\n{_log_tail(log_path)}",
+                )
+            session.refresh(j)
         return j.status if j is not None else "deleted"
 
 
@@ -293,13 +332,17 @@ def _supervise(job: str, object_id: int, owner: str, gpus: list[str], settings) 
 def run_judgement(judgement_id: int) -> str:
     settings = get_settings()
     owner = _owner()
-    with db().write_session() as session:
-        if not store.acquire_judgement(
-            session, judgement_id, owner, stale_after=timedelta(seconds=settings.lease_timeout)
-        ):
-            return "skipped"
     gpus = DEVICES.take(1) if DEVICES.total else []
     try:
+        with db().write_session() as session:
+            if not store.acquire_judgement(
+                session, judgement_id, owner, stale_after=timedelta(seconds=settings.lease_timeout)
+            ):
+                log.info(
+                    "judgement %s is finished, cancelled or owned by a live worker: nothing to do",
+                    judgement_id,
+                )
+                return "skipped"
         return _supervise("judge", judgement_id, owner, gpus, settings)
     finally:
         DEVICES.give_back(gpus)
@@ -309,17 +352,33 @@ def run_judgement(judgement_id: int) -> str:
 
 
 def reap_once(settings=None) -> list[int]:
-    """Re-queue runs whose worker stopped sending heartbeats, and send their tasks again."""
+    """Re-queue runs (and judgements) whose worker stopped sending heartbeats, and send their tasks
+    again. Returns the run ids re-queued."""
     settings = settings or get_settings()
+    stale_after = timedelta(seconds=settings.lease_timeout)
     with db().write_session() as session:
-        ids = store.requeue_stale_runs(session, stale_after=timedelta(seconds=settings.lease_timeout))
-        queues = {i: store.get_run(session, i).queue for i in ids}
-    for run_id in ids:
+        run_ids = store.requeue_stale_runs(session, stale_after=stale_after)
+        judgement_ids = store.requeue_stale_judgements(session, stale_after=stale_after)
+        jobs = [("runs", i, store.get_run(session, i).queue) for i in run_ids] + [
+            ("judgements", i, store.get_judgement(session, i).queue) for i in judgement_ids
+        ]
+    for table, object_id, queue in jobs:
+        what = "run" if table == "runs" else "judgement"
         log.warning(
-            "run %s: its worker stopped sending heartbeats; re-queued to resume from its checkpoint", run_id
+            "%s %s: its worker stopped sending heartbeats; re-queued to resume from its %s",
+            what,
+            object_id,
+            "checkpoint" if table == "runs" else "stored verdicts",
         )
-        send_train_run(run_id, queues[run_id])
-    return ids
+        try:
+            (send_train_run if table == "runs" else send_judgement)(object_id, queue)
+        except DispatchError:
+            log.warning(
+                "%s %s: could not be sent to the broker; the next reaper pass tries again", what, object_id
+            )
+            with db().write_session() as session:
+                store.unqueue_unsent(session, table, object_id)
+    return run_ids
 
 
 def _reaper_loop(stop: threading.Event) -> None:

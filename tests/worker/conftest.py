@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from worker_testkit import REDIS_URL, Stack, make_stack
 
-PREBUILT_ASSETS = Path(os.environ.get("KLQ_TEST_PREBUILT_ASSETS", "/tmp/klqdata/assets/builtin"))
+PREBUILT_ASSETS = os.environ.get("KLQ_TEST_PREBUILT_ASSETS")
 
 
 def _redis_unavailable_reason(url: str) -> str | None:
@@ -40,11 +40,13 @@ def _redis_unavailable_reason(url: str) -> str | None:
 def worker_assets(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in task's assets, built (or found) once per session; each stack copies them (1 MB).
 
-    Uses the session's `builtin_assets` fixture when tests/conftest.py provides one; else a current
-    prebuilt copy at $KLQ_TEST_PREBUILT_ASSETS (default /tmp/klqdata/assets/builtin); else builds them
-    (about a minute on two cores)."""
+    A current copy at $KLQ_TEST_PREBUILT_ASSETS when that is set; else the session's `builtin_assets`
+    fixture (tests/conftest.py); else a current copy at /tmp/klqdata/assets/builtin; else a build (about
+    a minute on two cores)."""
     from klq.tasks.builtin import _is_current, ensure_assets
 
+    if PREBUILT_ASSETS and _is_current(Path(PREBUILT_ASSETS)):
+        return Path(PREBUILT_ASSETS)
     with contextlib.suppress(pytest.FixtureLookupError):
         provided = request.getfixturevalue("builtin_assets")
         path = Path(getattr(provided, "path", provided))
@@ -52,8 +54,8 @@ def worker_assets(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
             return path
         if _is_current(path / "builtin"):
             return path / "builtin"
-    if _is_current(PREBUILT_ASSETS):
-        return PREBUILT_ASSETS
+    if _is_current(Path("/tmp/klqdata/assets/builtin")):
+        return Path("/tmp/klqdata/assets/builtin")
     return ensure_assets(tmp_path_factory.mktemp("worker-assets") / "builtin", log=lambda _msg: None)
 
 
@@ -107,10 +109,7 @@ def extra_workers(stack: Stack) -> Iterator[list]:
     """Workers a test starts beyond the shared one; stopped (or already killed) at the end of the test."""
     started: list = []
     yield started
-    for worker in started:
-        worker.stop()
-        if worker in stack.workers:
-            stack.workers.remove(worker)
+    stack.stop_workers(started)
 
 
 # ------------------------------------------------------------------------------------------ private Redis

