@@ -71,7 +71,12 @@ def test_sigkilled_worker_run_resumes_from_checkpoint(stack: Stack, client, extr
         # kill between checkpoints, so that steps after the checkpoint are logged twice (once per attempt)
         return run["iteration"] >= 3 and run["iteration"] % 2 == 1 and bool(complete_checkpoints(run_dir))
 
+    wait_for(lambda: client.get(f"/runs/{run_id}").json()["status"] == "running", 60, "the run to start", 0.05)
+    # A second run queued behind it: the busy worker must leave its message in the broker (no prefetch),
+    # or that message would die with the worker and the run would stay queued for ever.
+    behind = stack.create_run(client, "kill", iterations=2, checkpoint_interval=2)["id"]
     wait_for(past_a_checkpoint, 90, f"run {run_id} to pass a checkpoint", interval=0.05)
+    assert len(re.findall(r"Task klq\.train_run\[[0-9a-f-]+\] received", victim.log())) == 1, victim.log()
     trainers = victim.train_processes()
     assert len(trainers) == 1, trainers
     victim.kill_group()
@@ -119,6 +124,8 @@ def test_sigkilled_worker_run_resumes_from_checkpoint(stack: Stack, client, extr
     assert [c["step"] for c in checkpoints if c["is_final"]] == [n]
     assert client.get(f"/runs/{run_id}/checkpoints/final/download").status_code == 200
     stack.succeeded.append(run_id)
+    behind_run = stack.wait_status(client, behind, ("succeeded", "failed", "cancelled"), 60)
+    assert behind_run["status"] == "succeeded" and behind_run["attempts"] == 1, behind_run
 
 
 def test_task_delivered_twice_trains_once(stack: Stack, client, extra_workers) -> None:
