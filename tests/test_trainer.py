@@ -131,3 +131,25 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(builtin_ass
     state = torch.load(kept / "trainer_state.pt", weights_only=False)
     assert state["iteration"] == 2 and not state["final"]
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+
+
+def test_klq_train_cli(builtin_assets, tmp_path):
+    """`klq train CONFIG` and `klq train --resume DIR` as a user runs them (a real subprocess)."""
+    import os
+    import subprocess
+    import sys
+
+    def klq(*args):
+        return subprocess.run([sys.executable, "-m", "klq.cli", *args], capture_output=True, text=True,
+                              env=dict(os.environ), timeout=600)
+
+    out = tmp_path / "run"
+    done = klq("train", str(CONFIGS / "builtin-klq.yaml"), "--set", "train.total_episodes=128", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "finished after 2 iterations" in done.stdout and "objective/gold_scores=" in done.stdout
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+    assert (out / "checkpoints" / "step-0000002" / "policy" / "model.safetensors").exists()
+    again = klq("train", "--resume", str(out))
+    assert again.returncode == 1 and "already finished" in again.stderr
+    bad = klq("train", str(CONFIGS / "builtin-klq.yaml"), "--set", "train.minibatch_size=48", "--out", str(out))
+    assert bad.returncode == 2 and "train.minibatch_size (48) must divide train.batch_size (64)" in bad.stderr
