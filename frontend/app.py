@@ -21,8 +21,9 @@ pages = [
     st.Page(ui.PAGE_FILES["launch"], title="Launch", icon=":material/rocket_launch:", url_path="launch"),
     st.Page(ui.PAGE_FILES["run"], title="Run", icon=":material/monitoring:", url_path="run"),
     st.Page(ui.PAGE_FILES["compare"], title="Compare", icon=":material/compare_arrows:", url_path="compare"),
-    st.Page(ui.PAGE_FILES["samples"], title="Samples & judgements", icon=":material/chat:",
-            url_path="samples"),
+    st.Page(
+        ui.PAGE_FILES["samples"], title="Samples & judgements", icon=":material/chat:", url_path="samples"
+    ),
 ]
 page = st.navigation(pages)
 with st.sidebar:

@@ -243,8 +243,9 @@ class APIError(Exception):
     ...]}`` (the field is the dotted location without the ``body``/``query`` prefix).
     """
 
-    def __init__(self, status: int, detail: Any, *, message: str | None = None, method: str = "",
-                 url: str = "") -> None:
+    def __init__(
+        self, status: int, detail: Any, *, message: str | None = None, method: str = "", url: str = ""
+    ) -> None:
         self.status = status
         self.detail = detail
         self.method = method
@@ -265,8 +266,9 @@ class APIConnectionError(APIError):
     """The API could not be reached (connection refused, DNS, timeout)."""
 
 
-def _rebuild_error(cls: type[APIError], status: int, detail: Any, message: str, method: str,
-                   url: str) -> APIError:
+def _rebuild_error(
+    cls: type[APIError], status: int, detail: Any, message: str, method: str, url: str
+) -> APIError:
     return cls(status, detail, message=message, method=method, url=url)
 
 
@@ -293,8 +295,11 @@ def _message(status: int, detail: Any, fields: dict[str, list[str]]) -> str:
     if isinstance(detail, str):
         return detail
     if detail is None:
-        return {401: "missing or invalid API token", 403: "this API token lacks the needed scope",
-                404: "not found"}.get(status, "request failed")
+        return {
+            401: "missing or invalid API token",
+            403: "this API token lacks the needed scope",
+            404: "not found",
+        }.get(status, "request failed")
     return str(detail)
 
 
@@ -384,18 +389,31 @@ class Client:
         """What distinguishes this client's view of the data (server and token): a cache key."""
         return (self.base_url, self.token or "")
 
-    def _request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                 json: Any = None, timeout: float | None = None) -> httpx.Response:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
         try:
             response = self._http.request(
                 method, path, params=params, json=json, timeout=timeout or httpx.USE_CLIENT_DEFAULT
             )
         except httpx.TimeoutException as err:
-            raise APIConnectionError(0, None, message=f"the API at {self.base_url} did not answer in time "
-                                     f"({type(err).__name__})", method=method, url=path) from err
+            raise APIConnectionError(
+                0,
+                None,
+                message=f"the API at {self.base_url} did not answer in time ({type(err).__name__})",
+                method=method,
+                url=path,
+            ) from err
         except httpx.HTTPError as err:
-            raise APIConnectionError(0, None, message=f"cannot reach the API at {self.base_url} ({err})",
-                                     method=method, url=path) from err
+            raise APIConnectionError(
+                0, None, message=f"cannot reach the API at {self.base_url} ({err})", method=method, url=path
+            ) from err
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -427,8 +445,15 @@ class Client:
 
     # runs
 
-    def create_run(self, config: Mapping[str, Any] | None = None, *, name: str | None = None,
-                   tags: Sequence[str] = (), notes: str = "", queue: str | None = None) -> RunDetail:
+    def create_run(
+        self,
+        config: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        notes: str = "",
+        queue: str | None = None,
+    ) -> RunDetail:
         body: dict[str, Any] = {"config": dict(config or {}), "tags": list(tags), "notes": notes}
         if name:
             body["name"] = name
@@ -436,15 +461,31 @@ class Client:
             body["queue"] = queue
         return self._post("/runs", body)
 
-    def list_runs(self, *, status: Iterable[str] | None = None, algorithm: Iterable[str] | None = None,
-                  tag: Iterable[str] | None = None, q: str | None = None,
-                  order: Literal["newest", "oldest", "name"] = "newest", latest: Iterable[str] | None = None,
-                  limit: int = 50, offset: int = 0) -> RunPage:
+    def list_runs(
+        self,
+        *,
+        status: Iterable[str] | None = None,
+        algorithm: Iterable[str] | None = None,
+        tag: Iterable[str] | None = None,
+        q: str | None = None,
+        order: Literal["newest", "oldest", "name"] = "newest",
+        latest: Iterable[str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> RunPage:
         """One page of runs (newest first by default); ``latest``: metric keys whose latest values to
         include (default: all)."""
-        return self._get("/runs", status=_opt_list(status), algorithm=_opt_list(algorithm),
-                         tag=_opt_list(tag), q=q or None, order=order, latest=_opt_list(latest),
-                         limit=limit, offset=offset)
+        return self._get(
+            "/runs",
+            status=_opt_list(status),
+            algorithm=_opt_list(algorithm),
+            tag=_opt_list(tag),
+            q=q or None,
+            order=order,
+            latest=_opt_list(latest),
+            limit=limit,
+            offset=offset,
+        )
 
     def iter_runs(self, *, page_size: int = 200, **filters: Any) -> Iterator[RunSummary]:
         """Every run matching the filters, fetched page by page."""
@@ -459,22 +500,42 @@ class Client:
     def get_run(self, run_id: int) -> RunDetail:
         return self._get(f"/runs/{int(run_id)}")
 
-    def update_run(self, run_id: int, *, name: str | None = None, tags: Sequence[str] | None = None,
-                   notes: str | None = None) -> RunDetail:
-        body = {k: v for k, v in {"name": name, "tags": None if tags is None else list(tags),
-                                  "notes": notes}.items() if v is not None}
+    def update_run(
+        self,
+        run_id: int,
+        *,
+        name: str | None = None,
+        tags: Sequence[str] | None = None,
+        notes: str | None = None,
+    ) -> RunDetail:
+        body = {
+            k: v
+            for k, v in {"name": name, "tags": None if tags is None else list(tags), "notes": notes}.items()
+            if v is not None
+        }
         return self._request("PATCH", f"/runs/{int(run_id)}", json=body).json()
 
     def cancel_run(self, run_id: int) -> RunDetail:
         return self._post(f"/runs/{int(run_id)}/cancel")
 
-    def clone_run(self, run_id: int, overrides: Mapping[str, Any] | None = None, *, name: str | None = None,
-                  tags: Sequence[str] | None = None, notes: str | None = None,
-                  queue: str | None = None) -> RunDetail:
+    def clone_run(
+        self,
+        run_id: int,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        tags: Sequence[str] | None = None,
+        notes: str | None = None,
+        queue: str | None = None,
+    ) -> RunDetail:
         """Queue a copy of a run's config with ``overrides`` (dotted keys or nested dicts)."""
         body: dict[str, Any] = {"overrides": dict(overrides or {})}
-        for key, value in (("name", name), ("tags", None if tags is None else list(tags)), ("notes", notes),
-                           ("queue", queue)):
+        for key, value in (
+            ("name", name),
+            ("tags", None if tags is None else list(tags)),
+            ("notes", notes),
+            ("queue", queue),
+        ):
             if value is not None:
                 body[key] = value
         return self._post(f"/runs/{int(run_id)}/clone", body)
@@ -490,39 +551,67 @@ class Client:
     def metric_keys(self, run_id: int) -> list[MetricKey]:
         return self._get(f"/runs/{int(run_id)}/metrics/keys")
 
-    def series(self, run_ids: Iterable[int], keys: Iterable[str] | None = None, *, max_points: int = 1000,
-               since_step: int | None = None, until_step: int | None = None,
-               include_wall_time: bool = False) -> SeriesResponse:
+    def series(
+        self,
+        run_ids: Iterable[int],
+        keys: Iterable[str] | None = None,
+        *,
+        max_points: int = 1000,
+        since_step: int | None = None,
+        until_step: int | None = None,
+        include_wall_time: bool = False,
+    ) -> SeriesResponse:
         """Series of several runs and keys, downsampled on the server to ``max_points`` each (MinMaxLTTB).
         ``since_step``: only points after it (a live tail). At most 20 runs per request."""
-        return self._get("/metrics/series", run_id=[int(r) for r in run_ids], key=_opt_list(keys),
-                         max_points=max_points, since_step=since_step, until_step=until_step,
-                         include_wall_time="true" if include_wall_time else None)
+        return self._get(
+            "/metrics/series",
+            run_id=[int(r) for r in run_ids],
+            key=_opt_list(keys),
+            max_points=max_points,
+            since_step=since_step,
+            until_step=until_step,
+            include_wall_time="true" if include_wall_time else None,
+        )
 
-    def export_metrics(self, run_id: int, *, format: Literal["csv", "json"] = "csv",
-                       keys: Iterable[str] | None = None) -> bytes:
+    def export_metrics(
+        self, run_id: int, *, format: Literal["csv", "json"] = "csv", keys: Iterable[str] | None = None
+    ) -> bytes:
         return self._download(f"/runs/{int(run_id)}/metrics/export", format=format, key=_opt_list(keys))
 
     # samples
 
-    def list_samples(self, run_id: int, *, step: int | None = None, limit: int = 50,
-                     offset: int = 0) -> SamplePage:
+    def list_samples(
+        self, run_id: int, *, step: int | None = None, limit: int = 50, offset: int = 0
+    ) -> SamplePage:
         return self._get(f"/runs/{int(run_id)}/samples", step=step, limit=limit, offset=offset)
 
     def sample_steps(self, run_id: int) -> list[SampleStep]:
         return self._get(f"/runs/{int(run_id)}/samples/steps")
 
-    def compare_samples(self, run_ids: Sequence[int], steps: Sequence[int] | int | None = None, *,
-                        mode: Literal["intersection", "union"] = "intersection", limit: int = 50,
-                        offset: int = 0) -> SampleComparison:
+    def compare_samples(
+        self,
+        run_ids: Sequence[int],
+        steps: Sequence[int] | int | None = None,
+        *,
+        mode: Literal["intersection", "union"] = "intersection",
+        limit: int = 50,
+        offset: int = 0,
+    ) -> SampleComparison:
         """Samples of 2-10 runs aligned on prompt id; ``steps``: one for all runs, one per run, or None
         (each run's latest sample step)."""
         step = [steps] if isinstance(steps, int) else _opt_list(steps)
-        return self._get("/samples/compare", run_id=[int(r) for r in run_ids], step=step, mode=mode,
-                         limit=limit, offset=offset)
+        return self._get(
+            "/samples/compare",
+            run_id=[int(r) for r in run_ids],
+            step=step,
+            mode=mode,
+            limit=limit,
+            offset=offset,
+        )
 
-    def export_samples(self, run_id: int, *, format: Literal["jsonl", "csv"] = "jsonl",
-                       step: int | None = None) -> bytes:
+    def export_samples(
+        self, run_id: int, *, format: Literal["jsonl", "csv"] = "jsonl", step: int | None = None
+    ) -> bytes:
         return self._download(f"/runs/{int(run_id)}/samples/export", format=format, step=step)
 
     # checkpoints
@@ -535,14 +624,16 @@ class Client:
         part = "final" if checkpoint_id == "final" else str(int(checkpoint_id))
         return self._download(f"/runs/{int(run_id)}/checkpoints/{part}/download")
 
-    def download_checkpoint_to(self, run_id: int, dest: str | os.PathLike,
-                               checkpoint_id: int | Literal["final"] = "final") -> Path:
+    def download_checkpoint_to(
+        self, run_id: int, dest: str | os.PathLike, checkpoint_id: int | Literal["final"] = "final"
+    ) -> Path:
         """Stream the checkpoint's zip into the file ``dest`` (for large policies)."""
         part = "final" if checkpoint_id == "final" else str(int(checkpoint_id))
         path = Path(dest)
         try:
-            with self._http.stream("GET", f"/runs/{int(run_id)}/checkpoints/{part}/download",
-                                   timeout=self.download_timeout) as response:
+            with self._http.stream(
+                "GET", f"/runs/{int(run_id)}/checkpoints/{part}/download", timeout=self.download_timeout
+            ) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise _error_of(response)
@@ -550,7 +641,9 @@ class Client:
                     for chunk in response.iter_bytes(1 << 20):
                         out.write(chunk)
         except httpx.HTTPError as err:
-            raise APIConnectionError(0, None, message=f"download from {self.base_url} failed ({err})") from err
+            raise APIConnectionError(
+                0, None, message=f"download from {self.base_url} failed ({err})"
+            ) from err
         return path
 
     def _download(self, path: str, **params: Any) -> bytes:
@@ -558,27 +651,50 @@ class Client:
 
     # judgements
 
-    def create_judgement(self, run_a: int, run_b: int | None = None, *, step_a: int | None = None,
-                         step_b: int | None = None, num_prompts: int = 64,
-                         judge: Mapping[str, Any] | None = None, seed: int = 0,
-                         queue: str | None = None) -> Judgement:
+    def create_judgement(
+        self,
+        run_a: int,
+        run_b: int | None = None,
+        *,
+        step_a: int | None = None,
+        step_b: int | None = None,
+        num_prompts: int = 64,
+        judge: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        queue: str | None = None,
+    ) -> Judgement:
         """Queue a pairwise judgement of run A's policy against run B's (None: A's reference/SFT policy).
         ``judge``: e.g. ``{"backend": "gold"}`` or ``{"backend": "openai", "model": "gpt-4o-mini"}``."""
-        body: dict[str, Any] = {"run_a": int(run_a), "num_prompts": int(num_prompts), "seed": int(seed),
-                                "judge": dict(judge or {"backend": "gold"})}
+        body: dict[str, Any] = {
+            "run_a": int(run_a),
+            "num_prompts": int(num_prompts),
+            "seed": int(seed),
+            "judge": dict(judge or {"backend": "gold"}),
+        }
         for key, value in (("run_b", run_b), ("step_a", step_a), ("step_b", step_b), ("queue", queue)):
             if value is not None:
                 body[key] = value
         return self._post("/judgements", body)
 
-    def list_judgements(self, *, run_id: int | None = None, status: Iterable[str] | None = None,
-                        limit: int = 50, offset: int = 0) -> JudgementPage:
+    def list_judgements(
+        self,
+        *,
+        run_id: int | None = None,
+        status: Iterable[str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> JudgementPage:
         return self._get("/judgements", run_id=run_id, status=_opt_list(status), limit=limit, offset=offset)
 
-    def get_judgement(self, judgement_id: int, *, include_verdicts: bool = True, limit: int = 100,
-                      offset: int = 0) -> Judgement:
-        return self._get(f"/judgements/{int(judgement_id)}",
-                         include_verdicts="true" if include_verdicts else "false", limit=limit, offset=offset)
+    def get_judgement(
+        self, judgement_id: int, *, include_verdicts: bool = True, limit: int = 100, offset: int = 0
+    ) -> Judgement:
+        return self._get(
+            f"/judgements/{int(judgement_id)}",
+            include_verdicts="true" if include_verdicts else "false",
+            limit=limit,
+            offset=offset,
+        )
 
     def list_verdicts(self, judgement_id: int, *, limit: int = 100, offset: int = 0) -> VerdictPage:
         return self._get(f"/judgements/{int(judgement_id)}/verdicts", limit=limit, offset=offset)
@@ -596,8 +712,9 @@ class Client:
         return self._post(f"/judgements/{int(judgement_id)}/cancel")
 
     def delete_judgement(self, judgement_id: int, *, force: bool = False) -> None:
-        self._request("DELETE", f"/judgements/{int(judgement_id)}",
-                      params={"force": "true"} if force else None)
+        self._request(
+            "DELETE", f"/judgements/{int(judgement_id)}", params={"force": "true"} if force else None
+        )
 
 
 def _opt_list(values: Iterable[Any] | None) -> list[Any] | None:
@@ -613,4 +730,6 @@ def _error_of(response: httpx.Response) -> APIError:
     except ValueError:
         body = {"detail": response.text[:500]}
     detail = body.get("detail") if isinstance(body, dict) else body
-    return APIError(response.status_code, detail, method=response.request.method, url=str(response.request.url))
+    return APIError(
+        response.status_code, detail, method=response.request.method, url=str(response.request.url)
+    )

@@ -102,8 +102,11 @@ def latest_value(run: Mapping[str, Any], key: str) -> float | None:
     return None if entry is None else entry.get("value")
 
 
-def runs_frame(runs: Sequence[Mapping[str, Any]], configs: Mapping[int, Mapping[str, Any]] | None = None,
-               now: datetime | None = None) -> pd.DataFrame:
+def runs_frame(
+    runs: Sequence[Mapping[str, Any]],
+    configs: Mapping[int, Mapping[str, Any]] | None = None,
+    now: datetime | None = None,
+) -> pd.DataFrame:
     """The runs table: one row per run (task and tau come from the run's config when known)."""
     configs = configs or {}
     rows = []
@@ -114,8 +117,8 @@ def runs_frame(runs: Sequence[Mapping[str, Any]], configs: Mapping[int, Mapping[
             {
                 "id": r["id"],
                 "name": r["name"],
-                "status": r["status"] + (" (cancelling)" if r.get("cancel_requested") and
-                                         r["status"] in ACTIVE else ""),
+                "status": r["status"]
+                + (" (cancelling)" if r.get("cancel_requested") and r["status"] in ACTIVE else ""),
                 "algorithm": r["algorithm"].upper(),
                 "task": (cfg.get("task") or {}).get("name"),
                 "tau": cfg.get("kl_coef"),
@@ -130,8 +133,23 @@ def runs_frame(runs: Sequence[Mapping[str, Any]], configs: Mapping[int, Mapping[
                 "created": parse_time(r.get("created_at")),
             }
         )
-    columns = ["id", "name", "status", "algorithm", "task", "tau", "reward", "gold", "KL", "progress",
-               "iteration", "ETA", "tags", "queue", "created"]
+    columns = [
+        "id",
+        "name",
+        "status",
+        "algorithm",
+        "task",
+        "tau",
+        "reward",
+        "gold",
+        "KL",
+        "progress",
+        "iteration",
+        "ETA",
+        "tags",
+        "queue",
+        "created",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -145,11 +163,19 @@ PANELS: list[tuple[str, Any]] = [
     ("Entropy", re.compile(r"^(objective/entropy|policy/entropy.*)$")),
     ("Q values (KLQ)", re.compile(r"^q/")),
     ("Policy", re.compile(r"^(policy|val)/")),
-    ("Timing", re.compile(r"^(timing|perf)/")),
+    ("Timing", re.compile(r"^timing/")),
+    ("Throughput", re.compile(r"^perf/.*per_s$")),
     ("System", re.compile(r"^system/")),
 ]
-DEFAULT_PANELS = ("Reward (RM score, gold)", "KL", "RLHF reward", "Losses", "Entropy", "Q values (KLQ)",
-                  "Timing")
+DEFAULT_PANELS = (
+    "Reward (RM score, gold)",
+    "KL",
+    "RLHF reward",
+    "Losses",
+    "Entropy",
+    "Q values (KLQ)",
+    "Timing",
+)
 HIDDEN_KEYS = frozenset({"iteration", "episode"})
 
 
@@ -196,8 +222,9 @@ def merge_series(held: SeriesData | None, new: Mapping[str, Any], since_step: in
     values = list(new.get("values") or [])
     walls = list(new.get("wall_times") or [None] * len(steps))
     if held is None or since_step is None:
-        return SeriesData(steps, values, walls, int(new.get("total_points") or len(steps)),
-                          bool(new.get("downsampled")))
+        return SeriesData(
+            steps, values, walls, int(new.get("total_points") or len(steps)), bool(new.get("downsampled"))
+        )
     keep = len(held.steps)
     while keep and held.steps[keep - 1] > since_step:
         keep -= 1
@@ -238,8 +265,9 @@ def ema(values: Sequence[float | None], weight: float) -> list[float | None]:
     return out
 
 
-def series_frame(items: Iterable[tuple[str, str, SeriesData]], *, x: str = "step",
-                 smoothing: float = 0.0) -> pd.DataFrame:
+def series_frame(
+    items: Iterable[tuple[str, str, SeriesData]], *, x: str = "step", smoothing: float = 0.0
+) -> pd.DataFrame:
     """Long-format points for charts: columns run, key, x, value, smoothed.
 
     ``items``: (run label, key, data). ``x``: "step", "relative" (minutes since the series' first point,
@@ -259,9 +287,18 @@ def series_frame(items: Iterable[tuple[str, str, SeriesData]], *, x: str = "step
                 xs = [None if w is None else (w - first) / 60.0 for w in walls]
             else:
                 xs = [None if w is None else datetime.fromtimestamp(w, timezone.utc) for w in walls]
-        frames.append(pd.DataFrame({"run": run, "key": key, "x": xs, "step": data.steps,
-                                    "value": pd.array(data.values, dtype="Float64"),
-                                    "smoothed": pd.array(ema(data.values, smoothing), dtype="Float64")}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "run": run,
+                    "key": key,
+                    "x": xs,
+                    "step": data.steps,
+                    "value": pd.array(data.values, dtype="Float64"),
+                    "smoothed": pd.array(ema(data.values, smoothing), dtype="Float64"),
+                }
+            )
+        )
     if not frames:
         return pd.DataFrame(columns=["run", "key", "x", "step", "value", "smoothed"])
     df = pd.concat(frames, ignore_index=True)
@@ -279,7 +316,7 @@ def tail_mean(values: Sequence[float | None], n: int) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return None
-    tail = finite[-max(1, n):]
+    tail = finite[-max(1, n) :]
     return sum(tail) / len(tail)
 
 
@@ -439,12 +476,20 @@ def prompt_outcome(verdicts: Sequence[Mapping[str, Any]]) -> str:
 
 def verdict_frame(verdicts: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     rows = [
-        {"prompt_id": v["prompt_id"], "order": v["order"], "verdict": v["verdict"], "prompt": v["prompt"],
-         "response A": v["response_a"], "response B": v["response_b"], "judge output": v.get("raw_output")}
+        {
+            "prompt_id": v["prompt_id"],
+            "order": v["order"],
+            "verdict": v["verdict"],
+            "prompt": v["prompt"],
+            "response A": v["response_a"],
+            "response B": v["response_b"],
+            "judge output": v.get("raw_output"),
+        }
         for v in verdicts
     ]
-    return pd.DataFrame(rows, columns=["prompt_id", "order", "verdict", "prompt", "response A", "response B",
-                                       "judge output"])
+    return pd.DataFrame(
+        rows, columns=["prompt_id", "order", "verdict", "prompt", "response A", "response B", "judge output"]
+    )
 
 
 def judgement_label(j: Mapping[str, Any], names: Mapping[int, str] | None = None) -> str:
@@ -542,9 +587,18 @@ def form_fields(defs: Mapping[str, Any], root: str = "RunConfig") -> list[FormFi
             elif main.get("type") == "array":
                 kind = "list"
             default = prop.get("default", [] if kind == "list" else None)
-            out.append(FormField(path=path, kind=kind, default=default, nullable=nullable, choices=choices,
-                                 description=prop.get("description", "") or main.get("description", ""),
-                                 title=prop.get("title", name), bounds=_bounds(main)))
+            out.append(
+                FormField(
+                    path=path,
+                    kind=kind,
+                    default=default,
+                    nullable=nullable,
+                    choices=choices,
+                    description=prop.get("description", "") or main.get("description", ""),
+                    title=prop.get("title", name),
+                    bounds=_bounds(main),
+                )
+            )
 
     walk(defs[root], "")
     return out
@@ -617,7 +671,7 @@ def errors_for_form(field_errors: Mapping[str, Sequence[str]], paths: Iterable[s
         path = raw
         for prefix in ("config.", "overrides."):
             if path.startswith(prefix):
-                path = path[len(prefix):]
+                path = path[len(prefix) :]
                 break
         else:
             if path in ("config", "overrides"):

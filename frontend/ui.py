@@ -58,9 +58,13 @@ def connection_sidebar() -> None:
     with st.sidebar:
         st.caption(f"API: `{api.base_url}`")
         if resolve_token() is None:
-            st.text_input("API token", type="password", key="api_token",
-                          help="Not found in KLQ_API_TOKEN or <KLQ_DATA_DIR>/api_token. The first admin "
-                          "token is printed by `klq up` and written to <data dir>/api_token.")
+            st.text_input(
+                "API token",
+                type="password",
+                key="api_token",
+                help="Not found in KLQ_API_TOKEN or <KLQ_DATA_DIR>/api_token. The first admin "
+                "token is printed by `klq up` and written to <data dir>/api_token.",
+            )
         try:
             health = _health(api)
         except APIError as err:
@@ -84,8 +88,9 @@ def show_error(err: Exception, what: str = "") -> None:
         st.error(f"{prefix}{err.message}")
     elif isinstance(err, APIError):
         if err.status == 401:
-            st.error(f"{prefix}the API refused the token (401). Set KLQ_API_TOKEN or enter a token in the "
-                     "sidebar.")
+            st.error(
+                f"{prefix}the API refused the token (401). Set KLQ_API_TOKEN or enter a token in the sidebar."
+            )
         elif err.field_errors:
             lines = "\n".join(f"- `{f}`: {m}" for f, msgs in err.field_errors.items() for m in msgs)
             st.error(f"{prefix}the API refused the request (422):\n{lines}")
@@ -114,11 +119,29 @@ def clear_caches() -> None:
 
 
 @st.cache_data(ttl=3, hash_funcs=_HASH, show_spinner=False, max_entries=100)
-def runs_page(api: Client, status: tuple[str, ...] = (), algorithm: tuple[str, ...] = (),
-              tags: tuple[str, ...] = (), q: str = "", order: str = "newest", limit: int = 50,
-              offset: int = 0, latest: tuple[str, ...] = TABLE_KEYS) -> dict:
-    return dict(api.list_runs(status=status or None, algorithm=algorithm or None, tag=tags or None,
-                              q=q or None, order=order, latest=latest, limit=limit, offset=offset))
+def runs_page(
+    api: Client,
+    status: tuple[str, ...] = (),
+    algorithm: tuple[str, ...] = (),
+    tags: tuple[str, ...] = (),
+    q: str = "",
+    order: str = "newest",
+    limit: int = 50,
+    offset: int = 0,
+    latest: tuple[str, ...] = TABLE_KEYS,
+) -> dict:
+    return dict(
+        api.list_runs(
+            status=status or None,
+            algorithm=algorithm or None,
+            tag=tags or None,
+            q=q or None,
+            order=order,
+            latest=latest,
+            limit=limit,
+            offset=offset,
+        )
+    )
 
 
 @st.cache_data(ttl=5, hash_funcs=_HASH, show_spinner=False, max_entries=20)
@@ -186,6 +209,7 @@ class _ConfigCache:
                 else:
                     missing.append((key, r["id"]))
         if missing:
+
             def fetch(rid: int) -> dict | None:
                 try:
                     return api.get_run(rid)["config"]
@@ -219,8 +243,11 @@ def run_configs(api: Client, runs: Sequence[Mapping[str, Any]]) -> dict[int, dic
 
 def go(page: str, **params: Any) -> None:
     """Switch to a page with query parameters (lists become comma-separated)."""
-    query = {k: ",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
-             for k, v in params.items() if v is not None}
+    query = {
+        k: ",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
+        for k, v in params.items()
+        if v is not None
+    }
     st.switch_page(PAGE_FILES[page], query_params=query)
 
 
@@ -236,10 +263,10 @@ def query_ids(name: str) -> list[int]:
 
 
 def run_label(run: Mapping[str, Any]) -> str:
-    return f"#{run['id']} {run['name']} ({run['algorithm'].upper()}, {run['status']})"
+    return f"#{run['id']} {run['name']} ({run['algorithm'].upper()})"
 
 
-def _choices_with(api: Client, ids: Iterable[int]) -> dict[int, dict]:
+def choices_with(api: Client, ids: Iterable[int]) -> dict[int, dict]:
     choices = {r["id"]: r for r in call(run_choices, api) or []}
     for rid in ids:
         if rid not in choices:
@@ -254,7 +281,7 @@ def _choices_with(api: Client, ids: Iterable[int]) -> dict[int, dict]:
 def pick_run(api: Client, *, key: str, param: str = "run", label: str = "Run") -> int | None:
     """A run selectbox (the newest runs plus the one in the URL), kept in the URL as ?run=ID."""
     wanted = query_ids(param)
-    choices = _choices_with(api, wanted)
+    choices = choices_with(api, wanted)
     if not choices:
         st.info("No runs yet: launch one on the Launch page.")
         return None
@@ -267,11 +294,18 @@ def pick_run(api: Client, *, key: str, param: str = "run", label: str = "Run") -
     return rid
 
 
-def pick_runs(api: Client, *, key: str, param: str = "runs", label: str = "Runs",
-              max_selections: int | None = None, default_count: int = 2) -> list[int]:
+def pick_runs(
+    api: Client,
+    *,
+    key: str,
+    param: str = "runs",
+    label: str = "Runs",
+    max_selections: int | None = None,
+    default_count: int = 2,
+) -> list[int]:
     """A multiselect of runs, kept in the URL as ?runs=1,2."""
     wanted = query_ids(param)
-    choices = _choices_with(api, wanted)
+    choices = choices_with(api, wanted)
     if not choices:
         st.info("No runs yet: launch one on the Launch page.")
         return []
@@ -280,8 +314,9 @@ def pick_runs(api: Client, *, key: str, param: str = "runs", label: str = "Runs"
         st.session_state[key] = [i for i in wanted if i in ids] or ids[:default_count]
     else:
         st.session_state[key] = [i for i in st.session_state[key] if i in ids]
-    selected = st.multiselect(label, ids, key=key, format_func=lambda i: run_label(choices[i]),
-                              max_selections=max_selections)
+    selected = st.multiselect(
+        label, ids, key=key, format_func=lambda i: run_label(choices[i]), max_selections=max_selections
+    )
     value = ",".join(str(i) for i in selected)
     if st.query_params.get(param, "") != value:
         if value:
@@ -292,19 +327,26 @@ def pick_runs(api: Client, *, key: str, param: str = "runs", label: str = "Runs"
 
 
 def names_of(api: Client, ids: Iterable[int]) -> dict[int, str]:
-    choices = _choices_with(api, ids)
+    choices = choices_with(api, ids)
     return {i: choices[i]["name"] if i in choices else f"run {i}" for i in ids}
 
 
 # --- charts ----------------------------------------------------------------------------------------------
 
 
-def line_chart(df: pd.DataFrame, *, color: str, x: str = "step", title: str = "",
-               smoothing: float = 0.0, height: int = CHART_HEIGHT) -> alt.Chart:
+def line_chart(
+    df: pd.DataFrame,
+    *,
+    color: str,
+    x: str = "step",
+    title: str = "",
+    smoothing: float = 0.0,
+    height: int = CHART_HEIGHT,
+) -> alt.Chart:
     """Lines of ``df`` (logic.series_frame's columns) coloured by ``color``; with smoothing, the raw
     values are drawn faintly behind the smoothed ones."""
     x_enc = {
-        "step": alt.X("x:Q", title="step"),
+        "step": alt.X("x:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)),
         "relative": alt.X("x:Q", title="minutes since start"),
         "time": alt.X("x:T", title="wall-clock time"),
     }[x]
@@ -317,33 +359,54 @@ def line_chart(df: pd.DataFrame, *, color: str, x: str = "step", title: str = ""
         chart = alt.layer(raw, smooth)
     else:
         chart = base.mark_line(strokeWidth=1.5, point=len(df) <= 60).encode(
-            y=alt.Y("value:Q", title=None), tooltip=tooltip)
+            y=alt.Y("value:Q", title=None), tooltip=tooltip
+        )
     return chart.properties(title=title, height=height).interactive(bind_y=False)
 
 
 def tradeoff_chart(df: pd.DataFrame, *, reward_label: str, kl_label: str) -> alt.Chart:
     """Reward-vs-KL scatter (one point per run) with the Pareto frontier as a step line."""
     data = df.dropna(subset=["kl", "reward"])
-    points = alt.Chart(data).mark_point(filled=True, size=90).encode(
-        x=alt.X("kl:Q", title=kl_label, scale=alt.Scale(zero=False)),
-        y=alt.Y("reward:Q", title=reward_label, scale=alt.Scale(zero=False)),
-        color=alt.Color("algorithm:N", legend=alt.Legend(orient="bottom")),
-        shape=alt.Shape("on_frontier:N", title="on frontier"),
-        tooltip=["run", "algorithm", "tau", "status", alt.Tooltip("kl:Q", format=".4g"),
-                 alt.Tooltip("reward:Q", format=".4g")],
+    points = (
+        alt.Chart(data)
+        .mark_point(filled=True, size=90)
+        .encode(
+            x=alt.X("kl:Q", title=kl_label, scale=alt.Scale(zero=False, padding=40)),
+            y=alt.Y("reward:Q", title=reward_label, scale=alt.Scale(zero=False, padding=25)),
+            color=alt.Color("algorithm:N", legend=alt.Legend(orient="bottom")),
+            shape=alt.Shape("on_frontier:N", title="on frontier"),
+            tooltip=[
+                "run",
+                "algorithm",
+                "tau",
+                "status",
+                alt.Tooltip("kl:Q", format=".4g"),
+                alt.Tooltip("reward:Q", format=".4g"),
+            ],
+        )
     )
-    labels = alt.Chart(data).mark_text(align="left", dx=7, dy=-7, fontSize=11).encode(
-        x="kl:Q", y="reward:Q", text="run:N")
-    frontier = alt.Chart(data[data["on_frontier"]].sort_values("kl")).mark_line(
-        interpolate="step-after", strokeDash=[4, 3], color="gray").encode(x="kl:Q", y="reward:Q")
+    labels = (
+        alt.Chart(data)
+        .mark_text(align="left", dx=7, dy=-7, fontSize=11)
+        .encode(x="kl:Q", y="reward:Q", text="run:N")
+    )
+    frontier = (
+        alt.Chart(data[data["on_frontier"]].sort_values("kl"))
+        .mark_line(interpolate="step-after", strokeDash=[4, 3], color="gray")
+        .encode(x="kl:Q", y="reward:Q")
+    )
     return alt.layer(frontier, points, labels).properties(height=380).interactive()
 
 
 def text_block(text: str | None, *, height: int | None = None) -> None:
     """Model-generated (or any untrusted) text, shown literally: a code block never renders HTML or
     Markdown."""
-    st.code(text if text is not None else "", language=None, wrap_lines=True,
-            height=height if height is not None else "content")
+    st.code(
+        text if text is not None else "",
+        language=None,
+        wrap_lines=True,
+        height=height if height is not None else "content",
+    )
 
 
 # --- series of several runs ------------------------------------------------------------------------------
@@ -354,12 +417,17 @@ MAX_SERIES_PER_REQUEST = 400  # the API's default KLQ_MAX_SERIES_PER_REQUEST
 
 def _chunks(ids: Sequence[int], n_keys: int) -> list[list[int]]:
     size = max(1, min(MAX_RUNS_PER_REQUEST, MAX_SERIES_PER_REQUEST // max(1, n_keys)))
-    return [list(ids[i:i + size]) for i in range(0, len(ids), size)]
+    return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
 @st.cache_data(ttl=5, hash_funcs=_HASH, show_spinner=False, max_entries=50)
-def series(api: Client, run_ids: tuple[int, ...], keys: tuple[str, ...], max_points: int = 1000,
-           include_wall_time: bool = True) -> list[dict]:
+def series(
+    api: Client,
+    run_ids: tuple[int, ...],
+    keys: tuple[str, ...],
+    max_points: int = 1000,
+    include_wall_time: bool = True,
+) -> list[dict]:
     """Series of many runs and keys (several requests if the API's per-request limits need it)."""
     out: list[dict] = []
     for chunk in _chunks(run_ids, len(keys)):

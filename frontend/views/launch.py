@@ -28,8 +28,10 @@ SECTIONS = {
     "ppo": "PPO",
 }
 LABELS = {"kl_coef": "kl_coef (tau)", "lam": "lam (lambda)"}
-MODEL_HELP = ("builtin:sft / builtin:reward (the built-in task), an absolute path under the server's model "
-              "roots, or a Hugging Face hub id if the server allows them")
+MODEL_HELP = (
+    "builtin:sft / builtin:reward (the built-in task), an absolute path under the server's model "
+    "roots, or a Hugging Face hub id if the server allows them"
+)
 
 api = ui.client()
 fields = [f for f in logic.form_fields(ui.config_schema(api)) if f.path != "name"]
@@ -71,14 +73,24 @@ def to_widget(f: logic.FormField, value: Any) -> Any:
     return value
 
 
-def load(source: tuple, config: dict, *, name: str = "", tags: list[str] | None = None, notes: str = "",
-         queue: str | None = None) -> None:
+def load(
+    source: tuple,
+    config: dict,
+    *,
+    name: str = "",
+    tags: list[str] | None = None,
+    notes: str = "",
+    queue: str | None = None,
+) -> None:
     """Put a configuration into the form's widgets (state set before they are drawn)."""
     values = logic.values_from_config(fields, config)
     st.session_state["launch.values"] = {p: to_widget(by_path[p], v) for p, v in values.items()}
-    st.session_state["launch.meta"] = {"launch.name": name or (config.get("name") or ""),
-                                       "launch.tags": ", ".join(tags or []), "launch.notes": notes,
-                                       "launch.queue": queue or DEFAULT_QUEUE}
+    st.session_state["launch.meta"] = {
+        "launch.name": name or (config.get("name") or ""),
+        "launch.tags": ", ".join(tags or []),
+        "launch.notes": notes,
+        "launch.queue": queue or DEFAULT_QUEUE,
+    }
     for p, v in st.session_state["launch.values"].items():
         st.session_state[PREFIX + p] = v
     for k, v in st.session_state["launch.meta"].items():
@@ -140,7 +152,9 @@ def submit() -> None:
 # --- page ------------------------------------------------------------------------------------------------
 
 if created := st.session_state.pop("launch.created", None):
-    st.session_state["run.notice"] = f"Run {created['id']} ({created['name']}) queued on '{created['queue']}'."
+    st.session_state["run.notice"] = (
+        f"Run {created['id']} ({created['name']}) queued on '{created['queue']}'."
+    )
     ui.go("run", run=created["id"])
 
 st.title("Launch a run")
@@ -152,8 +166,14 @@ if clone_ids and st.session_state.get("launch.source") != ("clone", clone_ids[0]
     except APIError as err:
         ui.show_error(err, f"loading run {clone_ids[0]}")
         st.stop()
-    load(("clone", src["id"]), src["config"], name=f"{src['name']} (clone)"[:200], tags=src["tags"],
-         notes=src["notes"], queue=src["queue"])
+    load(
+        ("clone", src["id"]),
+        src["config"],
+        name=f"{src['name']} (clone)"[:200],
+        tags=src["tags"],
+        notes=src["notes"],
+        queue=src["queue"],
+    )
 elif "launch.source" not in st.session_state:
     load(("preset", "Paper defaults"), {})
 else:  # widgets not drawn on the last run (another page) lost their state: restore it
@@ -168,14 +188,22 @@ errors: dict[str, list[str]] = st.session_state.get("launch.errors") or {}
 top = st.columns([2, 1])
 with top[0]:
     if source[0] == "clone":
-        st.info(f"Pre-filled from run #{source[1]}: it will be queued as a clone of that run (lineage kept). "
-                "Pick a preset to start afresh instead.")
+        st.info(
+            f"Pre-filled from run #{source[1]}: it will be queued as a clone of that run (lineage kept). "
+            "Pick a preset to start afresh instead."
+        )
 with top[1]:
     options = list(presets())
-    st.selectbox("Start from", options, key="launch.preset", on_change=on_preset, index=None,
-                 placeholder="a preset configuration…",
-                 help="Paper defaults are for 1B-parameter models; the configs/*.yaml presets are tuned for "
-                 "the built-in task on a CPU.")
+    st.selectbox(
+        "Start from",
+        options,
+        key="launch.preset",
+        on_change=on_preset,
+        index=None,
+        placeholder="a preset configuration…",
+        help="Paper defaults are for 1B-parameter models; the configs/*.yaml presets are tuned for "
+        "the built-in task on a CPU.",
+    )
 
 if errors.get(""):
     st.error("The API refused the run:\n" + "\n".join(f"- {m}" for m in errors[""]))
@@ -200,13 +228,15 @@ def draw(f: logic.FormField) -> None:
         st.checkbox(label, key=key, help=help_)
     elif f.kind == "choice":
         options = ([None] if f.nullable else []) + list(f.choices or [])
-        st.selectbox(label, options, key=key, help=help_,
-                     format_func=lambda v: "(default)" if v is None else str(v))
+        st.selectbox(
+            label, options, key=key, help=help_, format_func=lambda v: "(default)" if v is None else str(v)
+        )
     elif f.kind == "int":
         st.number_input(label, key=key, step=1, help=help_, placeholder="(default)" if f.nullable else None)
     elif f.kind == "float":
-        st.number_input(label, key=key, format="%g", step=None, help=help_,
-                        placeholder="(none)" if f.nullable else None)
+        st.number_input(
+            label, key=key, format="%g", step=None, help=help_, placeholder="(none)" if f.nullable else None
+        )
     elif f.kind == "list":
         st.text_area(f"{label} (one per line)", key=key, help=help_, height=80)
     else:
@@ -235,9 +265,14 @@ with st.container(border=True):
         queues = [DEFAULT_QUEUE, "gpu", "cpu"]
         if st.session_state.get("launch.queue") not in (*queues, None):
             queues.append(st.session_state["launch.queue"])
-        st.selectbox("queue", queues, key="launch.queue", accept_new_options=True,
-                     help="The worker queue: GPU workers listen on 'gpu', CPU workers on 'cpu'; type another "
-                     "name for a custom queue.")
+        st.selectbox(
+            "queue",
+            queues,
+            key="launch.queue",
+            accept_new_options=True,
+            help="The worker queue: GPU workers listen on 'gpu', CPU workers on 'cpu'; type another "
+            "name for a custom queue.",
+        )
         for msg in errors.get("queue", []):
             st.error(msg, icon=":material/error:")
     with c[2]:
@@ -271,8 +306,9 @@ with st.expander("Request preview (JSON)"):
     st.json({"config": config, **meta}, expanded=False)
 
 with st.container(horizontal=True, vertical_alignment="center"):
-    st.button("Queue run", type="primary", icon=":material/rocket_launch:", on_click=submit,
-              key="launch.submit")
+    st.button(
+        "Queue run", type="primary", icon=":material/rocket_launch:", on_click=submit, key="launch.submit"
+    )
     if errors:
         count = sum(len(v) for v in errors.values())
         st.error(f"{count} problem(s): see the messages beside the fields.", icon=":material/error:")

@@ -33,8 +33,15 @@ except APIError as err:
 active = run["status"] in logic.ACTIVE
 
 with st.container(horizontal=True):
-    if st.button("Cancel run", icon=":material/stop_circle:", disabled=not active or run["cancel_requested"],
-                 key="run.cancel") and ui.call(api.cancel_run, run_id, what="cancel") is not None:
+    if (
+        st.button(
+            "Cancel run",
+            icon=":material/stop_circle:",
+            disabled=not active or run["cancel_requested"],
+            key="run.cancel",
+        )
+        and ui.call(api.cancel_run, run_id, what="cancel") is not None
+    ):
         ui.clear_caches()
         st.rerun()
     if st.button("Clone…", icon=":material/content_copy:", key="run.clone"):
@@ -46,17 +53,27 @@ with st.container(horizontal=True):
 
 
 def status_header(r: dict) -> None:
-    cols = st.columns(7)
-    cols[0].metric("Status", r["status"] + (" (cancelling)" if r["cancel_requested"] and
-                                            r["status"] in logic.ACTIVE else ""))
+    cols = st.columns([1.6, 1, 1, 1, 1, 1.2, 1.2])
+    cols[0].metric(
+        "Status",
+        r["status"] + (" (cancelling)" if r["cancel_requested"] and r["status"] in logic.ACTIVE else ""),
+    )
     cols[1].metric("Algorithm", r["algorithm"].upper())
-    cols[2].metric("tau", logic.format_number(r["config"].get("kl_coef")), help="kl_coef: tau for KLQ, "
-                   "the KL penalty coefficient for PPO")
+    cols[2].metric(
+        "tau",
+        logic.format_number(r["config"].get("kl_coef")),
+        help="kl_coef: tau for KLQ, the KL penalty coefficient for PPO",
+    )
     cols[3].metric("Iteration", f"{r['iteration']}/{r['total_iterations'] or '?'}")
     cols[4].metric("ETA", logic.format_duration(logic.eta_seconds(r)) or "–")
-    cols[5].metric("Reward", logic.format_number(logic.latest_value(r, logic.REWARD_KEY)),
-                   help=f"{logic.REWARD_KEY}, latest")
-    cols[6].metric("KL", logic.format_number(logic.latest_value(r, logic.KL_KEY)), help=f"{logic.KL_KEY}, latest")
+    cols[5].metric(
+        "Reward",
+        logic.format_number(logic.latest_value(r, logic.REWARD_KEY)),
+        help=f"{logic.REWARD_KEY}, latest",
+    )
+    cols[6].metric(
+        "KL", logic.format_number(logic.latest_value(r, logic.KL_KEY)), help=f"{logic.KL_KEY}, latest"
+    )
     if r.get("progress") is not None:
         st.progress(float(r["progress"]), text=f"{100 * r['progress']:.0f}% · {r['episodes']} episodes")
     if r["status"] == "failed" and r.get("error"):
@@ -90,8 +107,9 @@ def fetch_series(api: Client, run_id: int, keys: list[str], max_points: int, fin
     return data
 
 
-def curves(api: Client, run_id: int, live: bool, panels: list[str], smoothing: float, x: str,
-           max_points: int) -> None:
+def curves(
+    api: Client, run_id: int, live: bool, panels: list[str], smoothing: float, x: str, max_points: int
+) -> None:
     try:
         r = api.get_run(run_id)
         keys = [k["key"] for k in api.metric_keys(run_id)]
@@ -114,17 +132,24 @@ def curves(api: Client, run_id: int, live: bool, panels: list[str], smoothing: f
         cols = st.columns(2)
         for i, (panel, ks) in enumerate(chosen.items()):
             with cols[i % 2], st.container(border=True):
-                df = logic.series_frame([(r["name"], k, data[k]) for k in ks if k in data], x=x,
-                                        smoothing=smoothing)
+                df = logic.series_frame(
+                    [(r["name"], k, data[k]) for k in ks if k in data], x=x, smoothing=smoothing
+                )
                 if df.empty:
                     st.caption(f"{panel}: no points yet")
                     continue
-                st.altair_chart(ui.line_chart(df, color="key", x=x, title=panel, smoothing=smoothing),
-                                width="stretch")
-                st.caption(" · ".join(
-                    f"{k}: {len(data[k])} points" + (f" (of {data[k].total_points})" if data[k].downsampled
-                                                     else "") + f", last step {data[k].last_step}"
-                    for k in ks if k in data and len(data[k])))
+                st.altair_chart(
+                    ui.line_chart(df, color="key", x=x, title=panel, smoothing=smoothing), width="stretch"
+                )
+                st.caption(
+                    " · ".join(
+                        f"{k}: {len(data[k])} points"
+                        + (f" (of {data[k].total_points})" if data[k].downsampled else "")
+                        + f", last step {data[k].last_step}"
+                        for k in ks
+                        if k in data and len(data[k])
+                    )
+                )
     now = datetime.now(timezone.utc).strftime("%H:%M:%S UTC")
     st.caption(f"{'Live, every ' + str(REFRESH_S) + ' s' if live else 'Not live'} · updated {now}")
     if live and final:
@@ -132,69 +157,119 @@ def curves(api: Client, run_id: int, live: bool, panels: list[str], smoothing: f
         st.rerun(scope="app")  # the run has finished: draw the page once more, without the timer
 
 
-tab_curves, tab_config, tab_logs, tab_ckpt = st.tabs(["Curves", "Config", "Logs", "Checkpoints"])
+tab_curves, tab_config, tab_logs, tab_ckpt = st.tabs(
+    ["Curves", "Config", "Logs", "Checkpoints"], key="run.tab", on_change="rerun"
+)
 
 with tab_curves:
-    c = st.columns([3, 1, 1, 1, 1])
-    all_panels = [name for name, _ in logic.PANELS] + ["Other"]
-    panels = c[0].multiselect("Panels", all_panels, default=list(logic.DEFAULT_PANELS), key="run.panels")
-    smoothing = c[1].slider("Smoothing (EMA)", 0.0, 0.99, 0.0, 0.01, key="run.smoothing")
-    x = c[2].selectbox("x-axis", ["step", "relative", "time"], key="run.x",
-                       format_func={"step": "step", "relative": "minutes since start",
-                                    "time": "wall-clock time"}.get)
-    max_points = c[3].selectbox("Points per curve", MAX_POINTS, index=1, key="run.max_points",
-                                help="Long series are downsampled on the server (MinMaxLTTB: spikes kept).")
-    live = c[4].toggle("Live", value=True, key="run.live", disabled=not active,
-                       help=f"Fetch new points every {REFRESH_S} s while the run is queued or running.")
-    live = live and active
-    st.fragment(run_every=REFRESH_S if live else None)(curves)(api, run_id, live, panels, smoothing, x,
-                                                                max_points)
+    if tab_curves.open:  # only the open tab's work is done
+        c = st.columns([3, 1, 1, 1, 1])
+        all_panels = [name for name, _ in logic.PANELS] + ["Other"]
+        panels = c[0].multiselect("Panels", all_panels, default=list(logic.DEFAULT_PANELS), key="run.panels")
+        smoothing = c[1].slider("Smoothing (EMA)", 0.0, 0.99, 0.0, 0.01, key="run.smoothing")
+        x = c[2].selectbox(
+            "x-axis",
+            ["step", "relative", "time"],
+            key="run.x",
+            format_func={"step": "step", "relative": "minutes since start", "time": "wall-clock time"}.get,
+        )
+        max_points = c[3].selectbox(
+            "Points per curve",
+            MAX_POINTS,
+            index=1,
+            key="run.max_points",
+            help="Long series are downsampled on the server (MinMaxLTTB: spikes kept).",
+        )
+        live = c[4].toggle(
+            "Live",
+            value=True,
+            key="run.live",
+            disabled=not active,
+            help=f"Fetch new points every {REFRESH_S} s while the run is queued or running.",
+        )
+        live = live and active
+        st.fragment(run_every=REFRESH_S if live else None)(curves)(
+            api, run_id, live, panels, smoothing, x, max_points
+        )
 
 with tab_config:
-    st.caption(f"Queue `{run['queue']}` · created {run['created_at']} · parent run "
-               f"{run['parent_id'] if run['parent_id'] else '–'}")
-    st.code(yaml.safe_dump(run["config"], sort_keys=False), language="yaml")
-    st.download_button("Download config (JSON)", data=json.dumps(run["config"], indent=2),
-                       file_name=f"klq-run-{run_id}-config.json", mime="application/json",
-                       on_click="ignore", key="run.config_dl")
+    if tab_config.open:  # only the open tab's work is done
+        st.caption(
+            f"Queue `{run['queue']}` · created {run['created_at']} · parent run "
+            f"{run['parent_id'] if run['parent_id'] else '–'}"
+        )
+        st.code(yaml.safe_dump(run["config"], sort_keys=False), language="yaml")
+        st.download_button(
+            "Download config (JSON)",
+            data=json.dumps(run["config"], indent=2),
+            file_name=f"klq-run-{run_id}-config.json",
+            mime="application/json",
+            on_click="ignore",
+            key="run.config_dl",
+        )
 
 with tab_logs:
-    rows = {
-        "status": run["status"], "attempts": run["attempts"], "created": run["created_at"],
-        "started": run["started_at"], "finished": run["finished_at"], "last heartbeat": run["heartbeat_at"],
-        "worker": run["worker_host"], "device": run["worker_gpu"], "cancel requested": run["cancel_requested"],
-    }
-    st.dataframe(pd.DataFrame({"": [str(v) if v is not None else "–" for v in rows.values()]},
-                              index=list(rows)), width="stretch")
-    st.subheader("Error")
-    if run.get("error"):
-        ui.text_block(run["error"])
-    else:
-        st.caption("No error recorded.")
-    st.info("The training log (stdout/stderr of the training process, `<data dir>/runs/<id>/train.log` on "
-            "the worker) is not served by the API yet; only the run's error is available here.")
-    st.download_button("Download all metrics (CSV)", data=lambda rid=run_id: api.export_metrics(rid, format="csv"),
-                       file_name=f"klq-run-{run_id}-metrics.csv", mime="text/csv", on_click="ignore",
-                       key="run.metrics_dl")
+    if tab_logs.open:  # only the open tab's work is done
+        rows = {
+            "status": run["status"],
+            "attempts": run["attempts"],
+            "created": run["created_at"],
+            "started": run["started_at"],
+            "finished": run["finished_at"],
+            "last heartbeat": run["heartbeat_at"],
+            "worker": run["worker_host"],
+            "device": run["worker_gpu"],
+            "cancel requested": run["cancel_requested"],
+        }
+        st.dataframe(
+            pd.DataFrame({"": [str(v) if v is not None else "–" for v in rows.values()]}, index=list(rows)),
+            width="stretch",
+        )
+        st.subheader("Error")
+        if run.get("error"):
+            ui.text_block(run["error"])
+        else:
+            st.caption("No error recorded.")
+        st.info(
+            "The training log (stdout/stderr of the training process, `<data dir>/runs/<id>/train.log` on "
+            "the worker) is not served by the API yet; only the run's error is available here."
+        )
+        st.download_button(
+            "Download all metrics (CSV)",
+            data=lambda rid=run_id: api.export_metrics(rid, format="csv"),
+            file_name=f"klq-run-{run_id}-metrics.csv",
+            mime="text/csv",
+            on_click="ignore",
+            key="run.metrics_dl",
+        )
 
 with tab_ckpt:
-    ckpts = ui.call(api.list_checkpoints, run_id, what="checkpoints") or []
-    if not ckpts:
-        st.caption("No checkpoints yet.")
-    else:
-        st.dataframe(pd.DataFrame(ckpts)[["id", "step", "is_final", "created_at", "path"]], hide_index=True,
-                     width="stretch")
-        by_id = {c["id"]: c for c in ckpts}
-        cid = st.selectbox("Checkpoint", list(by_id), key="run.ckpt",
-                           index=len(by_id) - 1,
-                           format_func=lambda i: f"step {by_id[i]['step']}"
-                           + (" (final)" if by_id[i]["is_final"] else ""))
-        st.download_button(
-            "Download policy (zip, Hugging Face layout)",
-            data=lambda rid=run_id, c=cid: api.download_checkpoint(rid, c),
-            file_name=f"klq-run-{run_id}-step-{by_id[cid]['step']}.zip",
-            mime="application/zip",
-            on_click="ignore",
-            icon=":material/download:",
-            key="run.ckpt_dl",
-        )
+    if tab_ckpt.open:  # only the open tab's work is done
+        ckpts = ui.call(api.list_checkpoints, run_id, what="checkpoints") or []
+        if not ckpts:
+            st.caption("No checkpoints yet.")
+        else:
+            st.dataframe(
+                pd.DataFrame(ckpts)[["id", "step", "is_final", "created_at", "path"]],
+                hide_index=True,
+                width="stretch",
+            )
+            by_id = {c["id"]: c for c in ckpts}
+            cid = st.selectbox(
+                "Checkpoint",
+                list(by_id),
+                key="run.ckpt",
+                index=len(by_id) - 1,
+                format_func=lambda i: (
+                    f"step {by_id[i]['step']}" + (" (final)" if by_id[i]["is_final"] else "")
+                ),
+            )
+            st.download_button(
+                "Download policy (zip, Hugging Face layout)",
+                data=lambda rid=run_id, c=cid: api.download_checkpoint(rid, c),
+                file_name=f"klq-run-{run_id}-step-{by_id[cid]['step']}.zip",
+                mime="application/zip",
+                on_click="ignore",
+                icon=":material/download:",
+                key="run.ckpt_dl",
+            )

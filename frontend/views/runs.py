@@ -21,8 +21,9 @@ if st.session_state.pop("runs.reset", False):  # after a delete: nothing selecte
 
 with st.container(horizontal=True, vertical_alignment="bottom"):
     status = st.multiselect("Status", STATUSES, key="runs.status", width=300)
-    algorithm = st.multiselect("Algorithm", ["klq", "ppo"], key="runs.algorithm",
-                               format_func=str.upper, width=200)
+    algorithm = st.multiselect(
+        "Algorithm", ["klq", "ppo"], key="runs.algorithm", format_func=str.upper, width=200
+    )
     tags = st.multiselect("Tags (all of)", ui.call(ui.list_tags, api) or [], key="runs.tags", width=250)
     q = st.text_input("Search name or notes", key="runs.q", width=250)
     order = st.selectbox("Order", ["newest", "oldest", "name"], key="runs.order", width=130)
@@ -33,8 +34,15 @@ if st.session_state.get("runs.filters") != filters:  # new filters: back to the 
     st.session_state["runs.page"] = 1
 
 page_no = int(st.session_state.get("runs.page", 1))
-data = ui.call(ui.runs_page, api, *filters[:4], order=order, limit=PAGE_SIZE,
-               offset=(page_no - 1) * PAGE_SIZE, what="listing runs")
+data = ui.call(
+    ui.runs_page,
+    api,
+    *filters[:4],
+    order=order,
+    limit=PAGE_SIZE,
+    offset=(page_no - 1) * PAGE_SIZE,
+    what="listing runs",
+)
 if data is None:
     st.stop()
 if not data["items"] and page_no > 1:
@@ -69,8 +77,9 @@ st.dataframe(
         "reward": st.column_config.NumberColumn("reward", help=logic.REWARD_KEY + " (latest)", format="%.4f"),
         "gold": st.column_config.NumberColumn("gold", help=logic.GOLD_KEY + " (latest)", format="%.4f"),
         "KL": st.column_config.NumberColumn("KL", help=logic.KL_KEY + " (latest)", format="%.4f"),
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0,
-                                                    format="percent"),
+        "progress": st.column_config.ProgressColumn(
+            "progress", min_value=0.0, max_value=1.0, format="percent"
+        ),
         "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
     },
 )
@@ -91,7 +100,10 @@ with st.container(horizontal=True, vertical_alignment="center"):
 
 st.session_state["runs.selected"] = [i for i in st.session_state.get("runs.selected", []) if i in by_id]
 selected: list[int] = st.multiselect(
-    "Selected runs", list(by_id), key="runs.selected", format_func=lambda i: ui.run_label(by_id[i]),
+    "Selected runs",
+    list(by_id),
+    key="runs.selected",
+    format_func=lambda i: ui.run_label(by_id[i]),
     help="Select rows in the table, or pick runs here.",
 )
 
@@ -106,8 +118,13 @@ with st.container(horizontal=True):
         ui.go("compare", runs=selected[:20])
     if st.button("Samples", icon=":material/chat:", key="runs.samples"):
         ui.go("samples", runs=selected[:10])
-    if st.button("Clone…", icon=":material/content_copy:", disabled=len(selected) != 1, key="runs.clone",
-                 help="Open the launch form pre-filled with this run's configuration"):
+    if st.button(
+        "Clone…",
+        icon=":material/content_copy:",
+        disabled=len(selected) != 1,
+        key="runs.clone",
+        help="Open the launch form pre-filled with this run's configuration",
+    ):
         ui.go("launch", clone=selected[0])
     cancellable = [i for i in selected if by_id[i]["status"] in logic.ACTIVE]
     if st.button("Cancel", icon=":material/stop_circle:", disabled=not cancellable, key="runs.cancel"):
@@ -140,13 +157,18 @@ with st.expander("Tags"):
 
 with st.expander("Delete"):
     running = [i for i in selected if by_id[i]["status"] == "running"]
-    st.warning(f"Deletes {len(selected)} run(s) with their metrics, samples, checkpoint records and "
-               "judgements (checkpoint files on disk stay).")
+    st.warning(
+        f"Deletes {len(selected)} run(s) with their metrics, samples, checkpoint records and "
+        "judgements (checkpoint files on disk stay)."
+    )
     confirm = st.checkbox("Yes, delete " + ", ".join(f"#{i}" for i in selected), key="runs.delete_confirm")
     force = False
     if running:
-        force = st.checkbox(f"Also delete running run(s) {', '.join(f'#{i}' for i in running)} without "
-                            "waiting for them to stop", key="runs.delete_force")
+        force = st.checkbox(
+            f"Also delete running run(s) {', '.join(f'#{i}' for i in running)} without "
+            "waiting for them to stop",
+            key="runs.delete_force",
+        )
     if st.button("Delete", type="primary", disabled=not confirm, key="runs.delete"):
         deleted = []
         for rid in selected:

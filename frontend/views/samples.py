@@ -25,7 +25,7 @@ run_ids = ui.pick_runs(api, key="samples.runs", max_selections=10, default_count
 if not run_ids:
     st.stop()
 names = ui.names_of(api, run_ids)
-tab_samples, tab_judgements = st.tabs(["Side by side", "Judgements"])
+tab_samples, tab_judgements = st.tabs(["Side by side", "Judgements"], key="samples.tab", on_change="rerun")
 
 
 def verdict_text(vs: list) -> str:
@@ -36,115 +36,157 @@ def verdict_text(vs: list) -> str:
 # --- side by side ----------------------------------------------------------------------------------------
 
 with tab_samples:
-    steps: dict[int, int | None] = {}
-    cols = st.columns(min(len(run_ids), 5))
-    for i, rid in enumerate(run_ids):
-        available = [s["step"] for s in ui.call(ui.sample_steps, api, rid) or []]
-        with cols[i % len(cols)]:
-            choice = st.selectbox(f"Step of #{rid} {names[rid]}", [LATEST, *reversed(available)],
-                                  key=f"samples.step.{rid}",
-                                  format_func=lambda s: "latest" if s == LATEST else f"step {s}")
-            if not available:
-                st.caption("no samples yet")
-        steps[rid] = None if choice == LATEST else int(choice)
+    if tab_samples.open:  # only the open tab's work is done
+        steps: dict[int, int | None] = {}
+        cols = st.columns(min(len(run_ids), 5))
+        for i, rid in enumerate(run_ids):
+            available = [s["step"] for s in ui.call(ui.sample_steps, api, rid) or []]
+            with cols[i % len(cols)]:
+                choice = st.selectbox(
+                    f"Step of #{rid} {names[rid]}",
+                    [LATEST, *reversed(available)],
+                    key=f"samples.step.{rid}",
+                    format_func=lambda s: "latest" if s == LATEST else f"step {s}",
+                )
+                if not available:
+                    st.caption("no samples yet")
+            steps[rid] = None if choice == LATEST else int(choice)
 
-    c = st.columns([2, 2, 1])
-    baseline = c[0].selectbox("Diff against", run_ids, key="samples.baseline",
-                              format_func=lambda r: f"#{r} {names[r]}")
-    mode = c[1].radio("Prompts", ["intersection", "union"], horizontal=True, key="samples.mode",
-                      format_func={"intersection": "those all runs have", "union": "all"}.get)
-    page = int(c[2].number_input("Page", 1, 100000, 1, key="samples.page"))
+        c = st.columns([2, 2, 1])
+        baseline = c[0].selectbox(
+            "Diff against", run_ids, key="samples.baseline", format_func=lambda r: f"#{r} {names[r]}"
+        )
+        mode = c[1].radio(
+            "Prompts",
+            ["intersection", "union"],
+            horizontal=True,
+            key="samples.mode",
+            format_func={"intersection": "those all runs have", "union": "all"}.get,
+        )
+        page = int(c[2].number_input("Page", 1, 100000, 1, key="samples.page"))
 
-    try:
-        if len(run_ids) >= 2:
-            step_arg = [steps[r] for r in run_ids] if any(steps[r] is not None for r in run_ids) else None
-            if step_arg is not None and any(s is None for s in step_arg):
-                latest = {r: max([s["step"] for s in ui.sample_steps(api, r)] or [0]) for r in run_ids}
-                step_arg = [steps[r] if steps[r] is not None else latest[r] for r in run_ids]
-            cmp = api.compare_samples(run_ids, step_arg, mode=mode, limit=PAGE_SIZE,
-                                      offset=(page - 1) * PAGE_SIZE)
-        else:
-            rid = run_ids[0]
-            step = steps[rid]
-            if step is None:
-                available = [s["step"] for s in ui.sample_steps(api, rid)]
-                step = available[-1] if available else None
-            got = api.list_samples(rid, step=step, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE) \
-                if step is not None else {"items": [], "total": 0}
-            cmp = {"runs": [{"run_id": rid, "step": step}], "total": got["total"],
-                   "items": [{"prompt_id": s["prompt_id"], "prompt": s["prompt"], "samples": [s]}
-                             for s in got["items"]]}
-    except APIError as err:
-        ui.show_error(err, "samples")
-        st.stop()
+        try:
+            if len(run_ids) >= 2:
+                step_arg = [steps[r] for r in run_ids] if any(steps[r] is not None for r in run_ids) else None
+                if step_arg is not None and any(s is None for s in step_arg):
+                    latest = {r: max([s["step"] for s in ui.sample_steps(api, r)] or [0]) for r in run_ids}
+                    step_arg = [steps[r] if steps[r] is not None else latest[r] for r in run_ids]
+                cmp = api.compare_samples(
+                    run_ids, step_arg, mode=mode, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+                )
+            else:
+                rid = run_ids[0]
+                step = steps[rid]
+                if step is None:
+                    available = [s["step"] for s in ui.sample_steps(api, rid)]
+                    step = available[-1] if available else None
+                got = (
+                    api.list_samples(rid, step=step, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+                    if step is not None
+                    else {"items": [], "total": 0}
+                )
+                cmp = {
+                    "runs": [{"run_id": rid, "step": step}],
+                    "total": got["total"],
+                    "items": [
+                        {"prompt_id": s["prompt_id"], "prompt": s["prompt"], "samples": [s]}
+                        for s in got["items"]
+                    ],
+                }
+        except APIError as err:
+            ui.show_error(err, "samples")
+            st.stop()
 
-    # verdicts of a judgement between two of these runs, matched to the prompts by prompt id
-    judgements = [j for j in ui.call(ui.judgements_for, api, tuple(run_ids)) or []
-                  if j["run_a"] in run_ids and (j["run_b"] in run_ids or j["run_b"] is None)]
-    verdicts: dict[str, list] = {}
-    judgement = None
-    if judgements:
-        best = next((i for i, j in enumerate(judgements) if j["completed"]), 0)
-        jid = st.selectbox("Show verdicts of", [0, *[j["id"] for j in judgements]],
-                           index=1 + best, key="samples.judgement",
-                           format_func=lambda i: "no judgement" if not i else logic.judgement_label(
-                               next(j for j in judgements if j["id"] == i), names))
-        if jid:
-            judgement = next(j for j in judgements if j["id"] == jid)
-            try:
-                verdicts = logic.verdicts_by_prompt(api.iter_verdicts(jid))
-            except APIError as err:
-                ui.show_error(err, "verdicts")
+        # verdicts of a judgement between two of these runs, matched to the prompts by prompt id
+        judgements = [
+            j
+            for j in ui.call(ui.judgements_for, api, tuple(run_ids)) or []
+            if j["run_a"] in run_ids and (j["run_b"] in run_ids or j["run_b"] is None)
+        ]
+        verdicts: dict[str, list] = {}
+        judgement = None
+        if judgements:
+            best = next((i for i, j in enumerate(judgements) if j["completed"]), 0)
+            jid = st.selectbox(
+                "Show verdicts of",
+                [0, *[j["id"] for j in judgements]],
+                index=1 + best,
+                key="samples.judgement",
+                format_func=lambda i: (
+                    "no judgement"
+                    if not i
+                    else logic.judgement_label(next(j for j in judgements if j["id"] == i), names)
+                ),
+            )
+            if jid:
+                judgement = next(j for j in judgements if j["id"] == jid)
+                try:
+                    verdicts = logic.verdicts_by_prompt(api.iter_verdicts(jid))
+                except APIError as err:
+                    ui.show_error(err, "verdicts")
 
-    st.caption(f"{cmp['total']} prompt(s) · page {page} of {max(1, -(-cmp['total'] // PAGE_SIZE))} · "
-               + ", ".join(f"#{r['run_id']} at step {r['step'] if r['step'] is not None else '–'}"
-                           for r in cmp["runs"]))
-    if not cmp["items"]:
-        st.info("No samples for these runs and steps (runs record samples every eval_interval iterations).")
-    base_index = run_ids.index(baseline)
-    for item in cmp["items"]:
-        with st.container(border=True):
-            st.markdown(f"**Prompt** {ui.md_escape(item['prompt_id'])}")
-            ui.text_block(item["prompt"])
-            cols = st.columns(len(run_ids))
-            base = item["samples"][base_index] if base_index < len(item["samples"]) else None
-            for col, rid, sample in zip(cols, run_ids, item["samples"]):
-                with col:
-                    st.markdown(f"**#{rid} {ui.md_escape(names[rid])}**"
-                                + (" (baseline)" if rid == baseline else ""))
-                    if sample is None:
-                        st.caption("no sample for this prompt")
-                        continue
-                    st.caption(f"score {logic.format_number(sample['score'])} · gold "
-                               f"{logic.format_number(sample['gold_score'])} · KL "
-                               f"{logic.format_number(sample['kl'])} · step {sample['step']}")
-                    ui.text_block(sample["response"])
-                    if rid != baseline and base is not None:
-                        if base["response"] == sample["response"]:
-                            st.caption(f"identical to #{baseline}")
-                        else:
-                            ops = logic.word_diff(base["response"], sample["response"])
-                            same = 100 * logic.diff_ratio(base["response"], sample["response"])
-                            st.caption(f"word diff against #{baseline}: \\[-removed-\\] {{+added+}} "
-                                       f"({same:.0f}% of words shared)")
-                            ui.text_block(logic.render_word_diff(ops))
-            if judgement is not None and item["prompt_id"] in verdicts:
-                vs = verdicts[item["prompt_id"]]
-                a = f"#{judgement['run_a']}"
-                b = f"#{judgement['run_b']}" if judgement["run_b"] else "SFT"
-                with st.expander(f"Judge: {verdict_text(vs)} (A = {a}, B = {b})"):
-                    for v in vs:
-                        st.caption(f"order {v['order']}: verdict {v['verdict']}")
-                        ui.text_block(v.get("raw_output") or "(no judge output)")
-                    st.caption("The responses the judge saw (generated by the judgement, "
-                               f"{judgement['judge'].get('decoding', 'greedy')} decoding):")
-                    jc = st.columns(2)
-                    with jc[0]:
-                        st.caption(f"A ({a})")
-                        ui.text_block(vs[0]["response_a"])
-                    with jc[1]:
-                        st.caption(f"B ({b})")
-                        ui.text_block(vs[0]["response_b"])
+        st.caption(
+            f"{cmp['total']} prompt(s) · page {page} of {max(1, -(-cmp['total'] // PAGE_SIZE))} · "
+            + ", ".join(
+                f"#{r['run_id']} at step {r['step'] if r['step'] is not None else '–'}" for r in cmp["runs"]
+            )
+        )
+        if not cmp["items"]:
+            st.info(
+                "No samples for these runs and steps (runs record samples every eval_interval iterations)."
+            )
+        base_index = run_ids.index(baseline)
+        for item in cmp["items"]:
+            with st.container(border=True):
+                st.markdown(f"**Prompt** {ui.md_escape(item['prompt_id'])}")
+                ui.text_block(item["prompt"])
+                cols = st.columns(len(run_ids))
+                base = item["samples"][base_index] if base_index < len(item["samples"]) else None
+                for col, rid, sample in zip(cols, run_ids, item["samples"]):
+                    with col:
+                        st.markdown(
+                            f"**#{rid} {ui.md_escape(names[rid])}**"
+                            + (" (baseline)" if rid == baseline else "")
+                        )
+                        if sample is None:
+                            st.caption("no sample for this prompt")
+                            continue
+                        st.caption(
+                            f"score {logic.format_number(sample['score'])} · gold "
+                            f"{logic.format_number(sample['gold_score'])} · KL "
+                            f"{logic.format_number(sample['kl'])} · step {sample['step']}"
+                        )
+                        ui.text_block(sample["response"])
+                        if rid != baseline and base is not None:
+                            if base["response"] == sample["response"]:
+                                st.caption(f"identical to #{baseline}")
+                            else:
+                                ops = logic.word_diff(base["response"], sample["response"])
+                                same = 100 * logic.diff_ratio(base["response"], sample["response"])
+                                st.caption(
+                                    f"word diff against #{baseline}: \\[-removed-\\] {{+added+}} "
+                                    f"({same:.0f}% of words shared)"
+                                )
+                                ui.text_block(logic.render_word_diff(ops))
+                if judgement is not None and item["prompt_id"] in verdicts:
+                    vs = verdicts[item["prompt_id"]]
+                    a = f"#{judgement['run_a']}"
+                    b = f"#{judgement['run_b']}" if judgement["run_b"] else "SFT"
+                    with st.expander(f"Judge: {verdict_text(vs)} (A = {a}, B = {b})"):
+                        for v in vs:
+                            st.caption(f"order {v['order']}: verdict {v['verdict']}")
+                            ui.text_block(v.get("raw_output") or "(no judge output)")
+                        st.caption(
+                            "The responses the judge saw (generated by the judgement, "
+                            f"{judgement['judge'].get('decoding', 'greedy')} decoding):"
+                        )
+                        jc = st.columns(2)
+                        with jc[0]:
+                            st.caption(f"A ({a})")
+                            ui.text_block(vs[0]["response_a"])
+                        with jc[1]:
+                            st.caption(f"B ({b})")
+                            ui.text_block(vs[0]["response_b"])
 
 
 # --- judgements ------------------------------------------------------------------------------------------
@@ -153,28 +195,44 @@ with tab_samples:
 def judgement_rows(items: list[dict]) -> pd.DataFrame:
     rows = []
     for j in items:
-        rows.append({
-            "id": j["id"],
-            "A": f"#{j['run_a']}" + (f" @ {j['step_a']}" if j["step_a"] is not None else ""),
-            "B": (f"#{j['run_b']}" if j["run_b"] else "SFT") + (f" @ {j['step_b']}" if j["step_b"] is not None
-                                                               else ""),
-            "judge": j["judge"].get("backend", "?") + (f" {j['judge']['model']}" if j["judge"].get("model")
-                                                      else ""),
-            "status": j["status"],
-            "progress": logic.judgement_progress(j),
-            "win rate of A": logic.format_win_rate(j["result"]),
-            "A/B/tie/invalid": "{wins_a}/{wins_b}/{ties}/{invalid}".format(**j["result"]),
-            "prompts": j["num_prompts"],
-        })
-    return pd.DataFrame(rows, columns=["id", "A", "B", "judge", "status", "progress", "win rate of A",
-                                       "A/B/tie/invalid", "prompts"])
+        rows.append(
+            {
+                "id": j["id"],
+                "A": f"#{j['run_a']}" + (f" @ {j['step_a']}" if j["step_a"] is not None else ""),
+                "B": (f"#{j['run_b']}" if j["run_b"] else "SFT")
+                + (f" @ {j['step_b']}" if j["step_b"] is not None else ""),
+                "judge": j["judge"].get("backend", "?")
+                + (f" {j['judge']['model']}" if j["judge"].get("model") else ""),
+                "status": j["status"],
+                "progress": logic.judgement_progress(j),
+                "win rate of A": logic.format_win_rate(j["result"]),
+                "A/B/tie/invalid": "{wins_a}/{wins_b}/{ties}/{invalid}".format(**j["result"]),
+                "prompts": j["num_prompts"],
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "id",
+            "A",
+            "B",
+            "judge",
+            "status",
+            "progress",
+            "win rate of A",
+            "A/B/tie/invalid",
+            "prompts",
+        ],
+    )
 
 
 def judgement_list(api: Client, run_ids: tuple[int, ...], live: bool) -> None:
     try:
         items = api.list_judgements(limit=100)["items"] if not run_ids else ui.judgements_for(api, run_ids)
         if live:  # fresh, not cached
-            fresh = {j["id"]: j for rid in run_ids for j in api.list_judgements(run_id=rid, limit=100)["items"]}
+            fresh = {
+                j["id"]: j for rid in run_ids for j in api.list_judgements(run_id=rid, limit=100)["items"]
+            }
             items = sorted(fresh.values(), key=lambda j: -j["id"]) if fresh else items
     except APIError as err:
         ui.show_error(err, "judgements")
@@ -182,14 +240,23 @@ def judgement_list(api: Client, run_ids: tuple[int, ...], live: bool) -> None:
     if not items:
         st.caption("No judgements of these runs yet.")
         return
-    st.dataframe(judgement_rows(items), hide_index=True, width="stretch", column_config={
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0,
-                                                    format="percent")})
+    st.dataframe(
+        judgement_rows(items),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "progress": st.column_config.ProgressColumn(
+                "progress", min_value=0.0, max_value=1.0, format="percent"
+            )
+        },
+    )
     for j in items:
         if j["status"] in logic.ACTIVE:
-            st.progress(logic.judgement_progress(j),
-                        text=f"Judgement {j['id']}: {j['status']}, {j['completed']}/{j['total'] or '?'} "
-                        f"judged · win rate of A so far {logic.format_win_rate(j['result'])}")
+            st.progress(
+                logic.judgement_progress(j),
+                text=f"Judgement {j['id']}: {j['status']}, {j['completed']}/{j['total'] or '?'} "
+                f"judged · win rate of A so far {logic.format_win_rate(j['result'])}",
+            )
     if live and not any(j["status"] in logic.ACTIVE for j in items):
         ui.clear_caches()
         st.rerun(scope="app")
@@ -202,9 +269,15 @@ def submit_judgement() -> None:
         judge["model"] = s["judge.model"].strip()
     try:
         j = api.create_judgement(
-            s["judge.run_a"], None if s["judge.run_b"] == 0 else s["judge.run_b"],
-            step_a=s.get("judge.step_a"), step_b=s.get("judge.step_b"), num_prompts=s["judge.num_prompts"],
-            judge=judge, seed=s["judge.seed"], queue=(s.get("judge.queue") or "").strip() or None)
+            s["judge.run_a"],
+            None if s["judge.run_b"] == 0 else s["judge.run_b"],
+            step_a=s.get("judge.step_a"),
+            step_b=s.get("judge.step_b"),
+            num_prompts=s["judge.num_prompts"],
+            judge=judge,
+            seed=s["judge.seed"],
+            queue=(s.get("judge.queue") or "").strip() or None,
+        )
     except APIError as err:
         s["judge.errors"] = err.field_errors or {"": [f"{err.status or 'no answer'}: {err.message}"]}
         return
@@ -222,93 +295,142 @@ def field_errors(errors: dict, *names: str) -> None:
 
 
 with tab_judgements:
-    items = ui.call(ui.judgements_for, api, tuple(run_ids)) or []
-    live = any(j["status"] in logic.ACTIVE for j in items)
-    st.subheader("Judgements of the selected runs")
-    st.fragment(run_every=2 if live else None)(judgement_list)(api, tuple(run_ids), live)
+    if tab_judgements.open:  # only the open tab's work is done
+        items = ui.call(ui.judgements_for, api, tuple(run_ids)) or []
+        live = any(j["status"] in logic.ACTIVE for j in items)
+        st.subheader("Judgements of the selected runs")
+        st.fragment(run_every=2 if live else None)(judgement_list)(api, tuple(run_ids), live)
 
-    finished = [j for j in items if j["result"]["win_rate"] is not None or j["status"] in logic.TERMINAL]
-    if finished:
-        st.subheader("Result")
-        jid = st.selectbox("Judgement", [j["id"] for j in finished], key="judge.show",
-                           format_func=lambda i: logic.judgement_label(
-                               next(j for j in finished if j["id"] == i), names))
-        j = next(x for x in finished if x["id"] == jid)
-        r = j["result"]
-        m = st.columns(4)
-        m[0].metric("Win rate of A", f"{100 * r['win_rate']:.1f}%" if r["win_rate"] is not None else "–",
-                    help="(wins of A + ties/2) / (wins + losses + ties); 95% Wilson score interval")
-        m[1].metric("95% CI", f"{100 * r['ci_low']:.1f}–{100 * r['ci_high']:.1f}%"
-                    if r["ci_low"] is not None else "–")
-        m[2].metric("A / B / tie / invalid", f"{r['wins_a']} / {r['wins_b']} / {r['ties']} / {r['invalid']}")
-        m[3].metric("Position consistency", f"{100 * r['position_consistency']:.0f}%"
-                    if r["position_consistency"] is not None else "–")
-        if j.get("error"):
-            st.error("The judgement failed:")
-            ui.text_block(j["error"])
-        if r["win_rate"] is not None and r["ci_low"] is not None:
-            bar = pd.DataFrame([{"judgement": f"#{j['id']}", "win_rate": r["win_rate"], "low": r["ci_low"],
-                                 "high": r["ci_high"]}])
-            import altair as alt
+        finished = [j for j in items if j["result"]["win_rate"] is not None or j["status"] in logic.TERMINAL]
+        if finished:
+            st.subheader("Result")
+            jid = st.selectbox(
+                "Judgement",
+                [j["id"] for j in finished],
+                key="judge.show",
+                format_func=lambda i: logic.judgement_label(next(j for j in finished if j["id"] == i), names),
+            )
+            j = next(x for x in finished if x["id"] == jid)
+            r = j["result"]
+            m = st.columns(4)
+            m[0].metric(
+                "Win rate of A",
+                f"{100 * r['win_rate']:.1f}%" if r["win_rate"] is not None else "–",
+                help="(wins of A + ties/2) / (wins + losses + ties); 95% Wilson score interval",
+            )
+            m[1].metric(
+                "95% CI",
+                f"{100 * r['ci_low']:.1f}–{100 * r['ci_high']:.1f}%" if r["ci_low"] is not None else "–",
+            )
+            m[2].metric(
+                "A / B / tie / invalid", f"{r['wins_a']} / {r['wins_b']} / {r['ties']} / {r['invalid']}"
+            )
+            m[3].metric(
+                "Position consistency",
+                f"{100 * r['position_consistency']:.0f}%" if r["position_consistency"] is not None else "–",
+            )
+            if j.get("error"):
+                st.error("The judgement failed:")
+                ui.text_block(j["error"])
+            if r["win_rate"] is not None and r["ci_low"] is not None:
+                bar = pd.DataFrame(
+                    [
+                        {
+                            "judgement": f"#{j['id']}",
+                            "win_rate": r["win_rate"],
+                            "low": r["ci_low"],
+                            "high": r["ci_high"],
+                        }
+                    ]
+                )
+                import altair as alt
 
-            base = alt.Chart(bar).encode(y=alt.Y("judgement:N", title=None))
-            chart = alt.layer(
-                base.mark_rule(strokeWidth=2).encode(x=alt.X("low:Q", scale=alt.Scale(domain=[0, 1]),
-                                                             title="win rate of A (95% CI)"), x2="high:Q"),
-                base.mark_point(filled=True, size=120).encode(x="win_rate:Q"),
-                alt.Chart(pd.DataFrame({"x": [0.5]})).mark_rule(strokeDash=[4, 4], color="gray").encode(x="x:Q"),
-            ).properties(height=90)
-            st.altair_chart(chart, width="stretch")
-        with st.expander("Verdicts (prompt, both responses, the judge's raw output)"):
-            vpage = int(st.number_input("Page", 1, 10000, 1, key="judge.vpage"))
-            got = ui.call(api.list_verdicts, jid, limit=50, offset=(vpage - 1) * 50, what="verdicts")
-            if got:
-                st.caption(f"{got['total']} verdict(s)")
-                st.dataframe(logic.verdict_frame(got["items"]), hide_index=True, width="stretch")
+                base = alt.Chart(bar).encode(y=alt.Y("judgement:N", title=None))
+                chart = alt.layer(
+                    base.mark_rule(strokeWidth=2).encode(
+                        x=alt.X("low:Q", scale=alt.Scale(domain=[0, 1]), title="win rate of A (95% CI)"),
+                        x2="high:Q",
+                    ),
+                    base.mark_point(filled=True, size=120).encode(x="win_rate:Q"),
+                    alt.Chart(pd.DataFrame({"x": [0.5]}))
+                    .mark_rule(strokeDash=[4, 4], color="gray")
+                    .encode(x="x:Q"),
+                ).properties(height=90)
+                st.altair_chart(chart, width="stretch")
+            with st.expander("Verdicts (prompt, both responses, the judge's raw output)"):
+                vpage = int(st.number_input("Page", 1, 10000, 1, key="judge.vpage"))
+                got = ui.call(api.list_verdicts, jid, limit=50, offset=(vpage - 1) * 50, what="verdicts")
+                if got:
+                    st.caption(f"{got['total']} verdict(s)")
+                    st.dataframe(logic.verdict_frame(got["items"]), hide_index=True, width="stretch")
 
-    st.subheader("New judgement")
-    errors = st.session_state.get("judge.errors") or {}
-    for msg in errors.get("", []):
-        st.error(msg)
-    choices = ui._choices_with(api, run_ids)
-    all_ids = list(dict.fromkeys([*run_ids, *choices]))
-    label = lambda i: "the SFT (reference) policy of A" if i == 0 else ui.run_label(choices[i])  # noqa: E731
-    c = st.columns(2)
-    with c[0]:
-        st.selectbox("Policy A: run", all_ids, key="judge.run_a", format_func=label)
-        field_errors(errors, "run_a")
-        st.number_input("Step of A (empty: final checkpoint)", min_value=0, value=None, step=1,
-                        key="judge.step_a")
-        field_errors(errors, "step_a")
-    with c[1]:
-        b_options = [0, *all_ids]
-        st.selectbox("Policy B: run", b_options, key="judge.run_b", format_func=label,
-                     index=2 if len(run_ids) >= 2 else 0)
-        field_errors(errors, "run_b")
-        st.number_input("Step of B (empty: final checkpoint)", min_value=0, value=None, step=1,
-                        key="judge.step_b")
-        field_errors(errors, "step_b")
-    c = st.columns(4)
-    with c[0]:
-        st.selectbox("Judge", JUDGE_BACKENDS, key="judge.backend",
-                     help="gold: the built-in task's gold reward; reward_model: a reward model; local_hf: a "
-                     "local causal LM; openai: the OpenAI-compatible endpoint configured on the server")
-        field_errors(errors, "judge.backend")
-    with c[1]:
-        st.text_input("Judge model (optional)", key="judge.model",
-                      help="openai: a model name; local_hf/reward_model: builtin:<name>, a path under the "
-                      "server's model roots, or a hub id if allowed")
-        field_errors(errors, "judge.model")
-        for field in [f for f in errors if f.startswith("judge") and f not in ("judge.backend", "judge.model")]:
-            for m in errors[field]:
-                st.error(f"{field}: {m}", icon=":material/error:")
-    with c[2]:
-        st.number_input("Prompts", 1, 5000, 32, key="judge.num_prompts")
-        field_errors(errors, "num_prompts")
-        st.selectbox("Decoding", ["greedy", "sampled"], key="judge.decoding")
-    with c[3]:
-        st.number_input("Seed", 0, 2**31 - 1, 0, key="judge.seed")
-        st.text_input("Queue (empty: server default)", key="judge.queue")
-        field_errors(errors, "queue", "seed")
-    st.button("Queue judgement", type="primary", icon=":material/gavel:", on_click=submit_judgement,
-              key="judge.submit")
+        st.subheader("New judgement")
+        errors = st.session_state.get("judge.errors") or {}
+        for msg in errors.get("", []):
+            st.error(msg)
+        choices = ui.choices_with(api, run_ids)
+        all_ids = list(dict.fromkeys([*run_ids, *choices]))
+
+        def label(i: int) -> str:
+            return "the SFT (reference) policy of A" if i == 0 else ui.run_label(choices[i])
+
+        c = st.columns(2)
+        with c[0]:
+            st.selectbox("Policy A: run", all_ids, key="judge.run_a", format_func=label)
+            field_errors(errors, "run_a")
+            st.number_input(
+                "Step of A (empty: final checkpoint)", min_value=0, value=None, step=1, key="judge.step_a"
+            )
+            field_errors(errors, "step_a")
+        with c[1]:
+            b_options = [0, *all_ids]
+            st.selectbox(
+                "Policy B: run",
+                b_options,
+                key="judge.run_b",
+                format_func=label,
+                index=2 if len(run_ids) >= 2 else 0,
+            )
+            field_errors(errors, "run_b")
+            st.number_input(
+                "Step of B (empty: final checkpoint)", min_value=0, value=None, step=1, key="judge.step_b"
+            )
+            field_errors(errors, "step_b")
+        c = st.columns(4)
+        with c[0]:
+            st.selectbox(
+                "Judge",
+                JUDGE_BACKENDS,
+                key="judge.backend",
+                help="gold: the built-in task's gold reward; reward_model: a reward model; local_hf: a "
+                "local causal LM; openai: the OpenAI-compatible endpoint configured on the server",
+            )
+            field_errors(errors, "judge.backend")
+        with c[1]:
+            st.text_input(
+                "Judge model (optional)",
+                key="judge.model",
+                help="openai: a model name; local_hf/reward_model: builtin:<name>, a path under the "
+                "server's model roots, or a hub id if allowed",
+            )
+            field_errors(errors, "judge.model")
+            for field in [
+                f for f in errors if f.startswith("judge") and f not in ("judge.backend", "judge.model")
+            ]:
+                for m in errors[field]:
+                    st.error(f"{field}: {m}", icon=":material/error:")
+        with c[2]:
+            st.number_input("Held-out prompts", 1, 5000, 32, key="judge.num_prompts")
+            field_errors(errors, "num_prompts")
+            st.selectbox("Decoding", ["greedy", "sampled"], key="judge.decoding")
+        with c[3]:
+            st.number_input("Seed", 0, 2**31 - 1, 0, key="judge.seed")
+            st.text_input("Queue (empty: server default)", key="judge.queue")
+            field_errors(errors, "queue", "seed")
+        st.button(
+            "Queue judgement",
+            type="primary",
+            icon=":material/gavel:",
+            on_click=submit_judgement,
+            key="judge.submit",
+        )

@@ -31,9 +31,16 @@ PROMPTS = {
 
 def seed_config(algorithm: str = "klq", *, kl_coef: float = 0.05, iterations: int = 50, **extra: Any) -> dict:
     """A valid run configuration of ``iterations`` iterations (never trained: there is no worker)."""
-    cfg = {"algorithm": algorithm, "kl_coef": kl_coef,
-           "train": {"total_episodes": 8 * iterations, "batch_size": 8, "minibatch_size": 4,
-                     "micro_batch_size": 4}}
+    cfg = {
+        "algorithm": algorithm,
+        "kl_coef": kl_coef,
+        "train": {
+            "total_episodes": 8 * iterations,
+            "batch_size": 8,
+            "minibatch_size": 4,
+            "micro_batch_size": 4,
+        },
+    }
     cfg.update(extra)
     return cfg
 
@@ -84,14 +91,27 @@ def _run(session, server: Server, name: str, cfg: dict, *, tags: tuple[str, ...]
 
 def _start(session, run_id: int, iteration: int) -> None:
     store.set_status(session, run_id, "running")
-    store.set_progress(session, run_id, iteration=iteration, episodes=8 * iteration, worker_host="test-host",
-                       worker_gpu="cpu")
+    store.set_progress(
+        session,
+        run_id,
+        iteration=iteration,
+        episodes=8 * iteration,
+        worker_host="test-host",
+        worker_gpu="cpu",
+    )
 
 
 def samples(step: int, responses: dict[str, str], score0: float) -> list[dict]:
     return [
-        {"step": step, "prompt_id": pid, "prompt": PROMPTS[pid], "response": responses[pid],
-         "score": score0 + i / 10, "gold_score": score0 / 2 + i / 20, "kl": 1.0 + i}
+        {
+            "step": step,
+            "prompt_id": pid,
+            "prompt": PROMPTS[pid],
+            "response": responses[pid],
+            "score": score0 + i / 10,
+            "gold_score": score0 / 2 + i / 20,
+            "kl": 1.0 + i,
+        }
         for i, pid in enumerate(PROMPTS)
     ]
 
@@ -130,42 +150,81 @@ def seed(server: Server) -> Seeded:
         store.write_metrics(s, live, metric_rows(range(1, 11), KLQ_METRICS, wall0=time.time() - 20))
 
         _start(s, failed, 5)
-        store.write_metrics(s, failed, metric_rows(range(1, 6), {
-            "objective/scores": lambda st: 0.9, "objective/kl": lambda st: 5.0}))
-        store.finish_run(s, failed, "failed",
-                         error="RuntimeError: CUDA out of memory <b>not html</b>\nTraceback line 2")
+        store.write_metrics(
+            s,
+            failed,
+            metric_rows(range(1, 6), {"objective/scores": lambda st: 0.9, "objective/kl": lambda st: 5.0}),
+        )
+        store.finish_run(
+            s, failed, "failed", error="RuntimeError: CUDA out of memory <b>not html</b>\nTraceback line 2"
+        )
 
-        j = store.create_judgement(s, run_a_id=klq, run_b_id=ppo, num_prompts=4,
-                                   judge={"backend": "gold", "decoding": "greedy"}, queue="gpu")
+        j = store.create_judgement(
+            s,
+            run_a_id=klq,
+            run_b_id=ppo,
+            num_prompts=4,
+            judge={"backend": "gold", "decoding": "greedy"},
+            queue="gpu",
+        )
         store.set_judgement_status(s, j.id, "running")
         verdicts = []
         for i, pid in enumerate(PROMPTS):
             for order in ("ab", "ba"):
-                verdicts.append({"prompt_id": pid, "order": order, "verdict": "A" if i < 3 else "B",
-                                 "prompt": PROMPTS[pid], "response_a": base[pid],
-                                 "response_b": ppo_text[pid], "raw_output": XSS_JUDGE})
+                verdicts.append(
+                    {
+                        "prompt_id": pid,
+                        "order": order,
+                        "verdict": "A" if i < 3 else "B",
+                        "prompt": PROMPTS[pid],
+                        "response_a": base[pid],
+                        "response_b": ppo_text[pid],
+                        "raw_output": XSS_JUDGE,
+                    }
+                )
         store.record_verdicts(s, j.id, verdicts)
         store.set_judgement_status(s, j.id, "succeeded")
         judgement = j.id
-        queued_j = store.create_judgement(s, run_a_id=klq, num_prompts=8, judge={"backend": "gold"},
-                                          queue="gpu").id
-    return Seeded(klq, ppo, live, failed, queued, judgement, queued_j, checkpoint,
-                  {"seed-klq": klq, "seed-ppo": ppo, "seed-live": live, "seed-failed": failed,
-                   "seed-queued": queued})
+        queued_j = store.create_judgement(
+            s, run_a_id=klq, num_prompts=8, judge={"backend": "gold"}, queue="gpu"
+        ).id
+    return Seeded(
+        klq,
+        ppo,
+        live,
+        failed,
+        queued,
+        judgement,
+        queued_j,
+        checkpoint,
+        {"seed-klq": klq, "seed-ppo": ppo, "seed-live": live, "seed-failed": failed, "seed-queued": queued},
+    )
 
 
 # --- AppTest ---------------------------------------------------------------------------------------------
 
 
-def page(name: str, query: dict[str, Any] | None = None, *, run: bool = True) -> AppTest:
-    """The dashboard (frontend/app.py) on one of its pages (frontend/views/<name>.py), run once."""
+def page(
+    name: str, query: dict[str, Any] | None = None, *, tab: str | None = None, run: bool = True
+) -> AppTest:
+    """The dashboard (frontend/app.py) on one of its pages (frontend/views/<name>.py), run once; ``tab``:
+    the page's open tab (only the open tab is drawn)."""
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     for key, value in (query or {}).items():
         at.query_params[key] = str(value)
+    if tab is not None:
+        at.session_state[f"{name}.tab"] = tab
     at.switch_page(f"views/{name}.py")
     if run:
         at.run()
         check(at)
+    return at
+
+
+def open_tab(at: AppTest, name: str, tab: str) -> AppTest:
+    at.session_state[f"{name}.tab"] = tab
+    at.run()
+    check(at)
     return at
 
 
@@ -184,7 +243,9 @@ def walk(node: Any) -> Iterator[Any]:
 
 
 def elements(at: AppTest) -> list[Any]:
-    return [n for n in walk(at.main) if not hasattr(n, "children") or n.type not in ("vertical", "horizontal")]
+    return [
+        n for n in walk(at.main) if not hasattr(n, "children") or n.type not in ("vertical", "horizontal")
+    ]
 
 
 def texts(at: AppTest, kind: str) -> list[str]:
@@ -194,8 +255,19 @@ def texts(at: AppTest, kind: str) -> list[str]:
 
 def all_text(at: AppTest) -> str:
     parts = []
-    for kind in ("title", "header", "subheader", "markdown", "caption", "code", "text", "error", "warning",
-                 "info", "success"):
+    for kind in (
+        "title",
+        "header",
+        "subheader",
+        "markdown",
+        "caption",
+        "code",
+        "text",
+        "error",
+        "warning",
+        "info",
+        "success",
+    ):
         parts += texts(at, kind)
     return "\n".join(parts)
 

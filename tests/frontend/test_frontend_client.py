@@ -41,8 +41,9 @@ def test_base_url_forms_and_health(server):
 
 
 def test_runs_crud(api, seeded):
-    run = api.create_run(seed_config("ppo", kl_coef=0.2), name="client-run", tags=["client", "x"], notes="n",
-                         queue="cpu")
+    run = api.create_run(
+        seed_config("ppo", kl_coef=0.2), name="client-run", tags=["client", "x"], notes="n", queue="cpu"
+    )
     assert run["status"] == "queued" and run["config"]["kl_coef"] == 0.2 and run["queue"] == "cpu"
     rid = run["id"]
     assert api.get_run(rid)["name"] == "client-run"
@@ -92,8 +93,10 @@ def test_conflicts_auth_and_connection_errors(server, api, seeded):
     with Client(server.url, "klq_wrong") as bad, pytest.raises(APIError) as err:
         bad.list_runs()
     assert err.value.status == 401
-    with Client(f"http://127.0.0.1:{free_port()}", "x", timeout=2) as gone, \
-            pytest.raises(APIConnectionError) as err:
+    with (
+        Client(f"http://127.0.0.1:{free_port()}", "x", timeout=2) as gone,
+        pytest.raises(APIConnectionError) as err,
+    ):
         gone.health()
     assert err.value.status == 0 and "cannot reach" in err.value.message
 
@@ -114,8 +117,9 @@ def test_resolve_token_precedence(tmp_path, monkeypatch):
 def test_metrics(api, seeded):
     keys = {k["key"]: k for k in api.metric_keys(seeded.klq)}
     assert keys["objective/scores"]["last_step"] == 50
-    resp = api.series([seeded.klq, seeded.ppo], ["objective/scores", "objective/kl"], max_points=20,
-                      include_wall_time=True)
+    resp = api.series(
+        [seeded.klq, seeded.ppo], ["objective/scores", "objective/kl"], max_points=20, include_wall_time=True
+    )
     assert len(resp["series"]) == 4
     s = resp["series"][0]
     assert s["downsampled"] and len(s["steps"]) <= 20 and s["total_points"] == 50 and s["wall_times"]
@@ -138,8 +142,10 @@ def test_samples_and_checkpoints(api, seeded):
     assert [c["step"] for c in ckpts] == [50] and ckpts[0]["is_final"]
     for which in ("final", ckpts[0]["id"]):
         names = zipfile.ZipFile(io.BytesIO(api.download_checkpoint(seeded.klq, which))).namelist()
-        assert sorted(names) == [f"klq-run-{seeded.klq}-step-50/config.json",
-                                 f"klq-run-{seeded.klq}-step-50/model.safetensors"]
+        assert sorted(names) == [
+            f"klq-run-{seeded.klq}-step-50/config.json",
+            f"klq-run-{seeded.klq}-step-50/model.safetensors",
+        ]
 
 
 def test_download_checkpoint_to_file(api, seeded, tmp_path):

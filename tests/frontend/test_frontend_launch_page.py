@@ -10,8 +10,13 @@ from backend import store
 from frontend import logic
 from klq.config import RunConfig
 
-TINY = {"train.total_episodes": 32, "train.batch_size": 8, "train.minibatch_size": 8,
-        "train.micro_batch_size": 8, "train.num_epochs": 1}
+TINY = {
+    "train.total_episodes": 32,
+    "train.batch_size": 8,
+    "train.minibatch_size": 8,
+    "train.micro_batch_size": 8,
+    "train.num_epochs": 1,
+}
 
 
 def set_fields(at, values: dict):
@@ -92,8 +97,16 @@ def test_unknown_queue_shown_beside_the_queue(app_env):
 
 def test_queue_a_run_and_land_on_its_page(app_env):
     at = page("launch")
-    set_fields(at, {**TINY, "algorithm": "ppo", "kl_coef": 0.2, "ppo.cliprange": 0.3,
-                    "rollout.stop_sequences": "END\n\n"})
+    set_fields(
+        at,
+        {
+            **TINY,
+            "algorithm": "ppo",
+            "kl_coef": 0.2,
+            "ppo.cliprange": 0.3,
+            "rollout.stop_sequences": "END\n\n",
+        },
+    )
     at.text_input(key="launch.name").set_value("from-the-form")
     at.text_input(key="launch.tags").set_value("ui, form")
     at.selectbox(key="launch.queue").set_value("cpu").run()
@@ -123,5 +136,7 @@ def test_clone_prefills_and_keeps_lineage(app_env, seeded):
         clone = c.get(f"/runs/{rid}").json()
         source = c.get(f"/runs/{seeded.klq}").json()
     assert clone["parent_id"] == seeded.klq and clone["name"] == "seed-klq (clone)"
-    assert logic.config_overrides(source["config"], clone["config"]) == {"train.num_epochs": 2,
-                                                                        "name": "seed-klq (clone)"}
+    assert logic.config_overrides(source["config"], clone["config"]) == {
+        "train.num_epochs": 2,
+        "name": "seed-klq (clone)",
+    }

@@ -18,10 +18,21 @@ NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
 
 def run(**kw):
-    base = {"id": 1, "name": "r", "algorithm": "klq", "status": "running", "iteration": 10,
-            "total_iterations": 40, "progress": 0.25, "started_at": (NOW - timedelta(seconds=100)).isoformat(),
-            "latest": {}, "tags": ["a", "b"], "queue": "gpu", "created_at": NOW.isoformat(),
-            "cancel_requested": False}
+    base = {
+        "id": 1,
+        "name": "r",
+        "algorithm": "klq",
+        "status": "running",
+        "iteration": 10,
+        "total_iterations": 40,
+        "progress": 0.25,
+        "started_at": (NOW - timedelta(seconds=100)).isoformat(),
+        "latest": {},
+        "tags": ["a", "b"],
+        "queue": "gpu",
+        "created_at": NOW.isoformat(),
+        "cancel_requested": False,
+    }
     base.update(kw)
     return base
 
@@ -35,10 +46,16 @@ def test_eta_from_elapsed_time_when_no_timing_metric():
     assert logic.eta_seconds(run(), NOW) == pytest.approx(300.0)  # 10 s per iteration so far
 
 
-@pytest.mark.parametrize("changes", [
-    {"status": "queued"}, {"status": "succeeded"}, {"total_iterations": None}, {"iteration": 0},
-    {"started_at": None},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"status": "queued"},
+        {"status": "succeeded"},
+        {"total_iterations": None},
+        {"iteration": 0},
+        {"started_at": None},
+    ],
+)
 def test_eta_unknown(changes):
     assert logic.eta_seconds(run(**changes), NOW) is None
 
@@ -49,25 +66,50 @@ def test_eta_done_and_naive_timestamps():
     assert logic.eta_seconds(naive, NOW) == pytest.approx(300.0)
 
 
-@pytest.mark.parametrize("seconds,text", [
-    (None, ""), (float("nan"), ""), (0, "0s"), (59.4, "59s"), (61, "1m 01s"), (3600 * 3 + 420, "3h 07m"),
-    (86400 * 2 + 3600 * 4, "2d 04h"), (-5, "0s"),
-])
+@pytest.mark.parametrize(
+    "seconds,text",
+    [
+        (None, ""),
+        (float("nan"), ""),
+        (0, "0s"),
+        (59.4, "59s"),
+        (61, "1m 01s"),
+        (3600 * 3 + 420, "3h 07m"),
+        (86400 * 2 + 3600 * 4, "2d 04h"),
+        (-5, "0s"),
+    ],
+)
 def test_format_duration(seconds, text):
     assert logic.format_duration(seconds) == text
 
 
 def test_runs_frame_columns_from_summaries_and_configs():
-    r = run(latest={"objective/scores": {"step": 9, "value": 0.5}, "objective/kl": {"step": 9, "value": 1.5},
-                    "objective/gold_scores": {"step": 9, "value": None}}, cancel_requested=True)
+    r = run(
+        latest={
+            "objective/scores": {"step": 9, "value": 0.5},
+            "objective/kl": {"step": 9, "value": 1.5},
+            "objective/gold_scores": {"step": 9, "value": None},
+        },
+        cancel_requested=True,
+    )
     df = logic.runs_frame([r], {1: {"kl_coef": 0.1, "task": {"name": "tldr"}}}, now=NOW)
     row = df.iloc[0]
     assert row["task"] == "tldr" and row["tau"] == 0.1
     assert row["reward"] == 0.5 and row["KL"] == 1.5 and row["gold"] is None
     assert row["status"] == "running (cancelling)" and row["algorithm"] == "KLQ"
     assert row["iteration"] == "10/40" and row["ETA"] == "5m 00s" and row["tags"] == "a, b"
-    assert list(df.columns)[:10] == ["id", "name", "status", "algorithm", "task", "tau", "reward", "gold", "KL",
-                                     "progress"]
+    assert list(df.columns)[:10] == [
+        "id",
+        "name",
+        "status",
+        "algorithm",
+        "task",
+        "tau",
+        "reward",
+        "gold",
+        "KL",
+        "progress",
+    ]
     assert logic.runs_frame([], {}).empty
 
 
@@ -75,22 +117,43 @@ def test_runs_frame_columns_from_summaries_and_configs():
 
 
 def test_group_keys_panels():
-    keys = ["objective/scores", "objective/gold_scores", "eval/kl", "objective/kl", "loss/q_avg", "q/td_error_avg",
-            "timing/update_s", "perf/elapsed_s", "objective/entropy", "policy/entropy_avg", "iteration", "lr",
-            "objective/rlhf_reward", "system/rss_gb"]
+    keys = [
+        "objective/scores",
+        "objective/gold_scores",
+        "eval/kl",
+        "objective/kl",
+        "loss/q_avg",
+        "q/td_error_avg",
+        "timing/update_s",
+        "perf/elapsed_s",
+        "objective/entropy",
+        "policy/entropy_avg",
+        "iteration",
+        "lr",
+        "objective/rlhf_reward",
+        "system/rss_gb",
+        "perf/tokens_per_s",
+    ]
     groups = logic.group_keys(keys)
     assert groups["Reward (RM score, gold)"] == ["objective/gold_scores", "objective/scores"]
     assert groups["KL"] == ["eval/kl", "objective/kl"]
     assert groups["Losses"] == ["loss/q_avg"] and groups["Q values (KLQ)"] == ["q/td_error_avg"]
-    assert groups["Timing"] == ["perf/elapsed_s", "timing/update_s"]
+    assert groups["Timing"] == ["timing/update_s"] and groups["Throughput"] == ["perf/tokens_per_s"]
+    assert groups["Other"] == ["lr", "perf/elapsed_s"] and groups["System"] == ["system/rss_gb"]
     assert groups["Entropy"] == ["objective/entropy", "policy/entropy_avg"]
-    assert groups["Other"] == ["lr"] and "iteration" not in sum(groups.values(), [])
+    assert "iteration" not in sum(groups.values(), [])
     assert list(groups)[0] == "Reward (RM score, gold)"
 
 
 def series(steps, values=None, **kw):
-    return {"steps": list(steps), "values": list(values if values is not None else [float(s) for s in steps]),
-            "wall_times": [100.0 + s for s in steps], "total_points": len(list(steps)), "downsampled": False, **kw}
+    return {
+        "steps": list(steps),
+        "values": list(values if values is not None else [float(s) for s in steps]),
+        "wall_times": [100.0 + s for s in steps],
+        "total_points": len(list(steps)),
+        "downsampled": False,
+        **kw,
+    }
 
 
 def test_merge_series_appends_tails_without_duplicates():
@@ -144,7 +207,9 @@ def test_series_frame_x_axes_and_smoothing():
 def brute_frontier(points):
     out = []
     for i, (kl, r) in enumerate(points):
-        dominated = any((k2 <= kl and r2 >= r) and (k2 < kl or r2 > r) for j, (k2, r2) in enumerate(points) if j != i)
+        dominated = any(
+            (k2 <= kl and r2 >= r) and (k2 < kl or r2 > r) for j, (k2, r2) in enumerate(points) if j != i
+        )
         if not dominated:
             out.append(i)
     return sorted(out, key=lambda i: (points[i][0], -points[i][1]))
@@ -169,12 +234,46 @@ def test_pareto_frontier_matches_brute_force():
 def test_tail_mean_and_tradeoff_frame():
     assert logic.tail_mean([1.0, 2.0, None, 4.0], 2) == pytest.approx(3.0)
     assert logic.tail_mean([1.0, 2.0], 1) == 2.0 and logic.tail_mean([None], 3) is None
-    df = logic.tradeoff_frame([
-        {"run_id": 1, "run": "a", "algorithm": "KLQ", "tau": 0.05, "status": "succeeded", "kl": 1.0, "reward": 0.6},
-        {"run_id": 2, "run": "b", "algorithm": "PPO", "tau": 0.05, "status": "succeeded", "kl": 2.0, "reward": 0.5},
-        {"run_id": 3, "run": "c", "algorithm": "PPO", "tau": 0.01, "status": "running", "kl": 4.0, "reward": 0.9},
-        {"run_id": 4, "run": "d", "algorithm": "KLQ", "tau": 0.1, "status": "queued", "kl": None, "reward": None},
-    ])
+    df = logic.tradeoff_frame(
+        [
+            {
+                "run_id": 1,
+                "run": "a",
+                "algorithm": "KLQ",
+                "tau": 0.05,
+                "status": "succeeded",
+                "kl": 1.0,
+                "reward": 0.6,
+            },
+            {
+                "run_id": 2,
+                "run": "b",
+                "algorithm": "PPO",
+                "tau": 0.05,
+                "status": "succeeded",
+                "kl": 2.0,
+                "reward": 0.5,
+            },
+            {
+                "run_id": 3,
+                "run": "c",
+                "algorithm": "PPO",
+                "tau": 0.01,
+                "status": "running",
+                "kl": 4.0,
+                "reward": 0.9,
+            },
+            {
+                "run_id": 4,
+                "run": "d",
+                "algorithm": "KLQ",
+                "tau": 0.1,
+                "status": "queued",
+                "kl": None,
+                "reward": None,
+            },
+        ]
+    )
     assert dict(zip(df["run_id"], df["on_frontier"])) == {1: True, 2: False, 3: True, 4: False}
 
 
@@ -190,7 +289,9 @@ def test_flatten_unflatten_roundtrip():
 
 def test_config_diff_shows_only_differing_fields():
     a = RunConfig(algorithm="klq", kl_coef=0.05).model_dump(mode="json")
-    b = RunConfig(algorithm="ppo", kl_coef=0.1, train={"batch_size": 32, "minibatch_size": 16}).model_dump(mode="json")
+    b = RunConfig(algorithm="ppo", kl_coef=0.1, train={"batch_size": 32, "minibatch_size": 16}).model_dump(
+        mode="json"
+    )
     c = dict(a, extra={"only": True})
     diff = logic.config_diff({"#1": a, "#2": b, "#3": c})
     assert set(diff.index) == {"algorithm", "kl_coef", "train.batch_size", "extra.only"}
@@ -224,19 +325,27 @@ def test_word_diff_keeps_markup_as_plain_text():
 
 
 def test_judgement_helpers():
-    assert logic.format_win_rate({"win_rate": 0.625, "ci_low": 0.481, "ci_high": 0.75}) == "62.5% (95% CI 48.1–75.0%)"
+    assert (
+        logic.format_win_rate({"win_rate": 0.625, "ci_low": 0.481, "ci_high": 0.75})
+        == "62.5% (95% CI 48.1–75.0%)"
+    )
     assert logic.format_win_rate({"win_rate": None}) == "–" and logic.format_win_rate(None) == "–"
     assert logic.judgement_progress({"completed": 3, "total": 12}) == 0.25
     assert logic.judgement_progress({"completed": 0, "total": 0, "status": "succeeded"}) == 1.0
-    vs = [{"prompt_id": "p", "order": "ba", "verdict": "B"}, {"prompt_id": "p", "order": "ab", "verdict": "A"},
-          {"prompt_id": "q", "order": "ab", "verdict": "A"}, {"prompt_id": "q", "order": "ba", "verdict": "tie"}]
+    vs = [
+        {"prompt_id": "p", "order": "ba", "verdict": "B"},
+        {"prompt_id": "p", "order": "ab", "verdict": "A"},
+        {"prompt_id": "q", "order": "ab", "verdict": "A"},
+        {"prompt_id": "q", "order": "ba", "verdict": "tie"},
+    ]
     grouped = logic.verdicts_by_prompt(vs)
     assert [v["order"] for v in grouped["p"]] == ["ab", "ba"]
     assert logic.prompt_outcome(grouped["p"]) == "tie"  # inconsistent across orders
     assert logic.prompt_outcome(grouped["q"]) == "A"
     assert logic.prompt_outcome([{"verdict": "invalid"}]) == "invalid"
-    label = logic.judgement_label({"id": 3, "run_a": 1, "step_a": None, "run_b": None, "step_b": None,
-                                   "status": "running"}, {1: "klq"})
+    label = logic.judgement_label(
+        {"id": 3, "run_a": 1, "step_a": None, "run_b": None, "step_b": None, "status": "running"}, {1: "klq"}
+    )
     assert label == "Judgement 3: #1 klq vs SFT of #1 (running)"
 
 
@@ -251,7 +360,9 @@ def test_form_fields_follow_runconfig_defaults():
     for path, f in by_path.items():
         assert f.default == defaults[path], path
     assert by_path["algorithm"].kind == "choice" and by_path["algorithm"].choices == ["klq", "ppo"]
-    assert by_path["train.learning_rate"].kind == "float" and by_path["train.learning_rate"].default == 1.41e-5
+    assert (
+        by_path["train.learning_rate"].kind == "float" and by_path["train.learning_rate"].default == 1.41e-5
+    )
     assert by_path["train.batch_size"].kind == "int" and by_path["train.batch_size"].bounds == ">= 1"
     assert by_path["klq.value_clip"].nullable and by_path["klq.value_clip"].kind == "float"
     assert by_path["model.reference"].nullable and by_path["model.reference"].kind == "str"
@@ -275,30 +386,38 @@ def test_form_fields_from_an_openapi_document():
 
 def test_config_from_values_roundtrip_and_overrides():
     fields = logic.form_fields(logic.local_schema_defs())
-    source = RunConfig(algorithm="ppo", kl_coef=0.2, model={"reference": "builtin:sft"},
-                       rollout={"stop_sequences": ["\n\n", "END"]}).model_dump(mode="json")
+    source = RunConfig(
+        algorithm="ppo",
+        kl_coef=0.2,
+        model={"reference": "builtin:sft"},
+        rollout={"stop_sequences": ["\n\n", "END"]},
+    ).model_dump(mode="json")
     values = logic.values_from_config(fields, source)
     values["rollout.stop_sequences"] = "\n\nEND\n\n"  # as typed in the text area: blank lines dropped
     values["model.value"] = "   "  # an empty optional text means null
     cfg = logic.config_from_values(fields, values)
     assert RunConfig.model_validate(cfg).model_dump(mode="json") == dict(
-        source, rollout=dict(source["rollout"], stop_sequences=["END"]))
+        source, rollout=dict(source["rollout"], stop_sequences=["END"])
+    )
     assert logic.config_overrides(source, cfg) == {"rollout.stop_sequences": ["END"]}
     assert logic.config_overrides(source, source) == {}
 
 
 def test_errors_for_form_maps_api_fields_to_form_paths():
     paths = ["kl_coef", "train.batch_size", "train.minibatch_size", "model.policy", "task.name"]
-    errors = logic.errors_for_form({
-        "config.kl_coef": ["Input should be greater than 0"],
-        "config.train": ["train.minibatch_size (4) must divide train.batch_size (10)"],
-        "overrides.model.policy": ["not an allowed model"],
-        "config.task.dataset.extra": ["deep"],
-        "queue": ["unknown queue 'x'"],
-        "tags.0": ["bad tag"],
-        "config": ["whole config"],
-        "something.else": ["?"],
-    }, paths)
+    errors = logic.errors_for_form(
+        {
+            "config.kl_coef": ["Input should be greater than 0"],
+            "config.train": ["train.minibatch_size (4) must divide train.batch_size (10)"],
+            "overrides.model.policy": ["not an allowed model"],
+            "config.task.dataset.extra": ["deep"],
+            "queue": ["unknown queue 'x'"],
+            "tags.0": ["bad tag"],
+            "config": ["whole config"],
+            "something.else": ["?"],
+        },
+        paths,
+    )
     assert errors["kl_coef"] == ["Input should be greater than 0"]
     assert errors["train"] == ["train.minibatch_size (4) must divide train.batch_size (10)"]
     assert errors["model.policy"] == ["not an allowed model"]

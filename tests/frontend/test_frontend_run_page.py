@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from frontend_testkit import KLQ_METRICS, all_text, metric_rows, page, seed_config, walk, widget
+from frontend_testkit import KLQ_METRICS, all_text, metric_rows, open_tab, page, seed_config, walk, widget
 
 from backend import store
 from frontend.client import Client
@@ -30,8 +30,9 @@ def test_curves_of_a_finished_run(app_env, seeded):
     at = page("run", {"run": seeded.klq})
     assert widget(at, "run.id").value == seeded.klq
     titles = chart_titles(at)  # two columns: the walk goes down the left one first
-    assert sorted(titles) == sorted(["Reward (RM score, gold)", "KL", "RLHF reward", "Losses", "Entropy",
-                                     "Q values (KLQ)", "Timing"])
+    assert sorted(titles) == sorted(
+        ["Reward (RM score, gold)", "KL", "RLHF reward", "Losses", "Entropy", "Q values (KLQ)", "Timing"]
+    )
     text = all_text(at)
     assert "objective/scores: 50 points, last step 50" in text
     assert "objective/gold_scores: 50 points, last step 50" in text and "eval/scores: 5 points" in text
@@ -110,22 +111,26 @@ def test_new_keys_are_fetched_in_full(app_env, seeded, monkeypatch):
 
 
 def test_config_logs_and_checkpoints(app_env, seeded):
-    at = page("run", {"run": seeded.klq})
+    at = page("run", {"run": seeded.klq}, tab="Config")
     code = [c.value for c in at.code]
     assert any("kl_coef: 0.05" in c and "batch_size: 8" in c for c in code)
+    assert not charts(at)  # only the open tab is drawn: no curves fetched
+    open_tab(at, "run", "Logs")
     assert "No error recorded." in all_text(at)
+    assert "not served by the API yet" in all_text(at)
+    assert "Download all metrics (CSV)" in [b.label for b in at.get("download_button")]
+    open_tab(at, "run", "Checkpoints")
     ckpt = at.dataframe[-1].value
     assert list(ckpt["step"]) == [50] and bool(ckpt["is_final"].iloc[0])
-    labels = [b.label for b in at.get("download_button")]
-    assert "Download policy (zip, Hugging Face layout)" in labels
-    assert "Download all metrics (CSV)" in labels
-    assert "not served by the API yet" in all_text(at)
+    assert "Download policy (zip, Hugging Face layout)" in [b.label for b in at.get("download_button")]
 
 
 def test_failed_run_shows_its_error_as_text(app_env, seeded):
     at = page("run", {"run": seeded.failed})
     assert "The run failed; see the Logs tab." in [e.value for e in at.error]
+    open_tab(at, "run", "Logs")
     assert "RuntimeError: CUDA out of memory <b>not html</b>\nTraceback line 2" in [c.value for c in at.code]
+    open_tab(at, "run", "Checkpoints")
     assert "No checkpoints yet." in all_text(at)
 
 

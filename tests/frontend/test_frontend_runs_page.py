@@ -28,11 +28,14 @@ def test_table_shows_status_algorithm_task_tau_reward_kl_progress_eta(app_env, s
     assert df.loc["seed-queued"]["tags"] == "seed, waiting"
 
 
-@pytest.mark.parametrize("key,value,expected", [
-    ("runs.status", ["failed"], {"seed-failed"}),
-    ("runs.algorithm", ["ppo"], {"seed-ppo", "seed-queued"}),
-    ("runs.tags", ["waiting"], {"seed-queued"}),
-])
+@pytest.mark.parametrize(
+    "key,value,expected",
+    [
+        ("runs.status", ["failed"], {"seed-failed"}),
+        ("runs.algorithm", ["ppo"], {"seed-ppo", "seed-queued"}),
+        ("runs.tags", ["waiting"], {"seed-queued"}),
+    ],
+)
 def test_filters(app_env, seeded, key, value, expected):
     at = page("runs")
     at.text_input(key="runs.q").set_value("seed-").run()

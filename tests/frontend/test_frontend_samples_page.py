@@ -45,7 +45,9 @@ def test_generated_text_is_rendered_literally(app_env, seeded):
 def test_side_by_side_with_scores_and_word_diff(app_env, seeded):
     at = page("samples", both(seeded))
     text = all_text(at)
-    assert f"{len(PROMPTS)} prompt(s) · page 1 of 1 · #{seeded.klq} at step 50, #{seeded.ppo} at step 50" in text
+    assert (
+        f"{len(PROMPTS)} prompt(s) · page 1 of 1 · #{seeded.klq} at step 50, #{seeded.ppo} at step 50" in text
+    )
     assert "score 0.5 · gold 0.25 · KL 1 · step 50" in text  # p0 of the KLQ run
     assert "the coffee was very good ." in codes(at)
     diff = next(c for c in codes(at) if "[-" in c and "coffee" in c)
@@ -82,7 +84,7 @@ def test_verdicts_beside_the_prompts(app_env, seeded):
 
 
 def test_judgement_results_with_ci(app_env, seeded):
-    at = page("samples", both(seeded))
+    at = page("samples", both(seeded), tab="Judgements")
     with app_env.client() as c:
         result = c.get(f"/judgements/{seeded.judgement}").json()["result"]
     metrics = {m.label: m.value for m in at.metric}
@@ -99,7 +101,7 @@ def test_judgement_results_with_ci(app_env, seeded):
 
 
 def test_launch_a_judgement(app_env, seeded):
-    at = page("samples", both(seeded))
+    at = page("samples", both(seeded), tab="Judgements")
     assert widget(at, "judge.run_a").value == seeded.klq and widget(at, "judge.run_b").value == seeded.ppo
     at.number_input(key="judge.num_prompts").set_value(3)
     at.number_input(key="judge.step_b").set_value(25)
@@ -123,7 +125,7 @@ def test_launch_a_judgement(app_env, seeded):
 
 
 def test_judgement_errors_from_the_api(app_env, seeded):
-    at = page("samples", both(seeded))
+    at = page("samples", both(seeded), tab="Judgements")
     at.text_input(key="judge.model").set_value("some-model")  # the gold judge takes no model
     at.button(key="judge.submit").click().run()
     errors = [e.value for e in at.error]

@@ -1,0 +1,294 @@
+"""End to end in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright) against real
+processes: the API (uvicorn), a worker (`klq worker`) training on the built-in task, and the dashboard
+(`klq ui`). Launch a run from the form, watch its curve grow, open the Samples page, compare two runs.
+Screenshots of every page go to test-artifacts/e2e/."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from backend_testkit import REPO, Server, free_port, fresh_database, start_server, stop_server
+
+from backend import migrate
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts" / "e2e"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"{CHROMIUM} is missing: install Debian's chromium "
+        "(apt-get install -y chromium; `./klq-lab test` does it when run as root)",
+    ),
+]
+
+FORM_ITERATIONS = 16
+REST_CONFIG = {  # the second run, queued over REST: PPO, a few iterations
+    "algorithm": "ppo",
+    "task": {"name": "builtin", "num_eval_prompts": 8},
+    "rollout": {"response_length": 12},
+    "train": {
+        "total_episodes": 8 * 16,
+        "batch_size": 16,
+        "minibatch_size": 16,
+        "micro_batch_size": 16,
+        "num_epochs": 1,
+        "learning_rate": 3.0e-4,
+    },
+    "eval_interval": 2,
+    "checkpoint_interval": 8,
+}
+
+
+@dataclass
+class Stack:
+    api: Server
+    ui_url: str
+    worker: subprocess.Popen
+    ui: subprocess.Popen
+    logs: Path
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "klq.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, builtin_assets: Path) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("fe-e2e")
+    data = tmp / "data"
+    shutil.copytree(builtin_assets, data / "assets" / "builtin")
+    with fresh_database("sqlite", tmp) as url:
+        migrate.upgrade(url)
+        api = start_server("sqlite", url, data)
+        env = dict(api.env, KLQ_PRINT_INITIAL_TOKEN="false")
+        worker = _spawn(
+            ["worker", "--queues", "gpu,cpu", "--concurrency", "1", "--loglevel", "WARNING"],
+            env,
+            data / "worker.log",
+        )
+        port = free_port()
+        ui = _spawn(["ui", "--port", str(port), "--api-url", api.url], env, data / "ui.log")
+        ui_url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(ui_url + "/_stcore/health", timeout=2).text == "ok":
+                        break
+                if ui.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the UI did not start:\n" + (data / "ui.log").read_text())
+                time.sleep(0.3)
+            yield Stack(api, ui_url, worker, ui, data)
+        finally:
+            for proc in (ui, worker):
+                _stop(proc)
+            stop_server(api)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            for name in ("worker.log", "ui.log", "server.log"):
+                with contextlib.suppress(OSError):
+                    shutil.copy(data / name, ARTIFACTS / name)
+
+
+@pytest.fixture(scope="module")
+def browser(stack: Stack):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def shot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def wait_idle(page, timeout: float = 30) -> None:
+    """Until Streamlit has finished running the script (no 'Running...' status widget)."""
+    page.wait_for_timeout(300)
+    page.locator("[data-testid=stStatusWidget]").wait_for(state="detached", timeout=timeout * 1000)
+
+
+def set_number(scope, label: str, value) -> None:
+    box = scope.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    wait_idle(scope.page if hasattr(scope, "page") else scope)
+
+
+def points_of(page, key: str = "objective/scores") -> int | None:
+    text = page.locator("[data-testid=stCaptionContainer]").all_inner_texts()
+    for t in text:
+        m = re.search(re.escape(key) + r": (\d+) points", t)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def wait_run(api: Server, run_id: int, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    with api.client() as c:
+        while True:
+            run = c.get(f"/runs/{run_id}").json()
+            if run["status"] in ("succeeded", "failed", "cancelled"):
+                return run
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run {run_id} did not finish: {run}")
+            time.sleep(1)
+
+
+def test_launch_watch_samples_compare(stack: Stack, browser) -> None:
+    # tall: Streamlit scrolls inside its own container, so a screenshot shows what fits the viewport
+    page = browser.new_page(viewport={"width": 1440, "height": 2400})
+    page.set_default_timeout(30_000)
+
+    # Runs (empty) and Launch
+    page.goto(stack.ui_url + "/")
+    page.get_by_role("heading", name="Runs").wait_for()
+    wait_idle(page)
+    page.goto(stack.ui_url + "/launch")
+    page.get_by_role("heading", name="Launch a run").wait_for()
+    wait_idle(page)
+    shot(page, "01-launch-empty")
+
+    # start from the built-in KLQ preset, made tiny
+    page.get_by_test_id("stSelectbox").filter(has_text="Start from").click()
+    page.get_by_role("option", name="configs/builtin-klq.yaml").click()
+    wait_idle(page)
+    page.get_by_label("name", exact=True).first.fill("e2e-form-run")
+    page.get_by_label("name", exact=True).first.press("Enter")
+    wait_idle(page)
+    training = page.get_by_test_id("stExpander").filter(has_text="Training")
+    for label, value in (("total_episodes", FORM_ITERATIONS * 16), ("batch_size", 16), ("num_epochs", 1)):
+        set_number(training, label, value)
+    set_number(page, "eval_interval", 2)
+    set_number(page.get_by_test_id("stExpander").filter(has_text="Task"), "num_eval_prompts", 8)
+    shot(page, "02-launch-filled")
+    page.get_by_role("button", name="Queue run").click()
+
+    # the Run page: the chart appears and its number of points grows
+    page.get_by_role("heading", name="Run", exact=True).wait_for()
+    page.get_by_text("queued on 'gpu'").wait_for()
+    with stack.api.client() as c:
+        runs = c.get("/runs", params={"q": "e2e-form-run"}).json()["items"]
+    assert len(runs) == 1, runs
+    form_run = runs[0]
+    with stack.api.client() as c:
+        cfg = c.get(f"/runs/{form_run['id']}").json()["config"]
+        assert cfg["train"]["total_episodes"] == FORM_ITERATIONS * 16
+        assert cfg["train"]["batch_size"] == 16 and cfg["eval_interval"] == 2
+        rest = c.post("/runs", json={"config": REST_CONFIG, "name": "e2e-rest-ppo", "queue": "cpu"}).json()
+
+    seen: list[int] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        n = points_of(page)
+        if n is not None and (not seen or n != seen[-1]):
+            seen.append(n)
+            if len(seen) == 1:
+                page.get_by_test_id("stVegaLiteChart").first.wait_for()
+                shot(page, "03-run-first-points")
+        if seen and seen[-1] >= FORM_ITERATIONS:
+            break
+        page.wait_for_timeout(500)
+    assert len(seen) >= 2 and seen == sorted(seen) and seen[-1] > seen[0], f"points seen: {seen}"
+    page.get_by_test_id("stVegaLiteChart").nth(3).wait_for()  # reward, KL, rlhf_reward, losses, ...
+    shot(page, "04-run-grown")
+
+    assert wait_run(stack.api, form_run["id"])["status"] == "succeeded"
+    assert wait_run(stack.api, rest["id"])["status"] == "succeeded"
+
+    # Samples: both runs side by side
+    a, b = form_run["id"], rest["id"]
+    page.goto(f"{stack.ui_url}/samples?runs={a},{b}")
+    page.get_by_role("heading", name="Samples & judgements").wait_for()
+    wait_idle(page)
+    page.get_by_test_id("stCode").first.wait_for()
+    assert page.get_by_test_id("stCode").count() >= 3  # a prompt and the two runs' responses, at least
+    shot(page, "05-samples")
+    # launch a judgement (the gold judge) from the Samples page and watch it to its win-rate
+    page.get_by_role("tab", name="Judgements").click()
+    wait_idle(page)
+    prompts = page.get_by_label("Held-out prompts", exact=True)
+    prompts.fill("8")
+    prompts.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Queue judgement").click()
+    page.get_by_text("queued.").first.wait_for()
+    with stack.api.client() as c:
+        judgement = c.get("/judgements").json()["items"][0]
+    assert (judgement["run_a"], judgement["run_b"], judgement["num_prompts"]) == (a, b, 8)
+    page.get_by_role("tab", name="Judgements").click()
+    metric = page.get_by_test_id("stMetric").filter(has_text="Win rate of A")
+    metric.wait_for(timeout=180_000)
+    with stack.api.client() as c:
+        judgement = c.get(f"/judgements/{judgement['id']}").json()
+    assert judgement["status"] == "succeeded", judgement
+    assert f"{100 * judgement['result']['win_rate']:.1f}%" in metric.inner_text()
+    ci = page.get_by_test_id("stMetric").filter(has_text="95% CI").inner_text()
+    assert f"{100 * judgement['result']['ci_low']:.1f}" in ci
+    shot(page, "06-judgement-result")
+    page.get_by_role("tab", name="Side by side").click()
+    page.get_by_text("Judge:").first.wait_for()  # verdicts beside the prompts
+
+    # Compare: overlaid curves, reward vs KL, config diff
+    page.goto(f"{stack.ui_url}/compare?runs={a},{b}")
+    page.get_by_role("heading", name="Compare runs").wait_for()
+    wait_idle(page)
+    page.get_by_test_id("stVegaLiteChart").first.wait_for()
+    shot(page, "07-compare-curves")
+    page.get_by_role("tab", name="Reward vs KL").click()
+    page.get_by_text("on the Pareto frontier").wait_for()
+    shot(page, "08-compare-reward-vs-kl")
+    page.get_by_role("tab", name="Config diff").click()
+    page.get_by_text("field(s) differ").wait_for()
+    shot(page, "09-compare-config-diff")
+
+    # the Runs page with both runs, and a finished run's page
+    page.goto(stack.ui_url + "/")
+    page.get_by_text("2 run(s)").wait_for()  # the table itself is drawn on a canvas
+    wait_idle(page)
+    shot(page, "10-runs")
+    page.goto(f"{stack.ui_url}/run?run={a}")
+    page.get_by_test_id("stVegaLiteChart").first.wait_for()
+    wait_idle(page)
+    shot(page, "11-run-finished")
+    page.close()
