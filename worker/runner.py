@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -53,6 +54,26 @@ def _uses_builtin(cfg: RunConfig) -> bool:
     return cfg.task.name == "builtin" or any(n.startswith("builtin:") for n in names)
 
 
+def _record_checkpoints(db: Database, run_id: int, out_dir: Path, num_iterations: int) -> bool:
+    """Record complete checkpoints on disk that the database lacks (a worker that died between writing
+    a checkpoint and recording it). Returns whether the run has its final checkpoint."""
+    from klq.trainer import CHECKPOINTS, STATE_FILE
+
+    on_disk = {}
+    for path in (out_dir / CHECKPOINTS).glob("step-*"):
+        match = re.fullmatch(r"step-(\d+)", path.name)  # not step-N.tmp, a checkpoint being written
+        if match and (path / STATE_FILE).exists():
+            on_disk[int(match.group(1))] = path
+    with db.write_session() as session:
+        known = {c.step for c in store.list_checkpoints(session, run_id)}
+        for step in sorted(set(on_disk) - known):
+            store.add_checkpoint(
+                session, run_id, step, on_disk[step], is_final=step == num_iterations, commit=False
+            )
+        session.commit()
+    return num_iterations in on_disk
+
+
 def train_main(run_id: int, owner: str) -> int:
     from accelerate import PartialState
 
@@ -66,6 +87,16 @@ def train_main(run_id: int, owner: str) -> int:
         cfg = RunConfig.model_validate(run.config)
     out_dir = run_dir(run_id)
     resume = latest_checkpoint(out_dir) is not None
+    if (
+        resume
+        and state.is_main_process
+        and _record_checkpoints(db, run_id, out_dir, cfg.train.num_iterations)
+    ):
+        # The previous worker died after the final checkpoint, before it could mark the run finished.
+        with db.write_session() as session:
+            store.finish_run(session, run_id, "succeeded", owner=owner)
+        log.info("run %s had already finished training (final checkpoint found): succeeded", run_id)
+        return EXIT_OK
     sink = DatabaseSink(db, run_id, owner) if state.is_main_process else None
     try:
         if _uses_builtin(cfg) and state.is_main_process:

@@ -7,11 +7,14 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 from worker_testkit import Stack, make_stack, process_gone, wait_for
+
+from backend.models import Run
 
 pytestmark = pytest.mark.slow
 
@@ -89,6 +92,11 @@ def test_sigkilled_worker_run_resumes_from_checkpoint(stack: Stack, client, extr
             text("SELECT iteration FROM runs WHERE id = :r"), {"r": run_id}
         ).scalar_one()
     assert 2 <= resume_from < n and resume_from <= iteration_at_kill < n
+    with stack.db.write_session() as session:  # as if it died between writing the checkpoint and recording it
+        session.execute(
+            text("DELETE FROM checkpoints WHERE run_id = :r AND step = :s"), {"r": run_id, "s": resume_from}
+        )
+        session.commit()
     assert client.get(f"/runs/{run_id}").json()["status"] == "running"  # nobody has noticed yet
 
     # A new worker: a reaper (its own, or the shared worker's) re-queues the run once its heartbeat is
@@ -197,3 +205,33 @@ def test_redis_restart_mid_run(tmp_path_factory, worker_assets, private_redis) -
             assert worker.alive()
     finally:
         next(gen, None)
+
+
+def test_run_whose_worker_died_after_its_final_checkpoint_succeeds(stack: Stack, client) -> None:
+    """The window between the final checkpoint and marking the run succeeded: the run's files say it is
+    done, the database says running with a dead lease. The reaper re-queues it, and the next attempt
+    marks it succeeded instead of trying to resume a finished run (which would fail it)."""
+    on_main = [r for r in stack.succeeded if client.get(f"/runs/{r}").json()["queue"] == stack.queues["main"]]
+    if on_main:  # a run of an earlier test, on the queue of the worker that stays up
+        run_id = on_main[-1]
+    else:
+        run_id = stack.create_run(client, iterations=2, checkpoint_interval=2)["id"]
+        assert stack.wait_status(client, run_id, ("succeeded", "failed"), 90)["status"] == "succeeded"
+    before = client.get(f"/runs/{run_id}").json()
+    with stack.db.write_session() as session:
+        session.execute(
+            update(Run)
+            .where(Run.id == run_id)
+            .values(
+                status="running",
+                finished_at=None,
+                lease_owner="dead-worker",
+                heartbeat_at=datetime.now(timezone.utc) - timedelta(hours=1),
+            )
+        )
+        session.commit()
+    run = stack.wait_status(client, run_id, ("succeeded", "failed", "cancelled"), 60)
+    assert run["status"] == "succeeded", (run, stack.diagnostics(run_id))
+    assert run["attempts"] == before["attempts"] + 1 and run["error"] is None
+    assert "had already finished training" in stack.train_log(run_id)
+    assert metric_steps(stack, run_id)["objective/scores"] == list(range(1, before["iteration"] + 1))
