@@ -7,6 +7,8 @@ runs' heartbeats go stale and any live worker's reaper re-queues them (`requeue_
 the task again; the new owner resumes from the last checkpoint. Late acks were the alternative, but a
 Redis visibility timeout longer than the longest run (days) would also delay redelivery after a crash by
 days, and the filesystem transport has no visibility timeout at all; the lease works the same on both.
+Judgements have the same lease, heartbeats and reaping. A worker takes a message only when it has a free
+slot (`NoPrefetch`): with early acks, a prefetched message would die with its worker.
 
 Isolation. The work runs in a child process (`python -m worker.runner`, or `accelerate launch` for a
 multi-GPU run) that gets the GPUs it was given through CUDA_VISIBLE_DEVICES and dies with this process

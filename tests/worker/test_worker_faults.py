@@ -146,12 +146,18 @@ def test_task_delivered_twice_trains_once(stack: Stack, client, extra_workers) -
     run_id = stack.create_run(client, "dup", iterations=n, checkpoint_interval=5)["id"]  # delivery 1
     stack.send_task("klq.train_run", run_id, "dup")  # delivery 2 of the same task
 
+    skip = f"run {run_id} is finished, cancelled or owned by a live worker: nothing to do"
     trainers_seen: set[int] = set()
+    skipped_while_running = False
 
     def finished() -> bool:
+        nonlocal skipped_while_running
         for w in (first, second):
             trainers_seen.update(p.pid for p in w.train_processes())
-        return client.get(f"/runs/{run_id}").json()["status"] in ("succeeded", "failed", "cancelled")
+        skipped = skip in first.log() + second.log()
+        status = client.get(f"/runs/{run_id}").json()["status"]
+        skipped_while_running |= skipped and status == "running"
+        return status in ("succeeded", "failed", "cancelled")
 
     wait_for(finished, 120, f"run {run_id} to finish", interval=0.1)
     run = client.get(f"/runs/{run_id}").json()
@@ -159,10 +165,12 @@ def test_task_delivered_twice_trains_once(stack: Stack, client, extra_workers) -
     assert run["attempts"] == 1
 
     received = re.compile(r"Task klq\.train_run\[[0-9a-f-]+\] received")
-    skip = f"run {run_id} is finished, cancelled or owned by a live worker: nothing to do"
     wait_for(lambda: first.log().count(skip) + second.log().count(skip) == 1, 30, "the duplicate to be skipped")
     trained = [w for w in (first, second) if f"run {run_id}: training on" in w.log()]
     assert len(trained) == 1, stack.diagnostics(run_id)
+    # The busy worker takes no second message, so the idle one got the duplicate while the run was
+    # trained, and found the lease held by a live worker.
+    assert skip not in trained[0].log() and skipped_while_running, stack.diagnostics(run_id)
     assert len(received.findall(first.log() + second.log())) == 2  # both deliveries reached a worker
     assert len(trainers_seen) == 1  # one training process in all
     log = stack.train_log(run_id)
