@@ -178,6 +178,12 @@ def judgements_for(api: Client, run_ids: tuple[int, ...] = (), limit: int = 100)
     return sorted(seen.values(), key=lambda j: -j["id"])
 
 
+@st.cache_data(ttl=60, hash_funcs=_HASH, show_spinner=False, max_entries=20)
+def verdicts(api: Client, judgement_id: int, completed: int) -> list[dict]:
+    """All verdicts of a judgement (cached per progress count: new verdicts mean a new entry)."""
+    return list(api.iter_verdicts(judgement_id))
+
+
 @st.cache_data(ttl=600, hash_funcs=_HASH, show_spinner=False)
 def config_schema(api: Client) -> dict:
     """The RunConfig JSON schema definitions: the server's (its OpenAPI document), else the local klq's."""

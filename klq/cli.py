@@ -104,17 +104,17 @@ def cmd_ui(args: argparse.Namespace) -> int:
         # local API); without either the UI asks for one in its sidebar.
         token = getattr(args, "api_token", None)
         if not token:
-            from backend.settings import get_settings
+            from backend.settings import Settings
 
             try:
-                token = get_settings().resolved_token_file.read_text().strip()
-            except OSError:
+                token = Settings().resolved_token_file.read_text().strip() or None
+            except (OSError, ValueError):  # no token file, or settings the UI need not understand
                 token = None
         if token:
             env["KLQ_API_TOKEN"] = token
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.headless=true",
                             f"--server.port={args.port}", f"--server.address={args.host}",
-                            "--browser.gatherUsageStats=false"], env=env)
+                            "--browser.gatherUsageStats=false", "--client.toolbarMode=minimal"], env=env)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -153,7 +153,7 @@ def submit() -> None:
 
 if created := st.session_state.pop("launch.created", None):
     st.session_state["run.notice"] = (
-        f"Run {created['id']} ({created['name']}) queued on '{created['queue']}'."
+        f"Run {created['id']} ({ui.md_escape(created['name'])}) queued on '{created['queue']}'."
     )
     ui.go("run", run=created["id"])
 

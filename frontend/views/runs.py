@@ -136,7 +136,7 @@ with st.container(horizontal=True):
 
 with st.expander("Tags"):
     current = sorted({t for i in selected for t in by_id[i]["tags"]})
-    st.caption("Current tags: " + (", ".join(current) if current else "none"))
+    st.caption("Current tags: " + (ui.md_escape(", ".join(current)) if current else "none"))
     with st.form("runs.tag_form", clear_on_submit=True, border=False):
         add = st.text_input("Add tags (comma-separated)", key="runs.tag_add")
         remove = st.multiselect("Remove tags", current, key="runs.tag_remove")

@@ -43,7 +43,7 @@ with tab_samples:
             available = [s["step"] for s in ui.call(ui.sample_steps, api, rid) or []]
             with cols[i % len(cols)]:
                 choice = st.selectbox(
-                    f"Step of #{rid} {names[rid]}",
+                    f"Step of #{rid} {ui.md_escape(names[rid])}",
                     [LATEST, *reversed(available)],
                     key=f"samples.step.{rid}",
                     format_func=lambda s: "latest" if s == LATEST else f"step {s}",
@@ -121,7 +121,7 @@ with tab_samples:
             if jid:
                 judgement = next(j for j in judgements if j["id"] == jid)
                 try:
-                    verdicts = logic.verdicts_by_prompt(api.iter_verdicts(jid))
+                    verdicts = logic.verdicts_by_prompt(ui.verdicts(api, jid, judgement["completed"]))
                 except APIError as err:
                     ui.show_error(err, "verdicts")
 
