@@ -346,3 +346,19 @@ def test_healthcheck_commands_against_local_services(resolved: dict, local_servi
     assert gpu.returncode == 1 and "klq-gpu@" in gpu.stdout, gpu.stdout + gpu.stderr
     dead = subprocess.run(_healthcheck(services["api"], _free_port()), capture_output=True, text=True, timeout=30)
     assert dead.returncode == 1 and "refused" in dead.stdout.lower(), dead.stdout
+
+
+# ------------------------------------------------------------------------------------------- the docs
+
+
+def test_configuration_reference_is_up_to_date() -> None:
+    """docs/CONFIGURATION.md is what docs/gen_config_reference.py makes from the code today."""
+    done = subprocess.run([sys.executable, str(REPO / "docs" / "gen_config_reference.py"), "--check"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = (REPO / "docs" / "CONFIGURATION.md").read_text()
+    from backend.settings import Settings
+    from klq.config import RunConfig
+
+    assert all(f"`KLQ_{name.upper()}`" in text for name in Settings.model_fields)
+    assert all(f"`train.{name}`" in text for name in RunConfig.model_fields["train"].annotation.model_fields)
