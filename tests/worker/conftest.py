@@ -105,6 +105,16 @@ def client(stack: Stack):
 
 
 @pytest.fixture
+def main_worker(stack: Stack):
+    """The stack's shared worker, once it has ended the tasks of earlier tests."""
+    from worker_testkit import wait_for
+
+    worker = stack.workers[0]
+    wait_for(worker.idle, 60, "the shared worker to end its earlier tasks")
+    return worker
+
+
+@pytest.fixture
 def extra_workers(stack: Stack) -> Iterator[list]:
     """Workers a test starts beyond the shared one; stopped (or already killed) at the end of the test."""
     started: list = []
@@ -134,14 +144,30 @@ class PrivateRedis:
     def start(self) -> None:
         log = (self.tmp / "redis.log").open("ab")
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--dir", str(self.tmp)],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(self.tmp),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s,
+            ):
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith(b"+PONG"):
                     return

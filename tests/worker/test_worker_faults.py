@@ -18,7 +18,9 @@ from backend.models import Run
 
 pytestmark = pytest.mark.slow
 
-STATE_FILE = "trainer_state.pt"  # klq.trainer.STATE_FILE: written last, so its presence marks a complete checkpoint
+STATE_FILE = (
+    "trainer_state.pt"  # klq.trainer.STATE_FILE: written last, so its presence marks a complete checkpoint
+)
 
 
 def complete_checkpoints(run_dir: Path) -> list[int]:
@@ -56,13 +58,14 @@ def assert_every_step_once(stack: Stack, run_id: int, n: int, eval_interval: int
     assert all(0 <= s <= n for k, v in steps.items() if k.startswith("system/") for s in v)
     with stack.db.session() as session:
         samples = session.execute(
-            text("SELECT step, COUNT(*) FROM samples WHERE run_id = :r GROUP BY step ORDER BY step"), {"r": run_id}
+            text("SELECT step, COUNT(*) FROM samples WHERE run_id = :r GROUP BY step ORDER BY step"),
+            {"r": run_id},
         ).all()
     assert [tuple(r) for r in samples] == [(s, 8) for s in evals]
 
 
 def test_sigkilled_worker_run_resumes_from_checkpoint(stack: Stack, client, extra_workers) -> None:
-    n = 16
+    n = 12
     victim = stack.start_worker("kill")
     extra_workers.append(victim)
     run_id = stack.create_run(client, "kill", iterations=n, checkpoint_interval=2, eval_interval=2)["id"]
@@ -74,10 +77,12 @@ def test_sigkilled_worker_run_resumes_from_checkpoint(stack: Stack, client, extr
         # kill between checkpoints, so that steps after the checkpoint are logged twice (once per attempt)
         return run["iteration"] >= 3 and run["iteration"] % 2 == 1 and bool(complete_checkpoints(run_dir))
 
-    wait_for(lambda: client.get(f"/runs/{run_id}").json()["status"] == "running", 60, "the run to start", 0.05)
+    wait_for(
+        lambda: client.get(f"/runs/{run_id}").json()["status"] == "running", 60, "the run to start", 0.05
+    )
     # A second run queued behind it: the busy worker must leave its message in the broker (no prefetch),
     # or that message would die with the worker and the run would stay queued for ever.
-    behind = stack.create_run(client, "kill", iterations=2, checkpoint_interval=2)["id"]
+    behind = stack.create_run(client, "kill", iterations=1, checkpoint_interval=1)["id"]
     wait_for(past_a_checkpoint, 90, f"run {run_id} to pass a checkpoint", interval=0.05)
     assert len(re.findall(r"Task klq\.train_run\[[0-9a-f-]+\] received", victim.log())) == 1, victim.log()
     trainers = victim.train_processes()
@@ -165,7 +170,9 @@ def test_task_delivered_twice_trains_once(stack: Stack, client, extra_workers) -
     assert run["attempts"] == 1
 
     received = re.compile(r"Task klq\.train_run\[[0-9a-f-]+\] received")
-    wait_for(lambda: first.log().count(skip) + second.log().count(skip) == 1, 30, "the duplicate to be skipped")
+    wait_for(
+        lambda: first.log().count(skip) + second.log().count(skip) == 1, 30, "the duplicate to be skipped"
+    )
     trained = [w for w in (first, second) if f"run {run_id}: training on" in w.log()]
     assert len(trained) == 1, stack.diagnostics(run_id)
     # The busy worker takes no second message, so the idle one got the duplicate while the run was
@@ -193,7 +200,7 @@ def test_redis_restart_mid_run(tmp_path_factory, worker_assets, private_redis) -
     try:
         worker = stack.start_worker("main")
         with stack.client() as client:
-            n = 16
+            n = 12
             run_id = stack.create_run(client, iterations=n, checkpoint_interval=4)["id"]
             wait_for(
                 lambda: client.get(f"/runs/{run_id}").json()["iteration"] >= 2, 90, f"run {run_id} to start"
@@ -207,7 +214,7 @@ def test_redis_restart_mid_run(tmp_path_factory, worker_assets, private_redis) -
             assert_every_step_once(stack, run_id, n, eval_interval=2)
 
             # Both the API (producer) and the worker (consumer) reconnected: a new run goes through.
-            after = stack.create_run(client, iterations=2, checkpoint_interval=2)["id"]
+            after = stack.create_run(client, iterations=1, checkpoint_interval=1)["id"]
             run = stack.wait_status(client, after, ("succeeded", "failed", "cancelled"), 90)
             assert run["status"] == "succeeded", (run, stack.diagnostics(after))
             assert worker.alive()
@@ -215,7 +222,7 @@ def test_redis_restart_mid_run(tmp_path_factory, worker_assets, private_redis) -
         next(gen, None)
 
 
-def test_run_whose_worker_died_after_its_final_checkpoint_succeeds(stack: Stack, client) -> None:
+def test_run_whose_worker_died_after_its_final_checkpoint_succeeds(stack: Stack, client, main_worker) -> None:
     """The window between the final checkpoint and marking the run succeeded: the run's files say it is
     done, the database says running with a dead lease. The reaper re-queues it, and the next attempt
     marks it succeeded instead of trying to resume a finished run (which would fail it)."""
@@ -226,6 +233,8 @@ def test_run_whose_worker_died_after_its_final_checkpoint_succeeds(stack: Stack,
         run_id = stack.create_run(client, iterations=2, checkpoint_interval=2)["id"]
         assert stack.wait_status(client, run_id, ("succeeded", "failed"), 90)["status"] == "succeeded"
     before = client.get(f"/runs/{run_id}").json()
+    # its task must have ended: a supervisor still watching the run would see the fake lease as a takeover
+    wait_for(main_worker.idle, 30, "the worker to finish its task")
     with stack.db.write_session() as session:
         session.execute(
             update(Run)

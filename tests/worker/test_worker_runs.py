@@ -15,8 +15,9 @@ from worker_testkit import Stack, process_gone, wait_for
 pytestmark = pytest.mark.slow
 
 
-def test_run_trains_live_and_succeeds(stack: Stack, client) -> None:
+def test_run_trains_live_and_succeeds(stack: Stack, client, main_worker) -> None:
     n = 12
+    worker, mark = main_worker, len(main_worker.log())
     created = stack.create_run(client, iterations=n, checkpoint_interval=3, eval_interval=2)
     run_id = created["id"]
     assert created["status"] == "queued" and created["queue"] == stack.queues["main"]
@@ -85,14 +86,14 @@ def test_run_trains_live_and_succeeds(stack: Stack, client) -> None:
     assert "resume=False" in log and f"succeeded after {n} iterations" in log
     # The task ends once the training process has exited, reporting the run's outcome (not a lost lease).
     done = re.compile(r"Task klq.train_run\[[0-9a-f-]+\] succeeded in [0-9.]+s: '(\w+)'")
-    outcome = wait_for(lambda: done.findall(stack.workers[0].log()), 30, "the task to end")
-    assert outcome == ["succeeded"] and "lease lost" not in stack.workers[0].log()
+    outcome = wait_for(lambda: done.findall(worker.log(mark)), 30, "the task to end")
+    assert outcome == ["succeeded"] and "lease lost" not in worker.log(mark)
     stack.succeeded.append(run_id)
 
 
-def test_cancel_mid_run_keeps_metrics_and_checkpoints(stack: Stack, client) -> None:
+def test_cancel_mid_run_keeps_metrics_and_checkpoints(stack: Stack, client, main_worker) -> None:
     run_id = stack.create_run(client, iterations=200, checkpoint_interval=2)["id"]
-    worker = stack.workers[0]
+    worker = main_worker
 
     def progressed() -> bool:
         run = client.get(f"/runs/{run_id}").json()
@@ -130,7 +131,7 @@ def test_cancel_mid_run_keeps_metrics_and_checkpoints(stack: Stack, client) -> N
     assert worker.alive()
 
 
-def test_failing_run_explains_itself(stack: Stack, client) -> None:
+def test_failing_run_explains_itself(stack: Stack, client, main_worker) -> None:
     missing = stack.data_dir / "models" / "no-such-model"
     run_id = stack.create_run(client, iterations=4, model={"policy": str(missing)})["id"]
     run = stack.wait_status(client, run_id, ("failed", "succeeded", "cancelled"), 90)
@@ -140,13 +141,15 @@ def test_failing_run_explains_itself(stack: Stack, client) -> None:
     assert "Traceback" not in error and len(error) < 500
     assert run["finished_at"] and run["attempts"] == 1
     assert "Traceback" in stack.train_log(run_id)  # the details are in the run's log, not its error
-    assert stack.workers[0].alive()
+    assert main_worker.alive()
 
 
 def two_finished_runs(stack: Stack, client) -> tuple[int, int]:
     """Two succeeded runs of this stack: those of earlier tests, else new short ones."""
     runs = stack.succeeded
-    pending = [stack.create_run(client, iterations=4, checkpoint_interval=4)["id"] for _ in range(2 - len(runs))]
+    pending = [
+        stack.create_run(client, iterations=4, checkpoint_interval=4)["id"] for _ in range(2 - len(runs))
+    ]
     for run_id in pending:
         run = stack.wait_status(client, run_id, ("succeeded", "failed", "cancelled"), 120)
         assert run["status"] == "succeeded", run
@@ -157,8 +160,13 @@ def two_finished_runs(stack: Stack, client) -> tuple[int, int]:
 def create_judgement(stack: Stack, client, run_a: int, run_b: int, role: str = "main") -> int:
     r = client.post(
         "/judgements",
-        json={"run_a": run_a, "run_b": run_b, "num_prompts": 8, "judge": {"backend": "gold"},
-              "queue": stack.queues[role]},
+        json={
+            "run_a": run_a,
+            "run_b": run_b,
+            "num_prompts": 8,
+            "judge": {"backend": "gold"},
+            "queue": stack.queues[role],
+        },
     )
     assert r.status_code == 201, r.text
     return r.json()["id"]
@@ -175,7 +183,10 @@ def wait_judgement(stack: Stack, client, jid: int, timeout: float = 120) -> dict
     wait_for(finished, timeout, f"judgement {jid} to finish")
     log = stack.data_dir / "judgements" / str(jid) / "judge.log"
     assert judgement["status"] == "succeeded", (
-        judgement["error"], log.read_text() if log.exists() else "", stack.diagnostics())
+        judgement["error"],
+        log.read_text() if log.exists() else "",
+        stack.diagnostics(),
+    )
     return judgement
 
 

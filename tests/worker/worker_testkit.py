@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -60,7 +61,9 @@ TIMINGS = {
 QUEUE_ROLES = ("main", "kill", "dup", "idle")
 
 
-def tiny_config(iterations: int = 12, *, checkpoint_interval: int = 3, eval_interval: int = 2, **extra) -> dict:
+def tiny_config(
+    iterations: int = 12, *, checkpoint_interval: int = 3, eval_interval: int = 2, **extra
+) -> dict:
     """A run on the built-in task that takes well under a second per iteration on one CPU core."""
     batch = 16
     cfg: dict[str, Any] = {
@@ -113,8 +116,15 @@ class Worker:
     def pid(self) -> int:
         return self.proc.pid
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def log(self, since: int = 0) -> str:
+        """Its log (from character `since`: pass an earlier `len(worker.log())` to see only what is new)."""
+        return self.log_path.read_text(errors="replace")[since:] if self.log_path.exists() else ""
+
+    def idle(self) -> bool:
+        """Every task it received has ended (Celery logs each task's end: succeeded in ... / raised ...)."""
+        log = self.log()
+        received = len(re.findall(r"Task klq\.\w+\[[0-9a-f-]+\] received", log))
+        return received == len(re.findall(r"Task klq\.\w+\[[0-9a-f-]+\] (?:succeeded in|raised)", log))
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -140,7 +150,6 @@ class Worker:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
         self.proc.wait(10)
-
 
 
 def process_gone(proc: Any) -> bool:
@@ -216,7 +225,9 @@ class Stack:
     def wait_ready(worker: Worker, timeout: float = 60) -> None:
         def ready() -> bool:
             if not worker.alive():
-                raise AssertionError(f"worker {worker.name} exited with {worker.proc.returncode}:\n{worker.log()}")
+                raise AssertionError(
+                    f"worker {worker.name} exited with {worker.proc.returncode}:\n{worker.log()}"
+                )
             return " ready." in worker.log()
 
         wait_for(ready, timeout, f"worker {worker.name} to be ready", interval=0.1)
