@@ -422,6 +422,49 @@ def set_progress(
     return bool(changed)
 
 
+# Runs and judgements are both leased objects: status, lease_owner, heartbeat_at, cancel_requested.
+Leased = type[Run] | type[Judgement]
+
+
+def _acquire(session: Session, model: Leased, object_id: int, owner: str, stale_after: timedelta,
+             extra: dict[str, Any], commit: bool) -> bool:
+    """Atomically claim a run or judgement for ``owner`` (one conditional UPDATE): succeeds if it is
+    queued, or running under this owner, or running under a worker whose heartbeat is older than
+    ``stale_after``; never if it is finished or has a cancel request. Sets status running and stamps
+    started_at once."""
+    now = utcnow()
+    claimable = or_(
+        model.status == "queued",
+        and_(
+            model.status == "running",
+            or_(
+                model.lease_owner.is_(None),
+                model.lease_owner == owner,
+                model.heartbeat_at.is_(None),
+                model.heartbeat_at < now - stale_after,
+            ),
+        ),
+    )
+    values: dict[str, Any] = {
+        "status": "running",
+        "lease_owner": owner,
+        "heartbeat_at": now,
+        "updated_at": now,
+        "started_at": func.coalesce(model.started_at, _now_param()),
+        "error": None,
+        **extra,
+    }
+    changed = session.execute(
+        update(model)
+        .where(model.id == object_id, model.cancel_requested.is_(False), claimable)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if commit:
+        session.commit()
+    return bool(changed)
+
+
 def acquire_lease(
     session: Session,
     run_id: int,
@@ -432,53 +475,35 @@ def acquire_lease(
     worker_gpu: str | None = None,
     commit: bool = True,
 ) -> bool:
-    """Atomically claim a run for ``owner`` (one conditional UPDATE): succeeds if the run is queued, or
-    running under this owner, or running under a worker whose heartbeat is older than ``stale_after``.
-    Never for a run that is finished or has a cancel request. Sets status running, stamps started_at
-    once, counts ``attempts``. Returns True if this owner now holds the lease."""
-    now = utcnow()
-    cutoff = now - stale_after
-    claimable = or_(
-        Run.status == "queued",
-        and_(
-            Run.status == "running",
-            or_(
-                Run.lease_owner.is_(None),
-                Run.lease_owner == owner,
-                Run.heartbeat_at.is_(None),
-                Run.heartbeat_at < cutoff,
-            ),
-        ),
-    )
-    values: dict[str, Any] = {
-        "status": "running",
-        "lease_owner": owner,
-        "heartbeat_at": now,
-        "updated_at": now,
-        "started_at": func.coalesce(Run.started_at, _now_param()),
-        "attempts": Run.attempts + 1,
-        "error": None,
-    }
+    """Claim a run for ``owner`` (see ``_acquire``), counting ``attempts`` and recording where it runs.
+    Returns True if this owner now holds the lease."""
+    extra: dict[str, Any] = {"attempts": Run.attempts + 1}
     if worker_host is not None:
-        values["worker_host"] = worker_host
+        extra["worker_host"] = worker_host
     if worker_gpu is not None:
-        values["worker_gpu"] = worker_gpu
-    stmt = (
-        update(Run)
-        .where(Run.id == run_id, Run.cancel_requested.is_(False), claimable)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    changed = session.execute(stmt).rowcount
-    if commit:
-        session.commit()
-    return bool(changed)
+        extra["worker_gpu"] = worker_gpu
+    return _acquire(session, Run, run_id, owner, stale_after, extra, commit)
 
 
 @dataclass(frozen=True)
 class HeartbeatResult:
     ok: bool  # False: the lease is lost (another worker took over, or the run was deleted/finished)
     cancel_requested: bool
+
+
+def _heartbeat(session: Session, model: Leased, object_id: int, owner: str, extra: dict[str, Any],
+               commit: bool) -> HeartbeatResult:
+    now = utcnow()
+    changed = session.execute(
+        update(model)
+        .where(model.id == object_id, model.lease_owner == owner, model.status == "running")
+        .values(heartbeat_at=now, updated_at=now, **extra)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    cancel = session.scalar(select(model.cancel_requested).where(model.id == object_id))
+    if commit:
+        session.commit()
+    return HeartbeatResult(ok=bool(changed), cancel_requested=bool(cancel) if cancel is not None else True)
 
 
 def heartbeat(
@@ -493,24 +518,8 @@ def heartbeat(
 ) -> HeartbeatResult:
     """Renew the lease (and record progress). Tells the worker whether it still owns the run and whether
     a cancel was requested."""
-    now = utcnow()
-    values: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
-    if iteration is not None:
-        values["iteration"] = iteration
-    if total_iterations is not None:
-        values["total_iterations"] = total_iterations
-    if episodes is not None:
-        values["episodes"] = episodes
-    changed = session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.lease_owner == owner, Run.status == "running")
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    cancel = session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
-    if commit:
-        session.commit()
-    return HeartbeatResult(ok=bool(changed), cancel_requested=bool(cancel) if cancel is not None else True)
+    progress = {"iteration": iteration, "total_iterations": total_iterations, "episodes": episodes}
+    return _heartbeat(session, Run, run_id, owner, {k: v for k, v in progress.items() if v is not None}, commit)
 
 
 def release_lease(session: Session, run_id: int, owner: str, *, commit: bool = True) -> bool:
@@ -525,34 +534,37 @@ def release_lease(session: Session, run_id: int, owner: str, *, commit: bool = T
     return bool(changed)
 
 
-def requeue_stale_runs(
-    session: Session, *, stale_after: timedelta = timedelta(seconds=120), commit: bool = True
-) -> list[int]:
-    """Runs marked running whose heartbeat is older than ``stale_after`` (their worker died): those with
-    a cancel request become cancelled, the others queued again (lease cleared). Returns the ids
-    re-queued, for the caller to send to the broker again."""
+def _requeue_stale(session: Session, model: Leased, stale_after: timedelta, commit: bool) -> list[int]:
+    """Running objects whose heartbeat is older than ``stale_after`` (their worker died): those with a
+    cancel request become cancelled, the others queued again (lease cleared). Returns the ids re-queued,
+    for the caller to send to the broker again."""
     cutoff = utcnow() - stale_after
-    stale = and_(Run.status == "running", or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < cutoff))
-    ids = list(
-        session.scalars(select(Run.id).where(stale, Run.cancel_requested.is_(False)).with_for_update())
-    )
+    stale = and_(model.status == "running", or_(model.heartbeat_at.is_(None), model.heartbeat_at < cutoff))
+    ids = list(session.scalars(select(model.id).where(stale, model.cancel_requested.is_(False)).with_for_update()))
     now = utcnow()
     session.execute(
-        update(Run)
-        .where(stale, Run.cancel_requested.is_(True))
+        update(model)
+        .where(stale, model.cancel_requested.is_(True))
         .values(status="cancelled", finished_at=now, lease_owner=None, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     if ids:
         session.execute(
-            update(Run)
-            .where(Run.id.in_(ids), stale)
+            update(model)
+            .where(model.id.in_(ids), stale)
             .values(status="queued", lease_owner=None, updated_at=now)
             .execution_options(synchronize_session=False)
         )
     if commit:
         session.commit()
     return ids
+
+
+def requeue_stale_runs(
+    session: Session, *, stale_after: timedelta = timedelta(seconds=120), commit: bool = True
+) -> list[int]:
+    """Re-queue runs whose worker died (see ``_requeue_stale``); they resume from their checkpoint."""
+    return _requeue_stale(session, Run, stale_after, commit)
 
 
 # --- metrics ---------------------------------------------------------------------------------------------
@@ -1131,87 +1143,23 @@ def acquire_judgement(
     stale_after: timedelta = timedelta(seconds=60),
     commit: bool = True,
 ) -> bool:
-    """Claim a judgement for ``owner``, like ``acquire_lease`` for runs: only if it is queued, or running
-    under this owner or under a worker whose heartbeat is stale, and has no cancel request."""
-    now = utcnow()
-    claimable = or_(
-        Judgement.status == "queued",
-        and_(
-            Judgement.status == "running",
-            or_(
-                Judgement.lease_owner.is_(None),
-                Judgement.lease_owner == owner,
-                Judgement.heartbeat_at.is_(None),
-                Judgement.heartbeat_at < now - stale_after,
-            ),
-        ),
-    )
-    changed = session.execute(
-        update(Judgement)
-        .where(Judgement.id == judgement_id, Judgement.cancel_requested.is_(False), claimable)
-        .values(
-            status="running",
-            lease_owner=owner,
-            heartbeat_at=now,
-            updated_at=now,
-            started_at=func.coalesce(Judgement.started_at, _now_param()),
-            error=None,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if commit:
-        session.commit()
-    return bool(changed)
+    """Claim a judgement for ``owner``, like ``acquire_lease`` for runs."""
+    return _acquire(session, Judgement, judgement_id, owner, stale_after, {}, commit)
 
 
 def heartbeat_judgement(
     session: Session, judgement_id: int, owner: str, *, commit: bool = True
 ) -> HeartbeatResult:
     """Renew a judgement's lease; says whether it is still ours and whether a cancel was requested."""
-    now = utcnow()
-    changed = session.execute(
-        update(Judgement)
-        .where(Judgement.id == judgement_id, Judgement.lease_owner == owner, Judgement.status == "running")
-        .values(heartbeat_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    cancel = session.scalar(select(Judgement.cancel_requested).where(Judgement.id == judgement_id))
-    if commit:
-        session.commit()
-    return HeartbeatResult(ok=bool(changed), cancel_requested=bool(cancel) if cancel is not None else True)
+    return _heartbeat(session, Judgement, judgement_id, owner, {}, commit)
 
 
 def requeue_stale_judgements(
     session: Session, *, stale_after: timedelta = timedelta(seconds=120), commit: bool = True
 ) -> list[int]:
-    """Like ``requeue_stale_runs`` for judgements whose worker died: cancelled if a cancel was requested,
-    else queued again (their stored verdicts are kept and not judged again). Returns the ids re-queued."""
-    cutoff = utcnow() - stale_after
-    stale = and_(
-        Judgement.status == "running", or_(Judgement.heartbeat_at.is_(None), Judgement.heartbeat_at < cutoff)
-    )
-    ids = list(
-        session.scalars(
-            select(Judgement.id).where(stale, Judgement.cancel_requested.is_(False)).with_for_update()
-        )
-    )
-    now = utcnow()
-    session.execute(
-        update(Judgement)
-        .where(stale, Judgement.cancel_requested.is_(True))
-        .values(status="cancelled", finished_at=now, lease_owner=None, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if ids:
-        session.execute(
-            update(Judgement)
-            .where(Judgement.id.in_(ids), stale)
-            .values(status="queued", lease_owner=None, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-    if commit:
-        session.commit()
-    return ids
+    """Like ``requeue_stale_runs`` for judgements whose worker died (their stored verdicts are kept and
+    not judged again)."""
+    return _requeue_stale(session, Judgement, stale_after, commit)
 
 
 def unqueue_unsent(
