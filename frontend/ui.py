@@ -24,7 +24,7 @@ PAGE_FILES = {
     "compare": "views/compare.py",
     "samples": "views/samples.py",
 }
-CHART_HEIGHT = 260
+CHART_HEIGHT = 360  # the whole chart: title, plot, axes and legend
 RUN_LIST_LIMIT = 200  # runs offered by the pickers (newest first; ids in the URL are added)
 
 _HASH = {Client: lambda c: c.identity}
@@ -357,7 +357,7 @@ def line_chart(
         "time": alt.X("x:T", title="wall-clock time"),
     }[x]
     tooltip = [alt.Tooltip(f"{color}:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", format=".4g")]
-    legend = alt.Legend(orient="bottom", title=None, columns=2, labelLimit=300, symbolType="stroke")
+    legend = alt.Legend(orient="bottom", title=None, columns=2, labelLimit=240, symbolType="stroke")
     base = alt.Chart(df).encode(x=x_enc, color=alt.Color(f"{color}:N", legend=legend))
     if smoothing > 0:
         raw = base.mark_line(opacity=0.25, strokeWidth=1).encode(y=alt.Y("value:Q", title=None))

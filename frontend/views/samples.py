@@ -247,7 +247,8 @@ def judgement_list(api: Client, run_ids: tuple[int, ...], live: bool) -> None:
         column_config={
             "progress": st.column_config.ProgressColumn(
                 "progress", min_value=0.0, max_value=1.0, format="percent"
-            )
+            ),
+            "win rate of A": st.column_config.TextColumn("win rate of A", width="large"),
         },
     )
     for j in items:

@@ -36,13 +36,13 @@ pytestmark = [
     ),
 ]
 
-FORM_ITERATIONS = 16
+FORM_ITERATIONS = 12
 REST_CONFIG = {  # the second run, queued over REST: PPO, a few iterations
     "algorithm": "ppo",
     "task": {"name": "builtin", "num_eval_prompts": 8},
     "rollout": {"response_length": 12},
     "train": {
-        "total_episodes": 8 * 16,
+        "total_episodes": 6 * 16,
         "batch_size": 16,
         "minibatch_size": 16,
         "micro_batch_size": 16,
@@ -176,6 +176,11 @@ def wait_run(api: Server, run_id: int, timeout: float = 180) -> dict:
 
 
 def test_launch_watch_samples_compare(stack: Stack, browser) -> None:
+    t0 = time.monotonic()
+
+    def phase(name: str) -> None:  # shown with pytest -s
+        print(f"[e2e {time.monotonic() - t0:6.1f}s] {name}", flush=True)
+
     # tall: Streamlit scrolls inside its own container, so a screenshot shows what fits the viewport
     page = browser.new_page(viewport={"width": 1440, "height": 2400})
     page.set_default_timeout(30_000)
@@ -186,6 +191,8 @@ def test_launch_watch_samples_compare(stack: Stack, browser) -> None:
     wait_idle(page)
     page.goto(stack.ui_url + "/launch")
     page.get_by_role("heading", name="Launch a run").wait_for()
+    page.get_by_label("total_episodes", exact=True).wait_for()
+    page.get_by_role("button", name="Queue run").wait_for()
     wait_idle(page)
     shot(page, "01-launch-empty")
 
@@ -202,6 +209,7 @@ def test_launch_watch_samples_compare(stack: Stack, browser) -> None:
     set_number(page, "eval_interval", 2)
     set_number(page.get_by_test_id("stExpander").filter(has_text="Task"), "num_eval_prompts", 8)
     shot(page, "02-launch-filled")
+    phase("form filled")
     page.get_by_role("button", name="Queue run").click()
 
     # the Run page: the chart appears and its number of points grows
@@ -232,9 +240,11 @@ def test_launch_watch_samples_compare(stack: Stack, browser) -> None:
     assert len(seen) >= 2 and seen == sorted(seen) and seen[-1] > seen[0], f"points seen: {seen}"
     page.get_by_test_id("stVegaLiteChart").nth(3).wait_for()  # reward, KL, rlhf_reward, losses, ...
     shot(page, "04-run-grown")
+    phase("curve grew")
 
     assert wait_run(stack.api, form_run["id"])["status"] == "succeeded"
     assert wait_run(stack.api, rest["id"])["status"] == "succeeded"
+    phase("both runs finished")
 
     # Samples: both runs side by side
     a, b = form_run["id"], rest["id"]
@@ -244,18 +254,19 @@ def test_launch_watch_samples_compare(stack: Stack, browser) -> None:
     page.get_by_test_id("stCode").first.wait_for()
     assert page.get_by_test_id("stCode").count() >= 3  # a prompt and the two runs' responses, at least
     shot(page, "05-samples")
+    phase("samples")
     # launch a judgement (the gold judge) from the Samples page and watch it to its win-rate
     page.get_by_role("tab", name="Judgements").click()
     wait_idle(page)
     prompts = page.get_by_label("Held-out prompts", exact=True)
-    prompts.fill("8")
+    prompts.fill("4")
     prompts.press("Enter")
     wait_idle(page)
     page.get_by_role("button", name="Queue judgement").click()
     page.get_by_text("queued.").first.wait_for()
     with stack.api.client() as c:
         judgement = c.get("/judgements").json()["items"][0]
-    assert (judgement["run_a"], judgement["run_b"], judgement["num_prompts"]) == (a, b, 8)
+    assert (judgement["run_a"], judgement["run_b"], judgement["num_prompts"]) == (a, b, 4)
     page.get_by_role("tab", name="Judgements").click()
     metric = page.get_by_test_id("stMetric").filter(has_text="Win rate of A")
     metric.wait_for(timeout=180_000)
@@ -266,6 +277,7 @@ def test_launch_watch_samples_compare(stack: Stack, browser) -> None:
     ci = page.get_by_test_id("stMetric").filter(has_text="95% CI").inner_text()
     assert f"{100 * judgement['result']['ci_low']:.1f}" in ci
     shot(page, "06-judgement-result")
+    phase("judgement done")
     page.get_by_role("tab", name="Side by side").click()
     page.get_by_text("Judge:").first.wait_for()  # verdicts beside the prompts
 
@@ -281,6 +293,7 @@ def test_launch_watch_samples_compare(stack: Stack, browser) -> None:
     page.get_by_role("tab", name="Config diff").click()
     page.get_by_text("field(s) differ").wait_for()
     shot(page, "09-compare-config-diff")
+    phase("compare done")
 
     # the Runs page with both runs, and a finished run's page
     page.goto(stack.ui_url + "/")
