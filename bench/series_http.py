@@ -1,6 +1,9 @@
 """Benchmark: downsampled metric series of a run with 1,000,000 metric points, over HTTP.
 
-    python -m backend.bench_series [--database-url URL] [--keys 20] [--points 1000000] [--requests 50]
+    python bench/series_http.py [--database-url URL] [--keys 20] [--points 1000000] [--requests 50]
+
+(Moved here from backend/bench_series.py; bench/metrics_store.py reuses `serve`, `time_get` and
+`report` for its HTTP reads.)
 
 Builds a fresh database (SQLite in a temporary directory unless --database-url names an empty
 PostgreSQL database), writes one run with ``--points`` metric points spread over ``--keys`` keys
@@ -13,6 +16,7 @@ under 50 ms for one key. Also times a run whose 1,000,000 points are all in a si
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import random
@@ -25,6 +29,9 @@ import time
 from pathlib import Path
 
 import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
 def _free_port() -> int:
@@ -60,24 +67,68 @@ def _fill(database_url: str, keys: int, points: int) -> tuple[int, int]:
     return run.id, single.id
 
 
-def _time(client: httpx.Client, params, n: int) -> list[float]:
-    client.get("/metrics/series", params=params).raise_for_status()  # warm-up
+def time_get(client: httpx.Client, params, n: int, path: str = "/metrics/series") -> list[float]:
+    """Milliseconds of `n` GETs of `path` (after one warm-up request)."""
+    client.get(path, params=params).raise_for_status()  # warm-up
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
-        r = client.get("/metrics/series", params=params)
+        r = client.get(path, params=params)
         out.append((time.perf_counter() - t0) * 1000)
         r.raise_for_status()
     return out
 
 
-def _report(name: str, ms: list[float]) -> None:
+def percentile(ms: list[float], q: float) -> float:
     ms = sorted(ms)
-    p95 = ms[min(len(ms) - 1, math.ceil(0.95 * len(ms)) - 1)]
+    return ms[min(len(ms) - 1, max(0, math.ceil(q * len(ms)) - 1))]
+
+
+def report(name: str, ms: list[float]) -> None:
+    ms = sorted(ms)
     print(
-        f"{name:<58} p50 {statistics.median(ms):7.1f} ms   p95 {p95:7.1f} ms   max {ms[-1]:7.1f} ms",
+        f"{name:<58} p50 {statistics.median(ms):7.1f} ms   p95 {percentile(ms, 0.95):7.1f} ms   max {ms[-1]:7.1f} ms",
         flush=True,
     )
+
+
+@contextlib.contextmanager
+def serve(database_url: str, data_dir: str, extra_env: dict[str, str] | None = None):
+    """A real uvicorn server (backend.main:create_app) on a free loopback port; yields an httpx client
+    for /api/v1 (reads need no token) and the port. Stopped (SIGTERM, then kill) on exit."""
+    env = {
+        **os.environ,
+        "KLQ_DATA_DIR": data_dir,
+        "KLQ_DATABASE_URL": database_url,
+        "KLQ_AUTH_REQUIRED_FOR_READS": "false",
+        **(extra_env or {}),
+    }
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "backend.main:create_app", "--factory", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"],
+        env=env, cwd=ROOT, stderr=subprocess.DEVNULL,
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=60)
+    try:
+        for _ in range(600):
+            try:
+                if client.get("/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None:
+                raise RuntimeError(f"the API server exited with {server.returncode}")
+            time.sleep(0.1)
+        yield client, port
+    finally:
+        client.close()
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def main() -> None:
@@ -91,63 +142,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
         run_id, single_id = _fill(url, args.keys, args.points)
-        env = {
-            **os.environ,
-            "KLQ_DATA_DIR": tmp,
-            "KLQ_DATABASE_URL": url,
-            "KLQ_AUTH_REQUIRED_FOR_READS": "false",
-        }
-        port = _free_port()
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "backend.main:create_app",
-                "--factory",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=60)
-            for _ in range(300):
-                try:
-                    if client.get("/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+        with serve(url, tmp) as (client, _port):
             per_key = args.points // args.keys
             print(f"run {run_id}: {args.keys} keys x {per_key:,} steps; max_points=500", flush=True)
             ms: list[float] = []
             for k in range(args.keys):
-                ms += _time(
+                ms += time_get(
                     client,
                     {"run_id": run_id, "key": f"metric/{k:02d}", "max_points": 500},
                     max(1, args.requests // args.keys),
                 )
-            _report(f"one key ({per_key:,} points -> 500)", ms)
-            _report(
+            report(f"one key ({per_key:,} points -> 500)", ms)
+            report(
                 f"all {args.keys} keys in one request",
-                _time(client, {"run_id": run_id, "max_points": 500}, max(5, args.requests // 10)),
+                time_get(client, {"run_id": run_id, "max_points": 500}, max(5, args.requests // 10)),
             )
-            _report(
+            report(
                 "live tail (since_step = last step - 100)",
-                _time(
+                time_get(
                     client, {"run_id": run_id, "key": "metric/00", "since_step": per_key - 101}, args.requests
                 ),
             )
-            _report(
+            report(
                 f"worst case: one key with {args.points:,} points -> 500",
-                _time(client, {"run_id": single_id, "key": "loss", "max_points": 500}, 5),
+                time_get(client, {"run_id": single_id, "key": "loss", "max_points": 500}, 5),
             )
-        finally:
-            server.terminate()
-            server.wait(10)
 
 
 if __name__ == "__main__":

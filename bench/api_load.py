@@ -1,0 +1,237 @@
+"""API under load: mixed reads at a fixed rate against a real server, and log -> visible over SSE.
+
+    python bench/api_load.py                      # 200 requests/s for 60 s, then the SSE latency
+    python bench/api_load.py --rate 50 --duration 10 --sse-steps 10  # a smoke run
+
+1. A fresh data directory and SQLite database (or --database-url), seeded through backend.store with
+   `--runs` runs (20 metric keys x `--steps` steps each, 16 samples at every 100th step), served by a
+   real uvicorn process (backend.main:create_app) on a loopback port.
+2. Open-loop load from an asyncio/httpx generator in this process: request i is due at i / rate seconds
+   and its latency counts from that due time (so a server that falls behind cannot hide its queue),
+   for `--duration` seconds; bounded by count (rate x duration) and time (a request gets --timeout).
+   Mix: 30 % run list (GET /runs?limit=50), 30 % run get (GET /runs/{id}), 25 % series (GET
+   /metrics/series, one key, max_points=500), 15 % samples (GET /runs/{id}/samples?limit=16).
+   Reported: p50/p95/p99 per kind and overall, errors (non-2xx, timeouts, connection errors).
+3. Log -> visible: a writer process calls store.write_metrics for a running run every ~0.37 s (the row's
+   wall_time = the moment it logs); a client subscribed to GET /runs/{id}/events records, per metrics
+   event, receive time - wall_time. The server polls the database every `sse_poll_interval` seconds
+   (setting KLQ_SSE_POLL_INTERVAL, default 1.0) while a stream is idle, so that interval bounds the
+   delay: measured at the default and at 0.25 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+from common import machine, percentile  # noqa: E402
+
+KINDS = (("run list", 0.30), ("run get", 0.30), ("series", 0.25), ("samples", 0.15))
+
+
+def seed(url: str, runs: int, keys: int, steps: int) -> list[int]:
+    from backend import migrate, store
+    from backend.db import Database
+
+    migrate.upgrade(url)
+    db = Database(url)
+    ids = []
+    t0 = time.perf_counter()
+    with db.write_session() as s:
+        for r in range(runs):
+            run = store.create_run(s, {"name": f"load-{r}", "algorithm": "klq" if r % 2 else "ppo"},
+                                   tags=["bench", f"group-{r % 5}"], commit=False)
+            rows = [(f"metric/{k:02d}", step, (step % 97) / 97 + k, 1.7e9 + step)
+                    for step in range(1, steps + 1) for k in range(keys)]
+            store.write_metrics(s, run.id, rows, commit=False)
+            store.write_samples(s, run.id, [
+                {"step": step, "prompt_id": f"p{i}", "prompt": f"prompt {i} " * 20,
+                 "response": f"response {step} {i} " * 30, "score": 0.1 * i, "kl": 0.01 * step}
+                for step in range(100, steps + 1, 100) for i in range(16)
+            ], commit=False)
+            ids.append(run.id)
+        s.commit()
+    db.dispose()
+    print(f"seeded {runs} runs x {keys} keys x {steps:,} steps ({runs * keys * steps:,} points) and samples "
+          f"in {time.perf_counter() - t0:.1f} s", flush=True)
+    return ids
+
+
+def _request(kind: str, rng: random.Random, run_ids: list[int], keys: int) -> tuple[str, dict]:
+    rid = rng.choice(run_ids)
+    if kind == "run list":
+        return "/runs", {"limit": 50}
+    if kind == "run get":
+        return f"/runs/{rid}", {}
+    if kind == "series":
+        return "/metrics/series", {"run_id": rid, "key": f"metric/{rng.randrange(keys):02d}", "max_points": 500}
+    return f"/runs/{rid}/samples", {"limit": 16}
+
+
+async def load(base_url: str, run_ids: list[int], keys: int, rate: float, duration: float,
+               timeout: float, max_in_flight: int) -> dict:
+    import httpx
+
+    rng = random.Random(0)
+    total = int(rate * duration)
+    kinds = rng.choices([k for k, _ in KINDS], weights=[w for _, w in KINDS], k=total)
+    lat: dict[str, list[float]] = {k: [] for k, _ in KINDS}
+    errors: dict[str, int] = {}
+    late = 0
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as client:
+        t0 = time.perf_counter()
+
+        async def one(i: int, kind: str) -> None:
+            nonlocal late
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.05:
+                late += 1  # the generator itself fell behind; the latency below still counts from `due`
+            path, params = _request(kind, rng, run_ids, keys)
+            try:
+                r = await client.get(path, params=params)
+                if r.status_code >= 300:
+                    errors[f"HTTP {r.status_code}"] = errors.get(f"HTTP {r.status_code}", 0) + 1
+                    return
+                await r.aread()
+            except httpx.HTTPError as err:
+                errors[type(err).__name__] = errors.get(type(err).__name__, 0) + 1
+                return
+            lat[kind].append((time.perf_counter() - due) * 1000)
+
+        tasks = [asyncio.create_task(one(i, k)) for i, k in enumerate(kinds)]
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - t0
+    return {"sent": total, "elapsed_s": elapsed, "latency_ms": lat, "errors": errors, "late_starts": late}
+
+
+WRITER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from backend import store
+from backend.db import Database
+db = Database(sys.argv[2]); run_id = int(sys.argv[3]); n = int(sys.argv[4]); gap = float(sys.argv[5])
+time.sleep(1.5)  # let the client subscribe
+for step in range(1, n + 1):
+    now = time.time()
+    with db.write_session() as s:
+        store.write_metrics(s, run_id, [("loss", step, 1.0 / step, now), ("kl", step, 0.01 * step, now)])
+    time.sleep(gap)
+with db.write_session() as s:
+    store.set_status(s, run_id, "succeeded")
+"""
+
+
+def sse_delays(url: str, data_dir: str, poll: float, steps: int, gap: float) -> list[float]:
+    """Seconds from a metric's write to its arrival over SSE, one per step."""
+    import httpx
+    from series_http import serve
+
+    from backend import store
+    from backend.db import Database
+
+    db = Database(url)
+    with db.write_session() as s:
+        run_id = store.create_run(s, {"name": f"sse-{poll}"}).id
+        store.set_status(s, run_id, "running")
+    db.dispose()
+    delays: list[float] = []
+    with serve(url, data_dir, {"KLQ_SSE_POLL_INTERVAL": str(poll)}) as (client, port):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(ROOT), url, str(run_id), str(steps), str(gap)])
+        try:
+            deadline = time.time() + 1.5 + steps * (gap + 0.5) + 10
+            with httpx.stream("GET", f"http://127.0.0.1:{port}/api/v1/runs/{run_id}/events",
+                              params={"since_step": 0}, timeout=30) as r:
+                event = None
+                for line in r.iter_lines():
+                    if time.time() > deadline:
+                        break
+                    if line.startswith("event:"):
+                        event = line.split(":", 1)[1].strip()
+                    elif line.startswith("data:") and event == "metrics":
+                        data = json.loads(line.split(":", 1)[1])
+                        delays.append(time.time() - data["wall_time"])
+                    elif line.startswith("data:") and event == "end":
+                        break
+        finally:
+            writer.wait(60)
+    return delays
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    p.add_argument("--timeout", type=float, default=10.0, help="per request")
+    p.add_argument("--max-in-flight", type=int, default=256)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--keys", type=int, default=20)
+    p.add_argument("--steps", type=int, default=1000, help="metric steps per seeded run")
+    p.add_argument("--sse-steps", type=int, default=40, help="metric writes per SSE measurement")
+    p.add_argument("--sse-polls", default="1.0,0.25", help="sse_poll_interval values to measure")
+    p.add_argument("--database-url", help="default: SQLite in the fresh data directory")
+    p.add_argument("--json")
+    a = p.parse_args()
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    from series_http import serve
+
+    with tempfile.TemporaryDirectory(prefix="klq-bench-api-") as tmp:
+        url = a.database_url or f"sqlite:///{Path(tmp) / 'klq.db'}"
+        run_ids = seed(url, a.runs, a.keys, a.steps)
+        with serve(url, tmp) as (client, port):
+            print(f"load: {a.rate:g} requests/s for {a.duration:g} s against 127.0.0.1:{port} ...", flush=True)
+            result = asyncio.run(load(f"http://127.0.0.1:{port}/api/v1", run_ids, a.keys, a.rate, a.duration,
+                                      a.timeout, a.max_in_flight))
+        sse: dict[str, list[float]] = {}
+        for poll in [float(x) for x in a.sse_polls.split(",") if x]:
+            print(f"SSE: log -> visible with sse_poll_interval {poll:g} s ({a.sse_steps} writes) ...", flush=True)
+            sse[f"{poll:g}"] = sse_delays(url, tmp, poll, a.sse_steps, 0.37)
+
+    print()
+    print(f"# api_load  {started}  {machine()}")
+    print(f"server: one uvicorn process (backend.main:create_app), {'SQLite' if not a.database_url else a.database_url}; "
+          f"{a.runs} runs x {a.keys} keys x {a.steps:,} steps; open loop {a.rate:g}/s for {a.duration:g} s "
+          f"({result['sent']:,} requests, finished in {result['elapsed_s']:.1f} s, {result['late_starts']} late starts)")
+    print()
+    print(f"{'kind':<10} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    every: list[float] = []
+    for kind, ms in result["latency_ms"].items():
+        every += ms
+        if ms:
+            print(f"{kind:<10} {len(ms):>6} {statistics.median(ms):8.1f} {percentile(ms, .95):8.1f} "
+                  f"{percentile(ms, .99):8.1f} {max(ms):8.1f}")
+    n_err = sum(result["errors"].values())
+    print(f"{'all':<10} {len(every):>6} {statistics.median(every):8.1f} {percentile(every, .95):8.1f} "
+          f"{percentile(every, .99):8.1f} {max(every):8.1f}   errors {n_err} {result['errors'] or ''}"
+          f"   (goal p99 < 200 ms, no errors)")
+    print()
+    print(f"{'SSE log -> visible':<28} {'n':>4} {'p50 s':>7} {'p95 s':>7} {'max s':>7}")
+    for poll, ds in sse.items():
+        if ds:
+            print(f"sse_poll_interval {poll:<9} s {len(ds):>4} {statistics.median(ds):7.3f} {percentile(ds, .95):7.3f} "
+                  f"{max(ds):7.3f}   (goal p95 < 1 s)")
+        else:
+            print(f"sse_poll_interval {poll:<9} s: no events received")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"started": started, "machine": machine(), "args": vars(a),
+                                            "load": result, "sse_s": sse}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
