@@ -21,7 +21,7 @@ import httpx
 import pytest
 from backend_testkit import REPO, Server, free_port, fresh_database, start_server, stop_server
 
-from backend import migrate
+from backend import migrate, store
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts" / "e2e"
@@ -37,6 +37,7 @@ pytestmark = [
 ]
 
 FORM_ITERATIONS = 12
+XSS = "<script>alert('xss')</script> <b>bold</b> <img src=x onerror=alert(1)>"
 REST_CONFIG = {  # the second run, queued over REST: PPO, a few iterations
     "algorithm": "ppo",
     "task": {"name": "builtin", "num_eval_prompts": 8},
@@ -246,13 +247,39 @@ def test_launch_watch_samples_compare(stack: Stack, browser) -> None:
     assert wait_run(stack.api, rest["id"])["status"] == "succeeded"
     phase("both runs finished")
 
-    # Samples: both runs side by side
+    # Samples: both runs side by side; a response with markup (written as a worker would) stays text
     a, b = form_run["id"], rest["id"]
+    with stack.api.db.write_session() as s, stack.api.client() as c:
+        for rid in (a, b):
+            step = c.get(f"/runs/{rid}/samples/steps").json()[-1]["step"]
+            store.write_samples(
+                s,
+                rid,
+                [
+                    {
+                        "step": step,
+                        "prompt_id": "zz-markup",
+                        "prompt": "<i>prompt</i>",
+                        "response": XSS,
+                        "score": 0.0,
+                    }
+                ],
+            )
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(f"{stack.ui_url}/samples?runs={a},{b}")
     page.get_by_role("heading", name="Samples & judgements").wait_for()
     wait_idle(page)
     page.get_by_test_id("stCode").first.wait_for()
     assert page.get_by_test_id("stCode").count() >= 3  # a prompt and the two runs' responses, at least
+    markup = page.get_by_test_id("stCode").filter(has_text="<script>alert('xss')</script>").first
+    markup.wait_for()
+    assert "<b>bold</b>" in markup.inner_text()
+    assert page.locator("[data-testid=stMain] b", has_text="bold").count() == 0  # no element made from it
+    assert page.locator("[data-testid=stMain] i", has_text="prompt").count() == 0
+    assert not dialogs
+    markup.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "05b-samples-markup-as-text.png"))
     shot(page, "05-samples")
     phase("samples")
     # launch a judgement (the gold judge) from the Samples page and watch it to its win-rate
