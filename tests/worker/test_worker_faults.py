@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections import defaultdict
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text, update
-from worker_testkit import Stack, make_stack, process_gone, wait_for
-
-from backend.models import Run
+from sqlalchemy import text
+from worker_testkit import Stack, make_stack, metric_steps, process_gone, wait_for
 
 pytestmark = pytest.mark.slow
 
-STATE_FILE = (
-    "trainer_state.pt"  # klq.trainer.STATE_FILE: written last, so its presence marks a complete checkpoint
-)
+# klq.trainer.STATE_FILE: written last, so its presence marks a complete checkpoint
+STATE_FILE = "trainer_state.pt"
 
 
 def complete_checkpoints(run_dir: Path) -> list[int]:
@@ -30,18 +25,6 @@ def complete_checkpoints(run_dir: Path) -> list[int]:
         for p in root.glob("step-*")
         if re.fullmatch(r"step-\d+", p.name) and (p / STATE_FILE).exists()
     )
-
-
-def metric_steps(stack: Stack, run_id: int) -> dict[str, list[int]]:
-    """Every stored (key, step) of a run, straight from the metrics table."""
-    with stack.db.session() as session:
-        rows = session.execute(
-            text("SELECT key, step FROM metrics WHERE run_id = :r ORDER BY key, step"), {"r": run_id}
-        ).all()
-    out: dict[str, list[int]] = defaultdict(list)
-    for key, step in rows:
-        out[key].append(step)
-    return dict(out)
 
 
 def assert_every_step_once(stack: Stack, run_id: int, n: int, eval_interval: int) -> None:
@@ -220,35 +203,3 @@ def test_redis_restart_mid_run(tmp_path_factory, worker_assets, private_redis) -
             assert worker.alive()
     finally:
         next(gen, None)
-
-
-def test_run_whose_worker_died_after_its_final_checkpoint_succeeds(stack: Stack, client, main_worker) -> None:
-    """The window between the final checkpoint and marking the run succeeded: the run's files say it is
-    done, the database says running with a dead lease. The reaper re-queues it, and the next attempt
-    marks it succeeded instead of trying to resume a finished run (which would fail it)."""
-    on_main = [r for r in stack.succeeded if client.get(f"/runs/{r}").json()["queue"] == stack.queues["main"]]
-    if on_main:  # a run of an earlier test, on the queue of the worker that stays up
-        run_id = on_main[-1]
-    else:
-        run_id = stack.create_run(client, iterations=2, checkpoint_interval=2)["id"]
-        assert stack.wait_status(client, run_id, ("succeeded", "failed"), 90)["status"] == "succeeded"
-    before = client.get(f"/runs/{run_id}").json()
-    # its task must have ended: a supervisor still watching the run would see the fake lease as a takeover
-    wait_for(main_worker.idle, 30, "the worker to finish its task")
-    with stack.db.write_session() as session:
-        session.execute(
-            update(Run)
-            .where(Run.id == run_id)
-            .values(
-                status="running",
-                finished_at=None,
-                lease_owner="dead-worker",
-                heartbeat_at=datetime.now(timezone.utc) - timedelta(hours=1),
-            )
-        )
-        session.commit()
-    run = stack.wait_status(client, run_id, ("succeeded", "failed", "cancelled"), 60)
-    assert run["status"] == "succeeded", (run, stack.diagnostics(run_id))
-    assert run["attempts"] == before["attempts"] + 1 and run["error"] is None
-    assert "had already finished training" in stack.train_log(run_id)
-    assert metric_steps(stack, run_id)["objective/scores"] == list(range(1, before["iteration"] + 1))

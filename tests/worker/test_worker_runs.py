@@ -1,5 +1,6 @@
 """Runs and judgements through the API, trained by a real `klq worker` process, on both stacks:
-live metrics and samples, success, cancel, a failing run's reason, a gold-judge judgement."""
+live metrics and samples, success, a run whose worker died after its final checkpoint, cancel, a failing
+run's reason, a gold-judge judgement, and a judgement whose worker was SIGKILLed."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import io
 import re
 import time
 import zipfile
+from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import text
-from worker_testkit import Stack, process_gone, wait_for
+from sqlalchemy import text, update
+from worker_testkit import Stack, metric_steps, process_gone, wait_for
+
+from backend.models import Run
 
 pytestmark = pytest.mark.slow
 
@@ -89,6 +93,38 @@ def test_run_trains_live_and_succeeds(stack: Stack, client, main_worker) -> None
     outcome = wait_for(lambda: done.findall(worker.log(mark)), 30, "the task to end")
     assert outcome == ["succeeded"] and "lease lost" not in worker.log(mark)
     stack.succeeded.append(run_id)
+
+
+def test_run_whose_worker_died_after_its_final_checkpoint_succeeds(stack: Stack, client, main_worker) -> None:
+    """The window between the final checkpoint and marking the run succeeded: the run's files say it is
+    done, the database says running with a dead lease. The reaper re-queues it, and the next attempt
+    marks it succeeded instead of trying to resume a finished run (which would fail it)."""
+    on_main = [r for r in stack.succeeded if client.get(f"/runs/{r}").json()["queue"] == stack.queues["main"]]
+    if on_main:  # a run of an earlier test, on the queue of the worker that stays up
+        run_id = on_main[-1]
+    else:
+        run_id = stack.create_run(client, iterations=2, checkpoint_interval=2)["id"]
+        assert stack.wait_status(client, run_id, ("succeeded", "failed"), 90)["status"] == "succeeded"
+    before = client.get(f"/runs/{run_id}").json()
+    # its task must have ended: a supervisor still watching the run would see the fake lease as a takeover
+    wait_for(main_worker.idle, 30, "the worker to finish its task")
+    with stack.db.write_session() as session:
+        session.execute(
+            update(Run)
+            .where(Run.id == run_id)
+            .values(
+                status="running",
+                finished_at=None,
+                lease_owner="dead-worker",
+                heartbeat_at=datetime.now(timezone.utc) - timedelta(hours=1),
+            )
+        )
+        session.commit()
+    run = stack.wait_status(client, run_id, ("succeeded", "failed", "cancelled"), 60)
+    assert run["status"] == "succeeded", (run, stack.diagnostics(run_id))
+    assert run["attempts"] == before["attempts"] + 1 and run["error"] is None
+    assert "had already finished training" in stack.train_log(run_id)
+    assert metric_steps(stack, run_id)["objective/scores"] == list(range(1, before["iteration"] + 1))
 
 
 def test_cancel_mid_run_keeps_metrics_and_checkpoints(stack: Stack, client, main_worker) -> None:

@@ -20,12 +20,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
@@ -292,6 +294,18 @@ class Stack:
             f"    app.send_task({task!r}, args=[{object_id}], queue={self.queues[role]!r})\n"
         )
         subprocess.run([sys.executable, "-c", code], cwd=REPO, env=self.env, check=True, timeout=60)
+
+
+def metric_steps(stack: Stack, run_id: int) -> dict[str, list[int]]:
+    """Every stored (key, step) of a run, straight from the metrics table."""
+    with stack.db.session() as session:
+        rows = session.execute(
+            text("SELECT key, step FROM metrics WHERE run_id = :r ORDER BY key, step"), {"r": run_id}
+        ).all()
+    out: dict[str, list[int]] = defaultdict(list)
+    for key, step in rows:
+        out[key].append(step)
+    return dict(out)
 
 
 def make_stack(
