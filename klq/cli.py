@@ -127,6 +127,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """A Celery worker: threads pool (the work itself runs in child processes), one slot per GPU,
     prefetch 1, early acks plus the database lease (see worker/tasks.py for why)."""
+    import os
     import socket
 
     from worker.tasks import DEVICES, app
@@ -134,7 +135,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     concurrency = args.concurrency or max(1, DEVICES.total)
     argv = ["worker", "--pool=threads", f"--concurrency={concurrency}", f"--queues={args.queues}",
             f"--loglevel={args.loglevel}", "--prefetch-multiplier=1", "--without-gossip", "--without-mingle",
-            f"--hostname=klq-{args.queues.replace(',', '-')}@{socket.gethostname()}"]
+            f"--hostname=klq-{args.queues.replace(',', '-')}-{os.getpid()}@{socket.gethostname()}"]
     app.worker_main(argv)
     return 0
 
