@@ -22,6 +22,7 @@ else ``$KLQ_API_TOKEN``, else the file ``<data_dir>/api_token`` that the API wri
 from __future__ import annotations
 
 import io
+import numbers
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -185,8 +186,8 @@ class Client(_RestClient):
         """
         import pandas as pd
 
-        single = isinstance(run_ids, int)
-        ids = [int(run_ids)] if single else [int(r) for r in run_ids]  # type: ignore[union-attr]
+        single = isinstance(run_ids, numbers.Integral)
+        ids = [int(run_ids)] if single else [int(r) for r in run_ids]  # type: ignore[union-attr,arg-type]
         key_list = [keys] if isinstance(keys, str) else (list(keys) if keys is not None else None)
         columns = ["run_id", "step", "key", "value", "wall_time"]
         if max_points is None:
@@ -224,7 +225,6 @@ class Client(_RestClient):
             out = out.sort_index()
             if key_list and single:
                 out = out.reindex(columns=[k for k in key_list if k in out.columns])
-            out.columns.name = "key" if single else out.columns.name
             return out
         keep = ["step", "key", "value"] + (["wall_time"] if wall_time else [])
         if not single:
