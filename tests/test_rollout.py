@@ -117,3 +117,31 @@ def test_each_model_runs_once_per_chunk_and_reward_is_retokenised(tiny):
     # Missing-EOS penalty: subtracted exactly where the response did not end.
     assert torch.allclose(batch.scores, batch.raw_scores - (~batch.ended).float())
     assert batch.logp_old[batch.response_mask == 0].eq(0).all()
+
+
+@pytest.mark.parametrize("vocab", [7, 300, 1000])
+def test_sampled_tokens_follow_the_softmax(vocab):
+    """The sampler draws from softmax(logits / T) (checked against the exact probabilities), never draws a
+    token that top-k / top-p removed, and reports the log-prob of the drawn token under the full softmax."""
+    from klq.rollout import _filter_logits, sample
+
+    torch.manual_seed(0)
+    logits = torch.randn(vocab) * 2
+
+    class Fixed(torch.nn.Module):  # a "model" whose next-token logits are always `logits`
+        def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None, **_):
+            out = logits.expand(input_ids.shape[0], input_ids.shape[1], vocab)
+            return type("Out", (), {"logits": out, "cache": None})()
+
+    rows = 4000
+    ids = torch.ones(rows, 2, dtype=torch.long)
+    tokens, logp = sample(Fixed(), ids, torch.ones_like(ids), 5, eos_token_id=-1, pad_token_id=0,
+                          temperature=0.8)
+    probs = torch.softmax(logits / 0.8, -1)
+    freq = torch.bincount(tokens.flatten(), minlength=vocab).double() / tokens.numel()
+    assert 0.5 * (freq - probs.double()).abs().sum() < 0.03  # total variation distance, 20k draws
+    assert torch.allclose(logp, torch.log_softmax(logits / 0.8, -1)[tokens], atol=1e-5)
+    kept = torch.isfinite(_filter_logits((logits / 0.8)[None], 5, 0.9)[0])
+    tokens, _ = sample(Fixed(), ids[:500], torch.ones_like(ids[:500]), 5, eos_token_id=-1, pad_token_id=0,
+                       temperature=0.8, top_k=5, top_p=0.9)
+    assert kept[tokens].all()
