@@ -63,6 +63,50 @@ def logprobs_of(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Ten
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+class _TokenLogprobs(torch.autograd.Function):
+    """log pi(token) and the entropy of softmax(logits / temperature), fused for a big vocabulary.
+
+    Forward makes one (N, V) buffer of shifted, scaled logits and one of their exponentials; backward
+    turns the saved exponentials into the gradient in place: d logp / d logits = (onehot - p) / tau.
+    Unlike log_softmax + gather (+ a second log_softmax for the entropy), no log-softmax output, no zeros
+    tensor for gather's backward and no separate temperature division are materialised: on CPU, where
+    every (N, V) pass and fresh allocation costs about as much as the LM-head matmul, this is most of
+    the loss-side work."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, tokens: Tensor, temperature: float):
+        z = logits.float()
+        peak = z.max(-1, keepdim=True).values
+        shifted = (z - peak).div_(temperature)  # (z - max) / tau <= 0
+        weights = shifted.exp()
+        total = weights.sum(-1, keepdim=True)
+        log_total = total.log()
+        logp = (shifted.gather(-1, tokens.unsqueeze(-1)) - log_total).squeeze(-1)
+        # H = -sum p log p = log(total) - sum(weights * shifted) / total, without an (N, V) product tensor
+        dot = torch.matmul(weights.unsqueeze(-2), shifted.unsqueeze(-1)).squeeze(-1)
+        entropy = (log_total - dot / total).squeeze(-1)
+        ctx.save_for_backward(weights, total, tokens)
+        ctx.temperature = temperature
+        ctx.logits_dtype = logits.dtype
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logp: Tensor, _grad_entropy: Tensor):
+        weights, total, tokens = ctx.saved_tensors
+        g = grad_logp.unsqueeze(-1) / ctx.temperature
+        grad = weights.mul_(-g / total)  # -p * g / tau, in the saved buffer (backward runs once)
+        grad.scatter_add_(-1, tokens.unsqueeze(-1), g)
+        return grad.to(ctx.logits_dtype), None, None
+
+
+def logprobs_and_entropy(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """(logprobs_of(logits, tokens, temperature), entropy_of(logits, temperature)) in one fused pass;
+    only the log-probs carry a gradient. logits: (B, T, V), tokens: (B, T) -> ((B, T), (B, T))."""
+    return _TokenLogprobs.apply(logits, tokens, temperature)
+
+
 def entropy_of(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Entropy of softmax(logits / temperature) per position. logits: (B, T, V) -> (B, T)."""
     logits = logits.float() / temperature

@@ -144,16 +144,19 @@ def position_ids_from(mask: Tensor) -> Tensor:
 def response_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
     """Logits that predict the T response tokens: those at the T positions before each response token.
 
-    input_ids, attention_mask: (B, P + T) -> (B, T, V). Only T + 1 positions go through the LM head.
+    input_ids, attention_mask: (B, P + T) -> (B, T, V). Only those T positions go through the LM head, and
+    the logits come back as they are (no slice of a larger tensor, whose backward would allocate and
+    fill a (B, T + 1, V) gradient).
     """
+    seq = input_ids.shape[1]
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from(attention_mask),
-        logits_to_keep=response_length + 1,
+        logits_to_keep=torch.arange(seq - response_length - 1, seq - 1, device=input_ids.device),
         use_cache=False,
     )
-    return out.logits[:, :-1]
+    return out.logits
 
 
 def _backbone_hidden(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

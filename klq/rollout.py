@@ -11,11 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from klq.config import RolloutConfig
-from klq.losses import logprobs_of, masked_sum
+from klq.losses import logprobs_and_entropy, masked_sum
 from klq.models import Models, position_ids_from, response_logits, sequence_scores
 from klq.tasks import Prompt
 
@@ -69,6 +68,42 @@ def _filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
     return logits
 
 
+_BLOCK = 256  # vocabulary entries per block of the two-level inverse-CDF search in _sample_token
+
+
+def _sample_token(scaled: Tensor, top_k: int, top_p: float) -> tuple[Tensor, Tensor]:
+    """One token per row of temperature-scaled (B, V) logits, and its log-prob under softmax(scaled).
+
+    Inverse-CDF sampling with one uniform number per row: the same categorical distribution as
+    torch.multinomial, which draws V exponential variates per row (that dominated CPU generation at a
+    50k vocabulary). Two levels, so that no sequential scan runs over the whole vocabulary: a vectorised
+    sum per block of 256 entries, a float64 cumulative sum over the ~200 block sums to pick the block, and
+    one over the chosen block to pick the token. Entries that top-k / top-p removed have weight 0 and are
+    never drawn (strictly-greater search, and the residual is kept below the chosen block's total).
+    """
+    B, V = scaled.shape
+    peak = scaled.max(-1, keepdim=True).values
+    unnorm = (scaled - peak).exp()
+    lse = peak.squeeze(-1) + unnorm.sum(-1).log()  # logsumexp(scaled), from the same exp pass
+    weights = unnorm if top_k <= 0 and top_p >= 1.0 else (_filter_logits(scaled, top_k, top_p) - peak).exp()
+    full = V // _BLOCK * _BLOCK
+    sums = weights[:, :full].reshape(B, -1, _BLOCK).sum(-1)
+    if full < V:
+        sums = torch.cat([sums, weights[:, full:].sum(-1, keepdim=True)], dim=1)
+    block_cdf = sums.double().cumsum(-1)
+    target = torch.rand(B, 1, dtype=torch.float64, device=scaled.device) * block_cdf[:, -1:]
+    block = torch.searchsorted(block_cdf, target, right=True).clamp(max=block_cdf.shape[1] - 1)
+    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)), 0.0)
+    columns = block * _BLOCK + torch.arange(_BLOCK, device=scaled.device)  # (B, BLOCK)
+    inside = columns < V
+    in_block = torch.where(inside, weights.gather(1, columns.clamp(max=V - 1)), 0.0).double().cumsum(-1)
+    residual = torch.minimum(target - before, in_block[:, -1:] * (1 - 1e-12))
+    offset = torch.searchsorted(in_block, residual, right=True).clamp(max=_BLOCK - 1)
+    token = (block * _BLOCK + offset).squeeze(-1)
+    logp = scaled.gather(-1, token[:, None]).squeeze(-1) - lse
+    return token, logp
+
+
 @torch.no_grad()
 def sample(
     policy: torch.nn.Module,
@@ -91,7 +126,9 @@ def sample(
     batch = query_ids.shape[0]
     device = query_ids.device
     mask = query_mask.long()
-    out = policy(input_ids=query_ids, attention_mask=mask, position_ids=position_ids_from(mask), use_cache=True)
+    # The prefill needs the logits of the last prompt position only (not P x V of them).
+    out = policy(input_ids=query_ids, attention_mask=mask, position_ids=position_ids_from(mask), use_cache=True,
+                 logits_to_keep=1)
     cache, logits = out.cache, out.logits[:, -1].float()
     next_position = mask.sum(-1, keepdim=True)
     tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
@@ -101,10 +138,9 @@ def sample(
         scaled = logits / temperature
         if greedy:
             token = scaled.argmax(-1)
+            logp = scaled.gather(-1, token[:, None]).squeeze(-1) - torch.logsumexp(scaled, -1)
         else:
-            probs = _filter_logits(scaled, top_k, top_p).softmax(-1)
-            token = torch.multinomial(probs, 1).squeeze(-1)
-        logp = F.log_softmax(scaled, -1).gather(-1, token[:, None]).squeeze(-1)
+            token, logp = _sample_token(scaled, top_k, top_p)
         tokens[:, t] = torch.where(finished, pad_token_id, token)
         logprobs[:, t] = torch.where(finished, 0.0, logp)
         finished |= token == eos_token_id
@@ -167,9 +203,13 @@ def generate_and_score(
     forward_batch_size: int,
     gold_reward: Callable[[list[str], list[str]], list[float] | None] | None = None,
     greedy: bool = False,
+    generation_batch_size: int = 64,
 ) -> Rollout:
     """Sample responses for `prompts` and compute everything the algorithms need, in chunks of
-    `forward_batch_size` rows for the no-grad scoring passes."""
+    `forward_batch_size` rows for the no-grad scoring passes. Sampling takes max(forward_batch_size,
+    generation_batch_size) rows at a time (64: TRL's local_rollout_forward_batch_size): a decode step
+    costs about the same for 16 rows as for 64 (it reads every weight once either way), so fewer,
+    wider chunks mean fewer decode steps per batch."""
     tok = models.tokenizer
     enc = tok([p.text for p in prompts], return_tensors="pt", padding=True, truncation=True,
               max_length=max_prompt_length)
@@ -178,8 +218,9 @@ def generate_and_score(
     was_training = policy.training
     policy.eval()
     chunks = []
-    for start in range(0, len(prompts), forward_batch_size):
-        rows = slice(start, start + forward_batch_size)
+    sample_rows = max(forward_batch_size, generation_batch_size)
+    for start in range(0, len(prompts), sample_rows):
+        rows = slice(start, start + sample_rows)
         chunks.append(sample(policy, query_ids[rows], query_mask[rows], T, tok.eos_token_id, tok.pad_token_id,
                              cfg.temperature, greedy, cfg.top_k, cfg.top_p))
     policy.train(was_training)
@@ -198,7 +239,7 @@ def generate_and_score(
         rows = slice(start, start + forward_batch_size)
         ids, am = input_ids[rows], attention_mask[rows]
         logits = response_logits(models.reference, ids, am, T)
-        logp_ref.append(logprobs_of(logits, response_ids[rows], cfg.temperature))
+        logp_ref.append(logprobs_and_entropy(logits, response_ids[rows], cfg.temperature)[0])
         values_old.append(models.value(ids, am, T))
         r_ids, r_mask = _reward_inputs(models, ids, am, texts[rows])
         raw_scores.append(sequence_scores(models.reward, r_ids, r_mask))

@@ -63,7 +63,9 @@ class TrainResult:
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The newest complete checkpoint directory of a run (complete = its state file was written last)."""
     root = Path(out_dir) / CHECKPOINTS
-    done = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).exists()) if root.exists() else []
+    # step-N only: a step-N.tmp directory is a checkpoint still being written (see save_checkpoint).
+    done = sorted(p for p in root.glob("step-*") if p.name[5:].isdigit() and (p / STATE_FILE).exists()) \
+        if root.exists() else []
     return done[-1] if done else None
 
 
@@ -178,6 +180,8 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
              "lr": tc.value_learning_rate or tc.learning_rate},
         ],
         eps=tc.adam_eps, weight_decay=tc.weight_decay,
+        # One fused kernel per step instead of a loop of per-parameter ops (fp32 master weights on CPU and GPU).
+        fused=device.type in ("cpu", "cuda"),
     )
     scheduler = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=tc.warmup_steps,
                               num_training_steps=num_iterations * updates_per_iteration)
@@ -301,7 +305,8 @@ def _update(cfg: RunConfig, algorithm, accelerator: Accelerator, policy, value, 
                 mask = batch.response_mask[rows]
                 with accelerator.accumulate(policy, value):
                     logits = response_logits(policy, input_ids[rows], attention_mask[rows], T)
-                    logp = losses.logprobs_of(logits, batch.response_ids[rows], cfg.rollout.temperature)
+                    logp, entropy = losses.logprobs_and_entropy(logits, batch.response_ids[rows],
+                                                                cfg.rollout.temperature)
                     values = value(input_ids[rows], attention_mask[rows], T)
                     mb = {k: v[rows] for k, v in data.items()}
                     loss, stats = algorithm.loss(logp, values, mb, mask)
@@ -322,8 +327,7 @@ def _update(cfg: RunConfig, algorithm, accelerator: Accelerator, policy, value, 
                     log_ratio = torch.where(mask.bool(), logp - mb["logp_old"], 0.0)
                     stats["policy/approxkl"] = 0.5 * losses.masked_mean(log_ratio**2, mask)
                     stats["val/ratio"] = losses.masked_mean(log_ratio.exp(), mask)
-                    stats["policy/entropy"] = losses.masked_mean(
-                        losses.entropy_of(logits.detach(), cfg.rollout.temperature), mask)
+                    stats["policy/entropy"] = losses.masked_mean(entropy, mask)
                 for key, val in stats.items():
                     sums[key] += float(val)
                 count += 1

@@ -826,6 +826,24 @@ def test_logprobs_and_entropy_vs_loop(temperature):
     close(ent.double(), exp_ent, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_logprobs_and_entropy_match_separate_ones_with_gradient(temperature):
+    """The fused function the trainer uses: same log-probs and entropy as logprobs_of / entropy_of, the
+    same gradient of the log-probs, and an entropy without gradient."""
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 6, 257) * 4).requires_grad_()
+    tokens = torch.randint(0, 257, (3, 6))
+    weights = torch.randn(3, 6)
+    lp, ent = L.logprobs_and_entropy(logits, tokens, temperature)
+    (grad,) = torch.autograd.grad((lp * weights).sum(), logits)
+    ref_lp = L.logprobs_of(logits, tokens, temperature)
+    (ref_grad,) = torch.autograd.grad((ref_lp * weights).sum(), logits)
+    close(lp, ref_lp.detach(), rtol=1e-5, atol=1e-5)
+    close(ent, L.entropy_of(logits.detach(), temperature), rtol=1e-5, atol=1e-5)
+    close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+    assert not ent.requires_grad
+
+
 def test_klq_action_values_formula():
     b = make_batch(2)
     got = L.klq_action_values(b["logp"], b["logp_ref"], b["values"], 0.3)
