@@ -258,6 +258,7 @@ def test_dockerfile_variants_and_files() -> None:
     assert (REPO / "docker" / "healthcheck.py").exists()
     sys.path.insert(0, str(REPO / "docker"))
     try:
+        import healthcheck
         import install_deps
     finally:
         sys.path.remove(str(REPO / "docker"))
@@ -265,6 +266,11 @@ def test_dockerfile_variants_and_files() -> None:
     extras = pyproject["project"]["optional-dependencies"]
     default_extras = re.search(r"^ARG EXTRAS=(\S+)", text, re.M).group(1).split(",")
     assert set(default_extras) <= set(extras), default_extras
+    # the worker healthcheck knows the node names `klq worker` gives itself (with and without a pid)
+    pattern = healthcheck.worker_pattern("gpu,cpu", "host-1")
+    assert pattern.match("klq-gpu-cpu@host-1") and pattern.match("klq-gpu-cpu-4242@host-1")
+    assert not pattern.match("klq-gpu-4242@host-1") and not pattern.match("klq-gpu-cpu-1@host-2")
+    assert "klq-{args.queues.replace(',', '-')}" in (REPO / "klq" / "cli.py").read_text()
     reqs = install_deps.requirements(str(REPO / "pyproject.toml"), default_extras)
     assert any(r.startswith("torch") for r in reqs) and any(r.startswith("flower") for r in reqs)
     assert any(r.startswith("flower") for r in extras["ops"])
@@ -288,11 +294,13 @@ def _healthcheck(service: dict, port: int | None = None) -> list[str]:
     return [sys.executable, str(REPO / "docker" / "healthcheck.py"), *args]
 
 
-def _wait(check, timeout: float, what: str) -> None:
+def _wait(check, timeout: float, what: str, logs: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            tails = "".join(f"\n--- {p.name}:\n{p.read_text(errors='replace')[-2000:]}"
+                            for p in sorted(logs.glob("*.log"))) if logs else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{tails}")
         time.sleep(0.3)
 
 
@@ -337,13 +345,14 @@ def test_healthcheck_commands_against_local_services(resolved: dict, local_servi
     api_check = _healthcheck(services["api"], local_services["api_port"])
     ui_check = _healthcheck(services["ui"], local_services["ui_port"])
     cpu_check = _healthcheck(services["worker-cpu"])
-    _wait(lambda: healthy(api_check), 60, "the API's healthcheck to pass")
-    _wait(lambda: healthy(cpu_check), 60, "the CPU worker's healthcheck to pass")
-    _wait(lambda: healthy(ui_check), 90, "the dashboard's healthcheck to pass")
+    logs = local_services["logs"]
+    _wait(lambda: healthy(api_check), 90, "the API's healthcheck to pass", logs)
+    _wait(lambda: healthy(cpu_check), 90, "the CPU worker's healthcheck to pass", logs)
+    _wait(lambda: healthy(ui_check), 90, "the dashboard's healthcheck to pass", logs)
     # a worker of another queue (the GPU worker's check here), and a port nobody listens on, fail
     gpu = subprocess.run(_healthcheck(services["worker-gpu"]), cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=90)
-    assert gpu.returncode == 1 and "klq-gpu@" in gpu.stdout, gpu.stdout + gpu.stderr
+    assert gpu.returncode == 1 and "klq-gpu" in gpu.stdout and "klq-cpu-" in gpu.stdout, gpu.stdout + gpu.stderr
     dead = subprocess.run(_healthcheck(services["api"], _free_port()), capture_output=True, text=True, timeout=30)
     assert dead.returncode == 1 and "refused" in dead.stdout.lower(), dead.stdout
 
