@@ -237,7 +237,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {s: [] for s in sides}
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     for r in range(a.rounds):
-        for side in sides:
+        for side in sides if r % 2 == 0 else sides[::-1]:  # alternate the order: drift hits all sides alike
             print(f"round {r + 1}/{a.rounds}: {side} ... (load {os.getloadavg()[0]:.2f})", flush=True)
             if side == "trl":
                 cmd = [str(trl_python), str(HERE / "trl_runner.py"), *common,
