@@ -378,6 +378,234 @@ class VerdictPage(BaseModel):
     offset: int
 
 
+# --- experiments (docs/EXPERIMENTS.md) -------------------------------------------------------------------
+
+ExperimentStatus = Literal["queued", "running", "judging", "succeeded", "failed", "cancelled"]
+Algorithm = Literal["klq", "ppo"]
+MAX_EXPERIMENT_RUNS = 128
+
+
+class ExperimentGrid(_In):
+    algorithms: list[Algorithm] = Field(default_factory=lambda: ["klq", "ppo"], min_length=1, max_length=2)
+    kl_coefs: list[Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]] = Field(
+        min_length=1, max_length=8, description="tau values (kl_coef), distinct"
+    )
+    seeds: list[Annotated[int, Field(ge=0, le=INT32_MAX)]] = Field(
+        default_factory=lambda: [1], min_length=1, max_length=16, description="distinct seeds"
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ExperimentGrid:
+        for field in ("algorithms", "kl_coefs", "seeds"):
+            values = getattr(self, field)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{field}: values must be distinct, got {values}")
+        if self.size > MAX_EXPERIMENT_RUNS:
+            raise ValueError(f"the grid expands to {self.size} runs; at most {MAX_EXPERIMENT_RUNS}")
+        return self
+
+    @property
+    def size(self) -> int:
+        return len(self.algorithms) * len(self.kl_coefs) * len(self.seeds)
+
+
+class ExperimentJudge(JudgeConfig):
+    """The judge of an experiment: a JudgeConfig plus how many held-out prompts and whether to judge."""
+
+    enabled: bool = Field(True, description="queue the judgements when the runs have finished")
+    num_prompts: int = Field(32, ge=1, le=5000, description="held-out prompts per judgement")
+
+
+class ExperimentCreate(_In):
+    name: Name | None = Field(None, description="default: 'experiment-<timestamp>'")
+    base: RunConfig = Field(description="run configuration shared by every run; the grid sets algorithm, "
+                            "kl_coef and seed")
+    grid: ExperimentGrid
+    judge: ExperimentJudge = Field(default_factory=ExperimentJudge)
+    tags: list[Tag] = Field(default_factory=list, max_length=32)
+    notes: Notes = ""
+    queue: QueueName | None = Field(None, description="worker queue of its runs and judgements")
+
+
+class PlannedRun(BaseModel):
+    name: str
+    algorithm: Algorithm
+    kl_coef: float
+    seed: int
+    config: dict[str, Any]
+
+
+class ExperimentPreview(BaseModel):
+    runs: list[PlannedRun]
+    judgements: int = Field(description="judgements queued once the runs finish, if all succeed")
+
+
+class ExperimentRunOut(BaseModel):
+    run_id: int
+    name: str
+    algorithm: Algorithm
+    kl_coef: float
+    seed: int
+    status: RunStatus
+    iteration: int
+    total_iterations: int | None
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ExperimentJudgementOut(BaseModel):
+    judgement_id: int
+    kind: Literal["klq_vs_ppo", "vs_sft"]
+    kl_coef: float
+    seed: int
+    algorithm: Algorithm | None = Field(description="vs_sft: the run's algorithm; klq_vs_ppo: None")
+    run_a: int
+    run_b: int | None
+    status: RunStatus
+    completed: int
+    total: int
+    error: str | None
+
+
+class ExperimentProgress(BaseModel):
+    runs_total: int
+    runs_finished: int
+    runs_failed: int
+    judgements_total: int
+    judgements_finished: int
+    judgements_failed: int
+
+
+class ExperimentCompute(BaseModel):
+    run_hours: float = Field(description="sum of the run durations")
+    gpu_hours: float = Field(description="sum of duration x GPUs over the runs that ran on GPUs")
+    wall_clock_s: float | None = Field(description="first start to last finish (to now while running)")
+
+
+class ExperimentSummary(BaseModel):
+    id: int
+    name: str
+    status: ExperimentStatus
+    error: str | None
+    grid: ExperimentGrid
+    tags: list[str]
+    notes: str
+    queue: str
+    created_at: datetime
+    judging_started_at: datetime | None
+    cancel_requested: bool
+    progress: ExperimentProgress
+    compute: ExperimentCompute
+
+
+class ExperimentDetail(ExperimentSummary):
+    base: dict[str, Any]
+    judge: dict[str, Any]
+    runs: list[ExperimentRunOut]
+    judgements: list[ExperimentJudgementOut]
+
+
+class ExperimentPage(BaseModel):
+    items: list[ExperimentSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class Interval(BaseModel):
+    mean: float | None
+    ci_low: float | None = Field(description="Student-t 95% interval over seeds; None with one seed")
+    ci_high: float | None
+    n: int
+    values: list[float | None] = Field(description="per succeeded run, in seed order")
+
+
+class FailedRun(BaseModel):
+    run_id: int
+    seed: int
+    status: RunStatus
+    error: str | None
+
+
+class ResultRow(BaseModel):
+    kl_coef: float
+    algorithm: Algorithm
+    runs: int
+    succeeded: int
+    failed: list[FailedRun] = Field(description="failed or cancelled runs (never silently dropped)")
+    pending: int = Field(description="runs not finished yet")
+    reward: Interval
+    kl: Interval
+    rlhf_reward: Interval
+    gold: Interval | None
+    wall_clock_s: Interval
+    iteration_s: Interval
+
+
+class PooledWinRate(BaseModel):
+    kind: Literal["klq_vs_ppo", "vs_sft"]
+    kl_coef: float
+    algorithm: Algorithm | None = Field(description="vs_sft: whose policy is A; klq_vs_ppo: None (A is KLQ)")
+    judgements: list[int]
+    pending: int = Field(description="judgements not finished")
+    prompts: int = Field(description="judged prompts pooled over seeds")
+    wins: int
+    losses: int
+    ties: int
+    invalid: int
+    win_rate: float | None = Field(description="of A: (wins + ties/2) / (wins + losses + ties)")
+    ci_low: float | None = Field(description="95% Wilson score interval")
+    ci_high: float | None
+
+
+class NotJudged(BaseModel):
+    kind: Literal["klq_vs_ppo", "vs_sft"]
+    kl_coef: float
+    seed: int
+    algorithm: Algorithm | None
+    reason: str
+
+
+class RunPoint(BaseModel):
+    run_id: int
+    algorithm: Algorithm
+    kl_coef: float
+    seed: int
+    status: RunStatus
+    kl: float | None
+    reward: float | None
+    rlhf_reward: float | None
+
+
+class ExperimentResults(BaseModel):
+    experiment_id: int
+    status: ExperimentStatus
+    rows: list[ResultRow] = Field(description="per (kl_coef, algorithm), ordered by kl_coef then algorithm")
+    win_rates: list[PooledWinRate]
+    not_judged: list[NotJudged]
+    points: list[RunPoint]
+    frontier: dict[str, list[int]] = Field(description="algorithm -> run ids on its Pareto frontier, by KL")
+    compute: ExperimentCompute
+
+
+class CurveBand(BaseModel):
+    algorithm: Algorithm
+    kl_coef: float
+    runs: list[int]
+    steps: list[int]
+    mean: list[float | None]
+    low: list[float | None] = Field(description="min over seeds at the step")
+    high: list[float | None] = Field(description="max over seeds at the step")
+    seeds_at_step: list[int]
+
+
+class ExperimentCurves(BaseModel):
+    key: str
+    max_points: int
+    curves: list[CurveBand]
+
+
 # --- tokens and health -----------------------------------------------------------------------------------
 
 
