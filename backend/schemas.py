@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -102,6 +102,7 @@ class RunSummary(BaseModel):
     worker_host: str | None
     worker_gpu: str | None
     cancel_requested: bool
+    experiment_id: int | None = Field(None, description="the experiment this run belongs to, if any")
     latest: dict[str, LatestValue] = Field(
         default_factory=dict, description="latest value of each metric key"
     )
@@ -414,6 +415,16 @@ class ExperimentJudge(JudgeConfig):
 
     enabled: bool = Field(True, description="queue the judgements when the runs have finished")
     num_prompts: int = Field(32, ge=1, le=5000, description="held-out prompts per judgement")
+
+    _OWN: ClassVar[frozenset[str]] = frozenset({"enabled", "num_prompts"})  # the experiment's, not the klq.judge backend's
+
+    def spec(self) -> dict[str, Any]:
+        """The klq.judge backend spec: without ``enabled``/``num_prompts`` (validate_spec refuses them)."""
+        return self.model_dump(exclude_none=True, exclude={"decoding", "template", *self._OWN})
+
+    def stored(self) -> dict[str, Any]:
+        """What each of its judgements keeps (JudgeConfig.stored): without ``enabled``/``num_prompts``."""
+        return self.model_dump(mode="json", exclude_none=True, exclude=set(self._OWN))
 
 
 class ExperimentCreate(_In):
