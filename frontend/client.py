@@ -225,6 +225,196 @@ class VerdictPage(TypedDict):
     offset: int
 
 
+# experiments (docs/EXPERIMENTS.md)
+
+ExperimentStatus = Literal["queued", "running", "judging", "succeeded", "failed", "cancelled"]
+
+
+class ExperimentGrid(TypedDict):
+    algorithms: list[str]
+    kl_coefs: list[float]
+    seeds: list[int]
+
+
+class PlannedRun(TypedDict):
+    name: str
+    algorithm: str
+    kl_coef: float
+    seed: int
+    config: dict[str, Any]
+
+
+class ExperimentPreview(TypedDict):
+    runs: list[PlannedRun]
+    judgements: int
+
+
+class ExperimentRun(TypedDict):
+    run_id: int
+    name: str
+    algorithm: str
+    kl_coef: float
+    seed: int
+    status: RunStatus
+    iteration: int
+    total_iterations: int | None
+    error: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class ExperimentJudgement(TypedDict):
+    judgement_id: int
+    kind: Literal["klq_vs_ppo", "vs_sft"]
+    kl_coef: float
+    seed: int
+    algorithm: str | None
+    run_a: int
+    run_b: int | None
+    status: RunStatus
+    completed: int
+    total: int
+    error: str | None
+
+
+class ExperimentProgress(TypedDict):
+    runs_total: int
+    runs_finished: int
+    runs_failed: int
+    judgements_total: int
+    judgements_finished: int
+    judgements_failed: int
+
+
+class ExperimentCompute(TypedDict):
+    run_hours: float
+    gpu_hours: float
+    wall_clock_s: float | None
+
+
+class ExperimentSummary(TypedDict):
+    id: int
+    name: str
+    status: ExperimentStatus
+    error: str | None
+    grid: ExperimentGrid
+    tags: list[str]
+    notes: str
+    queue: str
+    created_at: str
+    judging_started_at: str | None
+    cancel_requested: bool
+    progress: ExperimentProgress
+    compute: ExperimentCompute
+
+
+class ExperimentDetail(ExperimentSummary):
+    base: dict[str, Any]
+    judge: dict[str, Any]
+    runs: list[ExperimentRun]
+    judgements: list[ExperimentJudgement]
+
+
+class ExperimentPage(TypedDict):
+    items: list[ExperimentSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class Interval(TypedDict):
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+    values: list[float | None]
+
+
+class FailedRun(TypedDict):
+    run_id: int
+    seed: int
+    status: RunStatus
+    error: str | None
+
+
+class ResultRow(TypedDict):
+    kl_coef: float
+    algorithm: str
+    runs: int
+    succeeded: int
+    failed: list[FailedRun]
+    pending: int
+    reward: Interval
+    kl: Interval
+    rlhf_reward: Interval
+    gold: Interval | None
+    wall_clock_s: Interval
+    iteration_s: Interval
+
+
+class PooledWinRate(TypedDict):
+    kind: Literal["klq_vs_ppo", "vs_sft"]
+    kl_coef: float
+    algorithm: str | None
+    judgements: list[int]
+    pending: int
+    prompts: int
+    wins: int
+    losses: int
+    ties: int
+    invalid: int
+    win_rate: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class NotJudged(TypedDict):
+    kind: Literal["klq_vs_ppo", "vs_sft"]
+    kl_coef: float
+    seed: int
+    algorithm: str | None
+    reason: str
+
+
+class RunPoint(TypedDict):
+    run_id: int
+    algorithm: str
+    kl_coef: float
+    seed: int
+    status: RunStatus
+    kl: float | None
+    reward: float | None
+    rlhf_reward: float | None
+
+
+class ExperimentResults(TypedDict):
+    experiment_id: int
+    status: ExperimentStatus
+    rows: list[ResultRow]
+    win_rates: list[PooledWinRate]
+    not_judged: list[NotJudged]
+    points: list[RunPoint]
+    frontier: dict[str, list[int]]
+    compute: ExperimentCompute
+
+
+class CurveBand(TypedDict):
+    algorithm: str
+    kl_coef: float
+    runs: list[int]
+    steps: list[int]
+    mean: list[float | None]
+    low: list[float | None]
+    high: list[float | None]
+    seeds_at_step: list[int]
+
+
+class ExperimentCurves(TypedDict):
+    key: str
+    max_points: int
+    curves: list[CurveBand]
+
+
 class Health(TypedDict):
     status: str
     database: str
@@ -716,6 +906,77 @@ class Client:
             "DELETE", f"/judgements/{int(judgement_id)}", params={"force": "true"} if force else None
         )
 
+    # experiments (docs/EXPERIMENTS.md)
+
+    def create_experiment(
+        self,
+        base: Mapping[str, Any],
+        grid: Mapping[str, Any],
+        *,
+        name: str | None = None,
+        judge: Mapping[str, Any] | None = None,
+        tags: Sequence[str] = (),
+        notes: str = "",
+        queue: str | None = None,
+    ) -> ExperimentDetail:
+        """Queue an experiment: every run of ``grid`` (``{"algorithms": ["klq", "ppo"], "kl_coefs":
+        [0.02, 0.05], "seeds": [1, 2]}``) on the run configuration ``base`` (its algorithm, kl_coef and seed
+        are the grid's); ``judge``: a judge spec plus ``num_prompts`` and ``enabled`` (default: the gold
+        judge on 32 held-out prompts). The judgements are queued by the server once the runs finish."""
+        return self._post("/experiments", _experiment_body(base, grid, name, judge, tags, notes, queue))
+
+    def preview_experiment(
+        self,
+        base: Mapping[str, Any],
+        grid: Mapping[str, Any],
+        *,
+        name: str | None = None,
+        judge: Mapping[str, Any] | None = None,
+        tags: Sequence[str] = (),
+        notes: str = "",
+        queue: str | None = None,
+    ) -> ExperimentPreview:
+        """The runs :meth:`create_experiment` would queue with these arguments (names, grid values and
+        resolved configs) and how many judgements would follow; nothing is created. A 422 names the bad
+        field as :meth:`create_experiment` would."""
+        return self._post(
+            "/experiments/preview", _experiment_body(base, grid, name, judge, tags, notes, queue)
+        )
+
+    def list_experiments(self, *, limit: int = 50, offset: int = 0) -> ExperimentPage:
+        """One page of experiments, newest first."""
+        return self._get("/experiments", limit=limit, offset=offset)
+
+    def get_experiment(self, experiment_id: int) -> ExperimentDetail:
+        """Status, grid, progress, compute, runs and judgements of an experiment."""
+        return self._get(f"/experiments/{int(experiment_id)}")
+
+    def experiment_results(self, experiment_id: int) -> ExperimentResults:
+        """Results per (tau, algorithm) with 95% CIs over seeds, pooled win-rates, every run's reward-vs-KL
+        point and the Pareto frontier per algorithm, and compute (computed from the stored runs now)."""
+        return self._get(f"/experiments/{int(experiment_id)}/results")
+
+    def experiment_curves(
+        self, experiment_id: int, key: str = "objective/scores", *, max_points: int = 500
+    ) -> ExperimentCurves:
+        """Per (algorithm, tau): the mean of ``key`` over seeds at each step with its min-max band,
+        downsampled on the server to about ``max_points``."""
+        return self._get(f"/experiments/{int(experiment_id)}/curves", key=key, max_points=max_points)
+
+    def experiment_results_csv(self, experiment_id: int) -> bytes:
+        """The results as CSV, one line per (tau, algorithm)."""
+        return self._download(f"/experiments/{int(experiment_id)}/results.csv")
+
+    def cancel_experiment(self, experiment_id: int) -> ExperimentDetail:
+        """Cancel the experiment's unfinished runs and judgements; no judging starts afterwards."""
+        return self._post(f"/experiments/{int(experiment_id)}/cancel")
+
+    def delete_experiment(self, experiment_id: int, *, force: bool = False) -> None:
+        """Delete an experiment with its runs and judgements (409 while it is active, unless ``force``)."""
+        self._request(
+            "DELETE", f"/experiments/{int(experiment_id)}", params={"force": "true"} if force else None
+        )
+
 
 def _opt_list(values: Iterable[Any] | None) -> list[Any] | None:
     if values is None or isinstance(values, (str, bytes)):
@@ -733,3 +994,20 @@ def _error_of(response: httpx.Response) -> APIError:
     return APIError(
         response.status_code, detail, method=response.request.method, url=str(response.request.url)
     )
+
+
+def _experiment_body(
+    base: Mapping[str, Any],
+    grid: Mapping[str, Any],
+    name: str | None,
+    judge: Mapping[str, Any] | None,
+    tags: Sequence[str],
+    notes: str,
+    queue: str | None,
+) -> dict[str, Any]:
+    """The body of POST /experiments (and its preview); unset optional fields are left to the server."""
+    body: dict[str, Any] = {"base": dict(base), "grid": dict(grid), "tags": list(tags), "notes": notes}
+    for key, value in (("name", name), ("judge", None if judge is None else dict(judge)), ("queue", queue)):
+        if value:
+            body[key] = value
+    return body

@@ -13,6 +13,10 @@ or a judgement, metrics as a pandas DataFrame, every sample of a run, and run co
         samples = klq.samples(run["id"])                   # the latest eval step's samples
         verdict = klq.judge(run["id"], num_prompts=64)     # against the SFT policy; waits for the result
         print(verdict["result"]["win_rate"])
+        exp = klq.create_experiment("configs/builtin-klq.yaml",   # KLQ vs PPO, 2 taus x 3 seeds
+                                    {"kl_coefs": [0.02, 0.05], "seeds": [1, 2, 3]}, queue="cpu")
+        exp = klq.wait_experiment(exp["id"], timeout=6 * 3600)  # runs, then the judgements it queues
+        results = klq.experiment_results(exp["id"])            # mean +- 95% CI per tau, win-rates
 
 The server: ``base_url``, else ``$KLQ_API_URL``, else ``http://127.0.0.1:8000``. The token: ``token``,
 else ``$KLQ_API_TOKEN``, else the file ``<data_dir>/api_token`` that the API writes at its first start
@@ -36,6 +40,8 @@ from frontend.client import (
     TERMINAL_STATUSES,
     APIConnectionError,
     APIError,
+    ExperimentDetail,
+    ExperimentPreview,
     Judgement,
     RunDetail,
     Sample,
@@ -52,6 +58,7 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "Client",
+    "ExperimentFailedError",
     "JudgementFailedError",
     "RunFailedError",
     "WaitTimeout",
@@ -76,8 +83,18 @@ class JudgementFailedError(RuntimeError):
         super().__init__(f"judgement {judgement.get('id')} failed: {self.error}")
 
 
+class ExperimentFailedError(RuntimeError):
+    """An experiment ended ``failed`` (a run or judgement failed or was cancelled); ``experiment`` is its
+    final state and ``error`` what the server says failed."""
+
+    def __init__(self, experiment: Mapping[str, Any]) -> None:
+        self.experiment = dict(experiment)
+        self.error = experiment.get("error") or "(no reason recorded)"
+        super().__init__(f"experiment {experiment.get('id')} ({experiment.get('name')}) failed: {self.error}")
+
+
 class WaitTimeout(TimeoutError):
-    """A run or judgement was not finished in time; ``last`` is the last state seen (None: never read)."""
+    """A run, judgement or experiment was not finished in time; ``last`` is the last state seen (None: never read)."""
 
     def __init__(self, what: str, timeout: float, last: Mapping[str, Any] | None) -> None:
         self.last = dict(last) if last is not None else None
@@ -130,10 +147,7 @@ class Client(_RestClient):
         """Queue a run. ``config``: a RunConfig as a dict, or the path of a YAML/JSON config file (as
         ``klq train`` reads); ``overrides``: dotted keys applied on top, e.g.
         ``{"kl_coef": 0.1, "train.total_episodes": 640}``. The server validates it (422 names the field)."""
-        if isinstance(config, (str, os.PathLike)):
-            config = _load_config_file(Path(config))
-        body = _apply_overrides(dict(config or {}), overrides or {})
-        return super().create_run(body, name=name, tags=tags, notes=notes, queue=queue)
+        return super().create_run(_base_config(config, overrides), name=name, tags=tags, notes=notes, queue=queue)
 
     def wait_for_run(
         self,
@@ -308,6 +322,64 @@ class Client(_RestClient):
             return created
         return self.wait_for_judgement(created["id"], timeout=timeout, poll_interval=poll_interval)
 
+    # ------------------------------------------------------------------------------------ experiments
+
+    def create_experiment(  # type: ignore[override]  # also accepts a YAML/JSON file as the base
+        self,
+        base: Mapping[str, Any] | str | os.PathLike[str],
+        grid: Mapping[str, Any],
+        *,
+        name: str | None = None,
+        judge: Mapping[str, Any] | None = None,
+        tags: Sequence[str] = (),
+        notes: str = "",
+        queue: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> ExperimentDetail:
+        """Queue an experiment (docs/EXPERIMENTS.md). ``base``: the run configuration every run shares,
+        as a dict or the path of a YAML/JSON config file; ``overrides``: dotted keys applied on top (as
+        :meth:`create_run`); ``grid``: ``{"algorithms": [...], "kl_coefs": [...], "seeds": [...]}``."""
+        return super().create_experiment(_base_config(base, overrides), grid, name=name, judge=judge,
+                                         tags=tags, notes=notes, queue=queue)
+
+    def preview_experiment(  # type: ignore[override]  # also accepts a YAML/JSON file as the base
+        self,
+        base: Mapping[str, Any] | str | os.PathLike[str],
+        grid: Mapping[str, Any],
+        *,
+        name: str | None = None,
+        judge: Mapping[str, Any] | None = None,
+        tags: Sequence[str] = (),
+        notes: str = "",
+        queue: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> ExperimentPreview:
+        """The runs :meth:`create_experiment` would queue with these arguments; nothing is created."""
+        return super().preview_experiment(_base_config(base, overrides), grid, name=name, judge=judge,
+                                          tags=tags, notes=notes, queue=queue)
+
+    def wait_experiment(
+        self,
+        experiment_id: int,
+        *,
+        timeout: float = 24 * 3600.0,
+        poll_interval: float = 10.0,
+        raise_on_failure: bool = False,
+        on_update: Callable[[ExperimentDetail], None] | None = None,
+    ) -> ExperimentDetail:
+        """Poll an experiment until it is succeeded, failed or cancelled (its runs and then the judgements
+        it queues), and return its final state; :meth:`experiment_results` has its results then.
+
+        ``raise_on_failure`` is off by default, unlike :meth:`wait_for_run`: a ``failed`` experiment (one
+        seed out of many failed, say) still has results, every failed run listed with its error. With it,
+        :class:`ExperimentFailedError`. :class:`WaitTimeout` after ``timeout`` seconds (the experiment goes
+        on); ``on_update`` is called with each state read."""
+        experiment = self._wait(lambda: self.get_experiment(experiment_id), f"experiment {experiment_id}",
+                                timeout, poll_interval, on_update)
+        if experiment["status"] == "failed" and raise_on_failure:
+            raise ExperimentFailedError(experiment)
+        return experiment
+
     # -------------------------------------------------------------------------------------- internals
 
     def _wait(self, read: Callable[[], Any], what: str, timeout: float, poll_interval: float,
@@ -341,6 +413,15 @@ def _load_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a run config must be a mapping, got {type(data).__name__}")
     return data
+
+
+def _base_config(
+    config: Mapping[str, Any] | str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A run configuration from a dict or a YAML/JSON file, with dotted ``overrides`` applied."""
+    if isinstance(config, (str, os.PathLike)):
+        config = _load_config_file(Path(config))
+    return _apply_overrides(dict(config or {}), overrides or {})
 
 
 def _apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
