@@ -35,6 +35,7 @@ TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 VERDICTS = ("A", "B", "tie", "invalid")
 ORDERS = ("ab", "ba")
 SCOPES = ("read", "write", "admin")
+JUDGEMENT_KINDS = ("klq_vs_ppo", "vs_sft")  # of an experiment's judgements (docs/EXPERIMENTS.md)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -77,6 +78,30 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+class Experiment(Base):
+    """A grid of runs (algorithms x KL coefficients x seeds) over one base config, judged once they end.
+
+    Its status is never stored: it is derived from its runs and judgements when read (backend.experiments).
+    ``judging_started_at`` is set once, by whoever claims the judging step (store.claim_judging)."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (Index("ix_experiments_created_at", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    base: Mapped[dict[str, Any]] = mapped_column(JSON)  # the RunConfig shared by every run
+    grid: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"algorithms": [...], "kl_coefs": [...], "seeds": [...]}
+    judge: Mapped[dict[str, Any]] = mapped_column(JSON)  # ExperimentJudge: JudgeConfig + enabled, num_prompts
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
+    queue: Mapped[str] = mapped_column(String(64), default="gpu")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    judging_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    error: Mapped[str | None] = mapped_column(Text)  # a failure of the experiment itself (queueing judges)
+
+
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
@@ -93,6 +118,11 @@ class Run(Base):
     notes: Mapped[str] = mapped_column(Text, default="", server_default="")
     error: Mapped[str | None] = mapped_column(Text)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    # CASCADE: an experiment's runs are part of it (deleting it deletes them, and with them their metrics,
+    # samples and judgements); SET NULL would leave orphans that look like plain runs of a grid.
+    experiment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -183,7 +213,10 @@ class Checkpoint(Base):
 
 class Judgement(Base):
     __tablename__ = "judgements"
-    __table_args__ = (CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
+    __table_args__ = (
+        CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+        CheckConstraint(f"kind IS NULL OR {_in('kind', JUDGEMENT_KINDS)}", name="kind"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
@@ -196,6 +229,11 @@ class Judgement(Base):
     seed: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     judge: Mapped[dict[str, Any]] = mapped_column(JSON)  # backend config; never secrets
     error: Mapped[str | None] = mapped_column(Text)
+    # set on the judgements an experiment queues itself (None on judgements created by POST /judgements)
+    experiment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str | None] = mapped_column(String(16))  # JUDGEMENT_KINDS
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
