@@ -22,7 +22,7 @@ from .db import Database
 from .errors import install_error_handlers
 from .migrate import check_migrated
 from .observability import Observability, ObservabilityMiddleware
-from .routers import checkpoints, health, judgements, metrics, runs, samples, tokens
+from .routers import checkpoints, experiments, health, judgements, metrics, runs, samples, tokens
 from .settings import Settings, get_settings
 
 log = logging.getLogger("klq.backend")
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         samples.router,
         checkpoints.router,
         judgements.router,
+        experiments.router,
         tokens.router,
     ):
         app.include_router(router, prefix=API_PREFIX)

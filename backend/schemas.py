@@ -6,7 +6,15 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from klq.config import RunConfig
 
@@ -395,12 +403,16 @@ class ExperimentGrid(_In):
         default_factory=lambda: [1], min_length=1, max_length=16, description="distinct seeds"
     )
 
+    @field_validator("algorithms", "kl_coefs", "seeds")
+    @classmethod
+    def _distinct(cls, values: list[Any]) -> list[Any]:
+        # a field validator, so that a 422 names the list (grid.kl_coefs), not just the grid
+        if len(set(values)) != len(values):
+            raise ValueError(f"values must be distinct, got {values}")
+        return values
+
     @model_validator(mode="after")
-    def _distinct(self) -> ExperimentGrid:
-        for field in ("algorithms", "kl_coefs", "seeds"):
-            values = getattr(self, field)
-            if len(set(values)) != len(values):
-                raise ValueError(f"{field}: values must be distinct, got {values}")
+    def _not_too_large(self) -> ExperimentGrid:
         if self.size > MAX_EXPERIMENT_RUNS:
             raise ValueError(f"the grid expands to {self.size} runs; at most {MAX_EXPERIMENT_RUNS}")
         return self

@@ -13,7 +13,7 @@ as the database keeps them, one row per (prompt, order) with the verdict already
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 
 from klq.judge.core import combine
 from klq.judge.stats import JudgementSummary, summarize, wilson_interval
@@ -21,9 +21,10 @@ from klq.judge.stats import JudgementSummary, summarize, wilson_interval
 __all__ = ["JudgementSummary", "summarize_rows", "wilson_interval"]
 
 
-def summarize_rows(rows: Iterable[tuple[str, str, str]], *, confidence: float = 0.95) -> JudgementSummary:
-    """Summary of ``(prompt_id, order, verdict)`` rows; prompts with only one order stored are pending."""
-    by_prompt: dict[str, dict[str, str]] = defaultdict(dict)
+def summarize_rows(rows: Iterable[tuple[Hashable, str, str]], *, confidence: float = 0.95) -> JudgementSummary:
+    """Summary of ``(prompt key, order, verdict)`` rows; prompts with only one order stored are pending.
+    The key is the prompt_id within one judgement; pooling several, key by (judgement_id, prompt_id)."""
+    by_prompt: dict[Hashable, dict[str, str]] = defaultdict(dict)
     for prompt_id, order, verdict in rows:
         by_prompt[prompt_id][order] = verdict
     combined: list[str] = []

@@ -253,6 +253,7 @@ def train_run(run_id: int) -> str:
             if run is None or run.status != "queued":  # a duplicate delivery: not ours to fail
                 return "skipped"
             store.finish_run(session, run_id, "failed", error=str(err))
+        judge_experiment_of(run_id)
         return "failed"
     try:
         with db().write_session() as session:
@@ -268,9 +269,11 @@ def train_run(run_id: int) -> str:
             log.info("run %s is finished, cancelled or owned by a live worker: nothing to do", run_id)
             return "skipped"
         log.info("run %s: training on %s as %s", run_id, ",".join(gpus) or "cpu", owner)
-        return _supervise("train", run_id, owner, gpus, settings)
+        outcome = _supervise("train", run_id, owner, gpus, settings)
     finally:
         DEVICES.give_back(gpus)
+    judge_experiment_of(run_id)
+    return outcome
 
 
 def _supervise(job: str, object_id: int, owner: str, gpus: list[str], settings) -> str:
@@ -381,12 +384,49 @@ def run_judgement(judgement_id: int) -> str:
         DEVICES.give_back(gpus)
 
 
+# ------------------------------------------------------------------------------------------ experiments
+
+
+def start_judging(experiment_id: int) -> list[int]:
+    """Claim an experiment's judging step and queue its judgements (store.claim_judging: only one caller
+    ever wins, and only once every run is terminal). A judgement the broker refuses is left for the reaper
+    to send again (store.unqueue_unsent), as a re-queued one would be. Returns the judgement ids queued."""
+    with db().write_session() as session:
+        jobs = [(j.id, j.queue) for j in store.claim_judging(session, experiment_id)]
+    if jobs:
+        log.info("experiment %s: every run has ended; queued %d judgement(s)", experiment_id, len(jobs))
+    for judgement_id, queue in jobs:
+        try:
+            send_judgement(judgement_id, queue)
+        except DispatchError:
+            log.warning(
+                "judgement %s of experiment %s: could not be sent to the broker; the reaper tries again",
+                judgement_id,
+                experiment_id,
+            )
+            with db().write_session() as session:
+                store.unqueue_unsent(session, "judgements", judgement_id)
+    return [judgement_id for judgement_id, _queue in jobs]
+
+
+def judge_experiment_of(run_id: int) -> None:
+    """After a run's task: if the run belongs to an experiment whose runs have now all ended, start its
+    judging. Never fails the task: an experiment left unjudged is the reaper's to claim."""
+    try:
+        with db().session() as session:
+            experiment_id = store.experiment_of_run(session, run_id)
+        if experiment_id is not None:
+            start_judging(experiment_id)
+    except Exception:
+        log.exception("run %s: could not start its experiment's judging; the reaper tries again", run_id)
+
+
 # ---------------------------------------------------------------------------------------------- reaper
 
 
 def reap_once(settings=None) -> list[int]:
     """Re-queue runs (and judgements) whose worker stopped sending heartbeats, and send their tasks
-    again. Returns the run ids re-queued."""
+    again; start the judging of experiments whose runs have all ended. Returns the run ids re-queued."""
     settings = settings or get_settings()
     stale_after = timedelta(seconds=settings.lease_timeout)
     with db().write_session() as session:
@@ -411,6 +451,12 @@ def reap_once(settings=None) -> list[int]:
             )
             with db().write_session() as session:
                 store.unqueue_unsent(session, table, object_id)
+    # Experiments whose last run ended while no worker could claim their judging (it died at that moment,
+    # or the run was cancelled through the API): claimed here, so judging never waits on a lost message.
+    with db().session() as session:
+        waiting = store.experiments_awaiting_judging(session)
+    for experiment_id in waiting:
+        start_judging(experiment_id)
     return run_ids
 
 

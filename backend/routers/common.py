@@ -57,6 +57,7 @@ def run_summary(run: Run, latest: dict | None = None, *, detail: bool = False) -
         worker_host=run.worker_host,
         worker_gpu=run.worker_gpu,
         cancel_requested=run.cancel_requested,
+        experiment_id=run.experiment_id,
         latest={k: LatestValue(step=m.step, value=finite(m.value)) for k, m in (latest or {}).items()},
     )
     if detail:

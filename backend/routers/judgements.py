@@ -9,10 +9,11 @@ from sqlalchemy.orm import Session
 
 from .. import dispatch, store
 from ..deps import AppSettings, CanRead, CanWrite, ReadSession, WriteSession
-from ..errors import FieldErrors, ServiceUnavailable
+from ..errors import FieldErrors, Loc, ServiceUnavailable
 from ..models import Judgement, Run
 from ..schemas import (
     INT32_MAX,
+    JudgeConfig,
     JudgementCreate,
     JudgementOut,
     JudgementPage,
@@ -20,6 +21,7 @@ from ..schemas import (
     VerdictOut,
     VerdictPage,
 )
+from ..settings import Settings
 from ..validation import reference_problem
 from .common import Limit, Offset, judgement_out
 from .runs import check_queue
@@ -27,6 +29,20 @@ from .runs import check_queue
 router = APIRouter(prefix="/judgements", tags=["judgements"])
 
 JudgementPath = Annotated[int, Path(ge=1, le=INT32_MAX, description="judgement id")]
+
+
+def judge_problems(judge: JudgeConfig, settings: Settings, loc: tuple[str, ...]) -> list[tuple[Loc, str]]:
+    """Where a judge's model may come from on this server (the model roots, hub ids if allowed)."""
+    if judge.backend not in ("local_hf", "reward_model") or judge.model is None:
+        return []
+    msg = reference_problem(
+        judge.model,
+        roots=settings.model_roots,
+        allow_hub=settings.allow_hub_models,
+        kind="model",
+        hub_setting="KLQ_ALLOW_HUB_MODELS",
+    )
+    return [((*loc, "model"), msg)] if msg else []
 
 
 @router.post(
@@ -43,16 +59,7 @@ def create_judgement(body: JudgementCreate, session: WriteSession, settings: App
     for field, rid in (("run_a", body.run_a), ("run_b", body.run_b)):
         if rid is not None and session.get(Run, rid) is None:
             problems.append((("body", field), f"run {rid} does not exist"))
-    if body.judge.backend in ("local_hf", "reward_model") and body.judge.model is not None:
-        msg = reference_problem(
-            body.judge.model,
-            roots=settings.model_roots,
-            allow_hub=settings.allow_hub_models,
-            kind="model",
-            hub_setting="KLQ_ALLOW_HUB_MODELS",
-        )
-        if msg:
-            problems.append((("body", "judge", "model"), msg))
+    problems += judge_problems(body.judge, settings, ("body", "judge"))
     if problems:
         raise FieldErrors(problems, "invalid judgement")
     queue = check_queue(settings, body.queue)

@@ -14,7 +14,7 @@ from .. import dispatch, store
 from ..deps import AppSettings, CanRead, CanWrite, ReadSession, WriteSession
 from ..errors import FieldErrors, ServiceUnavailable
 from ..models import Run
-from ..schemas import RunClone, RunCreate, RunDetail, RunPage, RunPatch, RunStatus, Tag, TagCount
+from ..schemas import INT32_MAX, RunClone, RunCreate, RunDetail, RunPage, RunPatch, RunStatus, Tag, TagCount
 from ..settings import Settings
 from ..validation import config_problems, value_problems
 from .common import Limit, Offset, QueryText, RunId, run_summary
@@ -76,6 +76,9 @@ def list_runs(
     algorithm: Annotated[list[Literal["klq", "ppo"]] | None, Query()] = None,
     tag: Annotated[list[Tag] | None, Query(description="runs having all these tags", max_length=20)] = None,
     q: Annotated[QueryText | None, Query(max_length=200, description="text in the name or notes")] = None,
+    experiment_id: Annotated[
+        int | None, Query(ge=1, le=INT32_MAX, description="runs of this experiment")
+    ] = None,
     order: Literal["newest", "oldest", "name"] = "newest",
     latest: Annotated[
         list[QueryText] | None,
@@ -85,7 +88,15 @@ def list_runs(
     offset: Offset = 0,
 ) -> RunPage:
     runs, total = store.list_runs(
-        session, status=status, algorithm=algorithm, tags=tag, q=q, limit=limit, offset=offset, order=order
+        session,
+        status=status,
+        algorithm=algorithm,
+        tags=tag,
+        q=q,
+        experiment_id=experiment_id,
+        limit=limit,
+        offset=offset,
+        order=order,
     )
     values = store.latest_metrics(session, [r.id for r in runs], latest)
     return RunPage(
