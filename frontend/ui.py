@@ -3,16 +3,19 @@ charts and error display. Page scripts stay thin; data shaping lives in frontend
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import altair as alt
 import pandas as pd
 import streamlit as st
+import yaml
 
 from frontend import logic
 from frontend.client import DEFAULT_API_URL, APIConnectionError, APIError, Client, resolve_token
@@ -23,7 +26,9 @@ PAGE_FILES = {
     "run": "views/run.py",
     "compare": "views/compare.py",
     "samples": "views/samples.py",
+    "experiments": "views/experiments.py",
 }
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the presets offered by Launch and Experiments
 CHART_HEIGHT = 360  # the whole chart: title, plot, axes and legend
 RUN_LIST_LIMIT = 200  # runs offered by the pickers (newest first; ids in the URL are added)
 
@@ -111,7 +116,18 @@ def call(fn: Callable[..., Any], *args: Any, what: str = "", **kwargs: Any) -> A
 
 def clear_caches() -> None:
     """After a write (cancel, delete, tag, launch): the cached lists are stale."""
-    for fn in (runs_page, run_choices, run_detail, list_tags, judgements_for, sample_steps):
+    for fn in (
+        runs_page,
+        run_choices,
+        run_detail,
+        list_tags,
+        judgements_for,
+        sample_steps,
+        experiments_page,
+        experiment_detail,
+        experiment_results,
+        experiment_curves,
+    ):
         fn.clear()
 
 
@@ -192,6 +208,47 @@ def config_schema(api: Client) -> dict:
     except APIError:
         defs = None
     return defs or logic.local_schema_defs()
+
+
+@st.cache_data(ttl=3, hash_funcs=_HASH, show_spinner=False, max_entries=50)
+def experiments_page(api: Client, limit: int = 50, offset: int = 0) -> dict:
+    return dict(api.list_experiments(limit=limit, offset=offset))
+
+
+@st.cache_data(ttl=3, hash_funcs=_HASH, show_spinner=False, max_entries=50)
+def experiment_detail(api: Client, experiment_id: int) -> dict:
+    return dict(api.get_experiment(experiment_id))
+
+
+@st.cache_data(ttl=5, hash_funcs=_HASH, show_spinner=False, max_entries=50)
+def experiment_results(api: Client, experiment_id: int) -> dict:
+    return dict(api.experiment_results(experiment_id))
+
+
+@st.cache_data(ttl=5, hash_funcs=_HASH, show_spinner=False, max_entries=50)
+def experiment_curves(api: Client, experiment_id: int, key: str, max_points: int = 500) -> dict:
+    return dict(api.experiment_curves(experiment_id, key, max_points=max_points))
+
+
+@st.cache_data(ttl=60, hash_funcs=_HASH, show_spinner=False, max_entries=50)
+def experiment_preview(api: Client, body_json: str) -> dict:
+    """POST /experiments/preview of a body (as canonical JSON: the cache key); nothing is created."""
+    body = json.loads(body_json)
+    base, grid = body.pop("base"), body.pop("grid")
+    return dict(api.preview_experiment(base, grid, **body))
+
+
+def presets() -> dict[str, dict]:
+    """Starting configurations: the paper's defaults (an empty config) and every configs/*.yaml."""
+    out: dict[str, dict] = {"Paper defaults": {}}
+    for path in sorted(CONFIGS.glob("*.yaml")) if CONFIGS.is_dir() else []:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict):
+            out[f"configs/{path.name}"] = data
+    return out
 
 
 class _ConfigCache:
@@ -370,16 +427,21 @@ def line_chart(
     return chart.properties(title=title, height=height).interactive(bind_y=False)
 
 
-def tradeoff_chart(df: pd.DataFrame, *, reward_label: str, kl_label: str) -> alt.Chart:
-    """Reward-vs-KL scatter (one point per run) with the Pareto frontier as a step line."""
+def tradeoff_chart(
+    df: pd.DataFrame, *, reward_label: str, kl_label: str, frontier: pd.DataFrame | None = None
+) -> alt.Chart:
+    """Reward-vs-KL scatter (one point per run) with the Pareto frontier as a step line: one grey line
+    through the ``on_frontier`` points, or with ``frontier`` (logic.frontier_lines: algorithm, order, kl,
+    reward) one line per algorithm in its colour."""
     data = df.dropna(subset=["kl", "reward"])
+    color = alt.Color("algorithm:N", legend=alt.Legend(orient="bottom"))
     points = (
         alt.Chart(data)
         .mark_point(filled=True, size=90)
         .encode(
             x=alt.X("kl:Q", title=kl_label, scale=alt.Scale(zero=False, padding=40)),
             y=alt.Y("reward:Q", title=reward_label, scale=alt.Scale(zero=False, padding=25)),
-            color=alt.Color("algorithm:N", legend=alt.Legend(orient="bottom")),
+            color=color,
             shape=alt.Shape("on_frontier:N", title="on frontier"),
             tooltip=[
                 "run",
@@ -396,12 +458,82 @@ def tradeoff_chart(df: pd.DataFrame, *, reward_label: str, kl_label: str) -> alt
         .mark_text(align="left", dx=7, dy=-7, fontSize=11)
         .encode(x="kl:Q", y="reward:Q", text="run:N")
     )
-    frontier = (
-        alt.Chart(data[data["on_frontier"]].sort_values("kl"))
-        .mark_line(interpolate="step-after", strokeDash=[4, 3], color="gray")
-        .encode(x="kl:Q", y="reward:Q")
+    if frontier is None:
+        line = (
+            alt.Chart(data[data["on_frontier"]].sort_values("kl"))
+            .mark_line(interpolate="step-after", strokeDash=[4, 3], color="gray")
+            .encode(x="kl:Q", y="reward:Q")
+        )
+    else:
+        line = (
+            alt.Chart(frontier)
+            .mark_line(interpolate="step-after", strokeDash=[4, 3])
+            .encode(x="kl:Q", y="reward:Q", color=color, order="order:Q", detail="algorithm:N")
+        )
+    return alt.layer(line, points, labels).properties(height=380).interactive()
+
+
+def band_chart(df: pd.DataFrame, *, title: str = "", height: int = CHART_HEIGHT) -> alt.Chart:
+    """Seed-averaged curves (logic.curves_frame): the mean of each series as a line over its min-max
+    band across seeds."""
+    legend = alt.Legend(orient="bottom", title=None, columns=2, labelLimit=240, symbolType="stroke")
+    base = alt.Chart(df).encode(
+        x=alt.X("step:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)),
+        color=alt.Color("series:N", legend=legend),
     )
-    return alt.layer(frontier, points, labels).properties(height=380).interactive()
+    band = base.mark_area(opacity=0.18).encode(y=alt.Y("low:Q", title=None), y2="high:Q")
+    line = base.mark_line(strokeWidth=2).encode(
+        y=alt.Y("mean:Q", title=None),
+        tooltip=[
+            alt.Tooltip("series:N"),
+            alt.Tooltip("step:Q"),
+            alt.Tooltip("mean:Q", format=".4g"),
+            alt.Tooltip("low:Q", title="min", format=".4g"),
+            alt.Tooltip("high:Q", title="max", format=".4g"),
+            alt.Tooltip("seeds:Q"),
+        ],
+    )
+    return alt.layer(band, line).properties(title=title, height=height).interactive(bind_y=False)
+
+
+def win_rate_chart(df: pd.DataFrame) -> alt.Chart:
+    """Win-rates (logic.win_rates_frame) as points with their 95% intervals, one row per comparison and
+    tau, against the 50% line (no better than the other side)."""
+    data = df.dropna(subset=["win rate"]).assign(
+        label=lambda d: d["comparison"] + ", τ=" + d["tau"].map("{:g}".format)
+    )
+    y = alt.Y("label:N", title=None, sort=None)
+    x_scale = alt.Scale(domain=[0, 1])
+    rules = (
+        alt.Chart(data)
+        .mark_rule(strokeWidth=2)
+        .encode(
+            x=alt.X("ci_low:Q", title="win rate (95% CI)", scale=x_scale, axis=alt.Axis(format="%")),
+            x2="ci_high:Q",
+            y=y,
+            color=alt.Color("comparison:N", legend=None),
+        )
+    )
+    points = (
+        alt.Chart(data)
+        .mark_point(filled=True, size=80)
+        .encode(
+            x="win rate:Q",
+            y=y,
+            color=alt.Color("comparison:N", legend=None),
+            tooltip=[
+                "comparison",
+                "tau",
+                alt.Tooltip("win rate:Q", format=".1%"),
+                "95% CI",
+                "wins",
+                "losses",
+                "ties",
+            ],
+        )
+    )
+    even = alt.Chart(pd.DataFrame({"x": [0.5]})).mark_rule(strokeDash=[4, 3], color="gray").encode(x="x:Q")
+    return alt.layer(even, rules, points).properties(height=max(120, 28 * len(data) + 60))
 
 
 def text_block(text: str | None, *, height: int | None = None) -> None:

@@ -5,16 +5,13 @@ schema; the backend validates the run and its 422 messages are shown beside the 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
-import yaml
 
 from frontend import logic, ui
 from frontend.client import APIError
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PREFIX = "launch.f."
 META = ("launch.name", "launch.tags", "launch.notes", "launch.queue")
 DEFAULT_QUEUE = "(server default)"
@@ -37,18 +34,6 @@ api = ui.client()
 fields = [f for f in logic.form_fields(ui.config_schema(api)) if f.path != "name"]
 paths = [f.path for f in fields]
 by_path = {f.path: f for f in fields}
-
-
-def presets() -> dict[str, dict]:
-    out = {"Paper defaults": {}}
-    for path in sorted(CONFIGS.glob("*.yaml")) if CONFIGS.is_dir() else []:
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue
-        if isinstance(data, dict):
-            out[f"configs/{path.name}"] = data
-    return out
 
 
 def to_widget(f: logic.FormField, value: Any) -> Any:
@@ -101,7 +86,7 @@ def load(
 
 def on_preset() -> None:
     name = st.session_state["launch.preset"]
-    load(("preset", name), presets().get(name, {}))
+    load(("preset", name), ui.presets().get(name, {}))
 
 
 def form_values() -> dict[str, Any]:
@@ -193,7 +178,7 @@ with top[0]:
             "Pick a preset to start afresh instead."
         )
 with top[1]:
-    options = list(presets())
+    options = list(ui.presets())
     st.selectbox(
         "Start from",
         options,

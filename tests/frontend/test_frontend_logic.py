@@ -424,3 +424,368 @@ def test_errors_for_form_maps_api_fields_to_form_paths():
     assert errors["task"] == ["deep"]
     assert errors["queue"] == ["unknown queue 'x'"] and errors["tags"] == ["bad tag"]
     assert errors[""] == ["whole config", "?"]
+
+
+# --- experiments -------------------------------------------------------------------------------------------
+
+
+def interval(values, lo=None, hi=None):
+    ok = [v for v in values if v is not None]
+    return {
+        "mean": sum(ok) / len(ok) if ok else None,
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": len(ok),
+        "values": values,
+    }
+
+
+def results_json():
+    """An experiment's results as GET /experiments/{id}/results sends them (validated against the API's
+    model): KLQ and PPO at two taus, two seeds; PPO's seed 2 at tau 0.1 failed."""
+    from backend.schemas import ExperimentResults
+
+    def row(tau, alg, rewards, kls, failed=()):
+        return {
+            "kl_coef": tau,
+            "algorithm": alg,
+            "runs": 2,
+            "succeeded": 2 - len(failed),
+            "failed": list(failed),
+            "pending": 0,
+            "reward": interval(rewards, *((0.1, 0.9) if len(rewards) > 1 else (None, None))),
+            "kl": interval(kls, *((0.5, 1.5) if len(kls) > 1 else (None, None))),
+            "rlhf_reward": interval([r - tau * k for r, k in zip(rewards, kls)]),
+            "gold": None,
+            "wall_clock_s": interval([600.0] * len(rewards)),
+            "iteration_s": interval([0.5] * len(rewards)),
+        }
+
+    oom = {"run_id": 8, "seed": 2, "status": "failed", "error": "RuntimeError: CUDA out of memory\nTraceback"}
+    rows = [
+        row(0.05, "klq", [0.6, 0.7], [1.0, 1.2]),
+        row(0.05, "ppo", [0.5, 0.55], [1.5, 1.4]),
+        row(0.1, "klq", [0.4, 0.45], [0.5, 0.6]),
+        row(0.1, "ppo", [0.35], [0.9], failed=[oom]),
+    ]
+    points = []
+    rid = 1
+    for r in rows:
+        for i, (rew, kl) in enumerate(zip(r["reward"]["values"], r["kl"]["values"])):
+            points.append(
+                {
+                    "run_id": rid,
+                    "algorithm": r["algorithm"],
+                    "kl_coef": r["kl_coef"],
+                    "seed": i + 1,
+                    "status": "succeeded",
+                    "kl": kl,
+                    "reward": rew,
+                    "rlhf_reward": rew - kl,
+                }
+            )
+            rid += 1
+    points.append(
+        {
+            "run_id": 8,
+            "algorithm": "ppo",
+            "kl_coef": 0.1,
+            "seed": 2,
+            "status": "failed",
+            "kl": None,
+            "reward": None,
+            "rlhf_reward": None,
+        }
+    )
+
+    def rate(kind, tau, alg, wins, losses, ties, lo, hi):
+        n = wins + losses + ties
+        return {
+            "kind": kind,
+            "kl_coef": tau,
+            "algorithm": alg,
+            "judgements": [1, 2],
+            "pending": 0,
+            "prompts": n,
+            "wins": wins,
+            "losses": losses,
+            "ties": ties,
+            "invalid": 0,
+            "win_rate": (wins + ties / 2) / n,
+            "ci_low": lo,
+            "ci_high": hi,
+        }
+
+    results = {
+        "experiment_id": 3,
+        "status": "failed",
+        "rows": rows,
+        "win_rates": [
+            rate("klq_vs_ppo", 0.05, None, 40, 20, 4, 0.5, 0.74),
+            rate("vs_sft", 0.05, "klq", 50, 10, 4, 0.7, 0.88),
+            rate("vs_sft", 0.05, "ppo", 45, 15, 4, 0.6, 0.8),
+            rate("klq_vs_ppo", 0.1, None, 20, 10, 2, 0.45, 0.78),
+        ],
+        "not_judged": [
+            {"kind": "vs_sft", "kl_coef": 0.1, "seed": 2, "algorithm": "ppo", "reason": "run 8 failed"}
+        ],
+        "points": points,
+        # by algorithm, ordered by KL: KLQ 5 (0.5, 0.4), 6 (0.6, 0.45), 1 (1.0, 0.6), 2 (1.2, 0.7); PPO 7, 4, 3
+        "frontier": {"klq": [5, 6, 1, 2], "ppo": [7, 4]},
+        "compute": {"run_hours": 1.2, "gpu_hours": 0.0, "wall_clock_s": 1800.0},
+    }
+    return ExperimentResults.model_validate(results).model_dump(mode="json")
+
+
+def test_parse_kl_coefs_and_seeds():
+    assert logic.parse_kl_coefs("0.02, 0.05 1e-1") == ([0.02, 0.05, 0.1], [])
+    values, problems = logic.parse_kl_coefs("0.1, -1, abc, 0, nan")
+    assert values == [0.1] and len(problems) == 4 and "'abc' is not a positive number" in problems
+    assert logic.parse_kl_coefs("  ") == ([], [])
+    assert logic.parse_seeds("1-3, 7 9, 10 - 11") == ([1, 2, 3, 7, 9, 10, 11], [])
+    values, problems = logic.parse_seeds("2, x, 5-2, 0-5000, -1")
+    assert values == [2] and len(problems) == 4
+    assert logic.parse_seeds("0") == ([0], [])
+
+
+def test_parse_config_yaml():
+    assert logic.parse_config_yaml("") == ({}, None)
+    assert logic.parse_config_yaml("algorithm: ppo\ntrain: {batch_size: 8}") == (
+        {"algorithm": "ppo", "train": {"batch_size": 8}},
+        None,
+    )
+    assert logic.parse_config_yaml('{"kl_coef": 0.1}') == ({"kl_coef": 0.1}, None)
+    config, problem = logic.parse_config_yaml("train: [1,")
+    assert config is None and problem.startswith("not valid YAML")
+    config, problem = logic.parse_config_yaml("- a\n- b")
+    assert config is None and "mapping" in problem
+
+
+def summary(**kw):
+    from backend.schemas import ExperimentSummary
+
+    e = {
+        "id": 3,
+        "name": "klq-vs-ppo",
+        "status": "running",
+        "error": None,
+        "grid": {"algorithms": ["klq", "ppo"], "kl_coefs": [0.05, 0.1], "seeds": [1, 2]},
+        "tags": ["study", "x"],
+        "notes": "",
+        "queue": "gpu",
+        "created_at": NOW.isoformat(),
+        "judging_started_at": None,
+        "cancel_requested": False,
+        "progress": {
+            "runs_total": 8,
+            "runs_finished": 3,
+            "runs_failed": 1,
+            "judgements_total": 0,
+            "judgements_finished": 0,
+            "judgements_failed": 0,
+        },
+        "compute": {"run_hours": 0.75, "gpu_hours": 0.5, "wall_clock_s": 3700.0},
+    }
+    e.update(kw)
+    return ExperimentSummary.model_validate(e).model_dump(mode="json")
+
+
+def test_experiments_frame_and_progress():
+    df = logic.experiments_frame([summary(), summary(id=4, status="judging", cancel_requested=True)])
+    first = df.iloc[0]
+    assert first["runs"] == "3/8 (1 failed)" and first["judgements"] == "0/0"
+    assert first["progress"] == pytest.approx(3 / 8)
+    assert first["algorithms"] == "KLQ, PPO" and first["tau"] == "0.05, 0.1" and first["seeds"] == 2
+    assert first["wall-clock"] == "1h 01m" and first["run-hours"] == 0.75 and first["tags"] == "study, x"
+    assert df.iloc[1]["status"] == "judging (cancelling)"
+    assert logic.experiments_frame([]).empty
+    progress = {"runs_total": 8, "runs_finished": 8, "judgements_total": 12, "judgements_finished": 2}
+    assert logic.experiment_progress(progress) == pytest.approx(10 / 20)
+    assert logic.experiment_progress({"runs_total": 0}) == 0.0
+    assert logic.format_hours(0.4213) == "0.421 h" and logic.format_hours(None) == "–"
+
+
+def test_preview_frame():
+    preview = {
+        "runs": [
+            {
+                "name": f"e/{a}-tau0.05-s{s}",
+                "algorithm": a,
+                "kl_coef": 0.05,
+                "seed": s,
+                "config": {
+                    "task": {"name": "builtin"},
+                    "train": {"total_episodes": 640, "batch_size": 64, "learning_rate": 3e-4},
+                },
+            }
+            for a in ("klq", "ppo")
+            for s in (1, 2)
+        ],
+        "judgements": 6,
+    }
+    df = logic.preview_frame(preview)
+    assert list(df["name"]) == [
+        "e/klq-tau0.05-s1",
+        "e/klq-tau0.05-s2",
+        "e/ppo-tau0.05-s1",
+        "e/ppo-tau0.05-s2",
+    ]
+    assert list(df["algorithm"]) == ["KLQ", "KLQ", "PPO", "PPO"] and set(df["iterations"]) == {10}
+    assert set(df["task"]) == {"builtin"} and set(df["learning_rate"]) == {3e-4}
+
+
+def test_results_frame_keeps_failed_runs_with_their_reason():
+    results = results_json()
+    df = logic.results_frame(results)
+    assert list(zip(df["tau"], df["algorithm"])) == [(0.05, "KLQ"), (0.05, "PPO"), (0.1, "KLQ"), (0.1, "PPO")]
+    klq = df.iloc[0]
+    assert klq["reward"] == pytest.approx(0.65) and klq["reward 95% CI"] == "[0.1, 0.9]"
+    assert klq["KL"] == pytest.approx(1.1) and klq["KL 95% CI"] == "[0.5, 1.5]"
+    assert klq["rlhf_reward"] == pytest.approx(0.65 - 0.05 * 1.1)
+    assert klq["gold"] is None and klq["gold 95% CI"] == "–"  # not logged
+    assert klq["wall-clock (s)"] == 600.0 and klq["s/iteration"] == 0.5
+    assert klq["seeds"] == "2/2 succeeded" and klq["failed"] == ""
+    ppo = df.iloc[3]
+    assert ppo["seeds"] == "1/2 succeeded" and ppo["reward"] == pytest.approx(0.35)
+    assert ppo["reward 95% CI"] == "n=1"  # one seed: no interval
+    assert ppo["failed"] == "#8 seed 2 failed: RuntimeError: CUDA out of memory"
+    assert logic.results_frame({"rows": []}).empty
+
+
+def test_format_ci_and_failed_text():
+    assert logic.format_ci({"mean": 1.0, "ci_low": 0.123456, "ci_high": 2.0, "n": 3}) == "[0.1235, 2]"
+    assert logic.format_ci({"mean": None, "ci_low": None, "ci_high": None, "n": 0}) == "–"
+    assert logic.format_ci(None) == "–"
+    long = {"run_id": 1, "seed": 0, "status": "cancelled", "error": "x" * 500}
+    text = logic.failed_text([long, {"run_id": 2, "seed": 1, "status": "failed", "error": None}])
+    assert text.startswith("#1 seed 0 cancelled: xxx") and text.endswith(
+        "#2 seed 1 failed: (no reason recorded)"
+    )
+    assert len(text) < 300
+
+
+def test_win_rates_and_not_judged():
+    results = results_json()
+    df = logic.win_rates_frame(results)
+    assert list(zip(df["tau"], df["comparison"])) == [
+        (0.05, "KLQ vs PPO"),
+        (0.05, "KLQ vs SFT"),
+        (0.05, "PPO vs SFT"),
+        (0.1, "KLQ vs PPO"),
+    ]
+    first = df.iloc[0]
+    assert first["win rate"] == pytest.approx(42 / 64) and first["95% CI"] == "50.0–74.0%"
+    assert (first["wins"], first["losses"], first["ties"], first["prompts"], first["judgements"]) == (
+        40,
+        20,
+        4,
+        64,
+        2,
+    )
+    pending = dict(results["win_rates"][0], win_rate=None, ci_low=None, ci_high=None, pending=2)
+    assert logic.win_rates_frame({"win_rates": [pending]}).iloc[0]["95% CI"] == "–"
+    skipped = logic.not_judged_frame(results)
+    assert skipped.to_dict("records") == [
+        {"tau": 0.1, "comparison": "PPO vs SFT", "seed": 2, "reason": "run 8 failed"}
+    ]
+    assert logic.win_rates_frame({}).empty and logic.not_judged_frame({}).empty
+
+
+def test_points_and_frontier_lines_per_algorithm():
+    results = results_json()
+    points = logic.experiment_points_frame(results).set_index("run_id")
+    assert len(points) == 8  # every run, the failed one too
+    assert points.loc[8, "status"] == "failed" and math.isnan(points.loc[8, "kl"])
+    assert points.loc[8, "run"] == "#8 s2 (failed)" and points.loc[1, "run"] == "#1 s1"
+    assert set(points.index[points["on_frontier"]]) == {5, 6, 1, 2, 7, 4}
+    lines = logic.frontier_lines(results)
+    klq = lines[lines["algorithm"] == "KLQ"]
+    assert list(klq["run_id"]) == [5, 6, 1, 2] and list(klq["order"]) == [0, 1, 2, 3]
+    assert list(klq["kl"]) == [0.5, 0.6, 1.0, 1.2] and list(klq["reward"]) == [0.4, 0.45, 0.6, 0.7]
+    assert list(lines[lines["algorithm"] == "PPO"]["run_id"]) == [7, 4]
+    # the server's frontier agrees with the dashboard's own Pareto frontier, per algorithm
+    for alg, ids in results["frontier"].items():
+        ok = [p for p in results["points"] if p["algorithm"] == alg and p["status"] == "succeeded"]
+        idx = logic.pareto_frontier([(p["kl"], p["reward"]) for p in ok])
+        assert [ok[i]["run_id"] for i in idx] == ids
+    # a frontier run without values (never expected) is skipped rather than drawn at 0
+    assert list(logic.frontier_lines(dict(results, frontier={"ppo": [8, 7]}))["run_id"]) == [7]
+
+
+def test_curves_frame():
+    from backend.schemas import ExperimentCurves
+
+    curves = ExperimentCurves.model_validate(
+        {
+            "key": "objective/scores",
+            "max_points": 500,
+            "curves": [
+                {
+                    "algorithm": "klq",
+                    "kl_coef": 0.05,
+                    "runs": [1, 2],
+                    "steps": [1, 2, 3],
+                    "mean": [0.1, 0.2, None],
+                    "low": [0.0, 0.1, None],
+                    "high": [0.2, 0.3, None],
+                    "seeds_at_step": [2, 2, 0],
+                },
+                {
+                    "algorithm": "ppo",
+                    "kl_coef": 0.05,
+                    "runs": [3],
+                    "steps": [],
+                    "mean": [],
+                    "low": [],
+                    "high": [],
+                    "seeds_at_step": [],
+                },
+            ],
+        }
+    ).model_dump(mode="json")
+    df = logic.curves_frame(curves)
+    assert list(df.columns) == ["series", "algorithm", "tau", "step", "mean", "low", "high", "seeds"]
+    assert set(df["series"]) == {"KLQ τ=0.05"} and list(df["step"]) == [1, 2, 3]
+    assert list(df["mean"])[:2] == [0.1, 0.2] and math.isnan(df["mean"].iloc[2])
+    assert list(df["seeds"]) == [2, 2, 0] and df["low"].dtype == "float64"
+    assert logic.curves_frame({"curves": []}).empty
+
+
+def test_experiment_runs_frame():
+    detail = {
+        "runs": [
+            {
+                "run_id": 1,
+                "name": "e/klq-tau0.05-s1",
+                "algorithm": "klq",
+                "kl_coef": 0.05,
+                "seed": 1,
+                "status": "succeeded",
+                "iteration": 10,
+                "total_iterations": 10,
+                "error": None,
+                "started_at": NOW.isoformat(),
+                "finished_at": (NOW + timedelta(seconds=75)).isoformat(),
+            },
+            {
+                "run_id": 2,
+                "name": "e/ppo-tau0.05-s1",
+                "algorithm": "ppo",
+                "kl_coef": 0.05,
+                "seed": 1,
+                "status": "failed",
+                "iteration": 3,
+                "total_iterations": 10,
+                "error": "ValueError: <b>x</b>\nmore",
+                "started_at": NOW.isoformat(),
+                "finished_at": None,
+            },
+        ]
+    }
+    df = logic.experiment_runs_frame(detail)
+    assert (
+        df.iloc[0]["duration"] == "1m 15s"
+        and df.iloc[0]["iteration"] == "10/10"
+        and df.iloc[0]["error"] == ""
+    )
+    assert df.iloc[1]["error"] == "ValueError: <b>x</b>" and df.iloc[1]["algorithm"] == "PPO"
