@@ -638,3 +638,18 @@ def test_importing_the_judge_library_is_cheap():
             "print(sorted(m for m in ('torch', 'transformers', 'httpx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_student_t_quantiles_and_interval_match_tables() -> None:
+    from klq.judge.stats import student_t_interval, t_value
+
+    # two-sided 95% (and one 99%) quantiles from statistical tables
+    for df, table in [(1, 12.7062047), (2, 4.3026527), (4, 2.7764451), (10, 2.2281389), (30, 2.0422725)]:
+        assert t_value(df) == pytest.approx(table, abs=1e-6)
+    assert t_value(5, 0.99) == pytest.approx(4.0321430, abs=1e-6)
+    low, high = student_t_interval([1.0, 2.0, 3.0])  # mean 2, s = 1, n = 3: 2 -+ 4.3026527 / sqrt(3)
+    assert (low, high) == pytest.approx((2 - 4.3026527 / 3**0.5, 2 + 4.3026527 / 3**0.5), abs=1e-6)
+    with pytest.raises(ValueError):
+        student_t_interval([1.0])
+    with pytest.raises(ValueError):
+        t_value(0)
