@@ -69,6 +69,7 @@ class RunSummary(TypedDict):
     worker_host: str | None
     worker_gpu: str | None
     cancel_requested: bool
+    experiment_id: int | None
     latest: dict[str, LatestValue]
 
 
@@ -660,11 +661,12 @@ class Client:
         q: str | None = None,
         order: Literal["newest", "oldest", "name"] = "newest",
         latest: Iterable[str] | None = None,
+        experiment_id: int | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> RunPage:
         """One page of runs (newest first by default); ``latest``: metric keys whose latest values to
-        include (default: all)."""
+        include (default: all); ``experiment_id``: only that experiment's runs."""
         return self._get(
             "/runs",
             status=_opt_list(status),
@@ -673,6 +675,7 @@ class Client:
             q=q or None,
             order=order,
             latest=_opt_list(latest),
+            experiment_id=experiment_id,
             limit=limit,
             offset=offset,
         )

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backend_testkit import Server, fresh_database, start_server, stop_server  # noqa: E402
-from frontend_testkit import Seeded, seed  # noqa: E402
+from frontend_testkit import Seeded, SeededExperiment, seed, seed_experiment  # noqa: E402
 
 from backend import migrate  # noqa: E402
 
@@ -35,6 +35,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def seeded(server: Server) -> Seeded:
     return seed(server)
+
+
+@pytest.fixture(scope="session")
+def experiment(server: Server) -> SeededExperiment:
+    """A finished, judged experiment (one run failed) and a queued one (tests/frontend/frontend_testkit)."""
+    return seed_experiment(server)
 
 
 @pytest.fixture

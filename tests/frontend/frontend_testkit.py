@@ -201,6 +201,107 @@ def seed(server: Server) -> Seeded:
     )
 
 
+# --- experiments -----------------------------------------------------------------------------------------
+
+EXPERIMENT_TAUS = (0.05, 0.1)
+EXPERIMENT_SEEDS = (1, 2)
+EXPERIMENT_STEPS = 20
+EXPERIMENT_ERROR = "RuntimeError: CUDA out of memory <b>not html</b>\nTraceback line 2"
+
+
+def experiment_final(algorithm: str, tau: float, seed: int) -> tuple[float, float]:
+    """The final (reward, KL) of a seeded experiment run: less reward and KL at a larger tau, KLQ ahead.
+    Rewards stay below the Compare page tests' failed run (0.9 at KL 5), which must stay on the frontier
+    of all runs."""
+    if algorithm == "klq":
+        return 0.7 - 2 * tau + 0.02 * seed, 2.0 - 10 * tau + 0.1 * seed
+    return 0.6 - 2 * tau + 0.03 * seed, 3.0 - 10 * tau + 0.2 * seed
+
+
+@dataclass
+class SeededExperiment:
+    id: int
+    runs: dict[tuple[str, float, int], int]  # (algorithm, tau, seed) -> run id
+    failed: int  # PPO at tau 0.1, seed 2
+    judgements: dict[str, list[int]]  # kind -> judgement ids
+    active: int  # a second experiment whose runs are still queued
+
+
+def seed_experiment(server: Server) -> SeededExperiment:
+    """An experiment as the worker leaves it: KLQ and PPO x tau 0.05, 0.1 x seeds 1, 2 (8 runs) trained
+    for 20 steps, PPO's tau-0.1 seed-2 run failed at step 5 (with markup in its error), and the
+    judgements the experiment queued when its last run ended, judged with verdicts (KLQ wins 3 of 4
+    prompts against PPO; each policy wins 3 of 4 against SFT and ties one). Also a second experiment,
+    still queued, with no worker to run it."""
+    from backend.schemas import ExperimentGrid, ExperimentJudge
+    from klq.config import RunConfig
+
+    judge = ExperimentJudge(num_prompts=len(PROMPTS)).model_dump(mode="json", exclude_none=True)
+    with server.db.write_session() as s:
+        exp, rows = store.create_experiment(
+            s,
+            name="study",
+            base=RunConfig.model_validate(seed_config(iterations=EXPERIMENT_STEPS)),
+            grid=ExperimentGrid(
+                algorithms=["klq", "ppo"], kl_coefs=list(EXPERIMENT_TAUS), seeds=list(EXPERIMENT_SEEDS)
+            ),
+            judge=judge,
+            tags=["study"],
+            queue="gpu",
+        )
+        runs = {(r.algorithm, r.config["kl_coef"], r.config["seed"]): r.id for r in rows}
+        failed = runs[("ppo", 0.1, 2)]
+        for (algorithm, tau, seed), rid in runs.items():
+            reward, kl = experiment_final(algorithm, tau, seed)
+            steps = EXPERIMENT_STEPS if rid != failed else 5
+            _start(s, rid, steps)
+            curves = {
+                "objective/scores": lambda st, r=reward: r * st / EXPERIMENT_STEPS,
+                "objective/kl": lambda st, k=kl: k * st / EXPERIMENT_STEPS,
+                "objective/rlhf_reward": lambda st, r=reward, k=kl, t=tau: (
+                    (r - t * k) * st / EXPERIMENT_STEPS
+                ),
+                "timing/iteration_s": lambda st, a=algorithm: 0.5 if a == "klq" else 0.6,
+            }
+            store.write_metrics(s, rid, metric_rows(range(1, steps + 1), curves))
+            if rid == failed:
+                store.finish_run(s, rid, "failed", error=EXPERIMENT_ERROR)
+            else:
+                store.finish_run(s, rid, "succeeded")
+        judgements: dict[str, list[int]] = {}
+        for j in store.claim_judging(s, exp.id):
+            judgements.setdefault(j.kind, []).append(j.id)
+            store.set_judgement_status(s, j.id, "running")
+            losing = "B" if j.kind == "klq_vs_ppo" else "tie"
+            store.record_verdicts(
+                s,
+                j.id,
+                [
+                    {
+                        "prompt_id": pid,
+                        "order": order,
+                        "verdict": "A" if i < 3 else losing,
+                        "prompt": PROMPTS[pid],
+                        "response_a": f"policy {j.run_a_id} on {pid}",
+                        "response_b": f"policy {j.run_b_id} on {pid}",
+                        "raw_output": XSS_JUDGE,
+                    }
+                    for i, pid in enumerate(PROMPTS)
+                    for order in ("ab", "ba")
+                ],
+            )
+            store.set_judgement_status(s, j.id, "succeeded")
+        active, _ = store.create_experiment(
+            s,
+            name="waiting",
+            base=RunConfig.model_validate(seed_config()),
+            grid=ExperimentGrid(algorithms=["klq", "ppo"], kl_coefs=[0.2], seeds=[7]),
+            judge=judge,
+            queue="gpu",
+        )
+        return SeededExperiment(exp.id, runs, failed, judgements, active.id)
+
+
 # --- AppTest ---------------------------------------------------------------------------------------------
 
 

@@ -172,3 +172,93 @@ def test_judgements(api, server, seeded):
     api.delete_judgement(new["id"])
     with server.db.session() as s:
         assert store.get_judgement(s, new["id"]) is None
+
+
+# --- experiments (docs/EXPERIMENTS.md) -------------------------------------------------------------------
+
+
+def test_experiment_reads(api, experiment):
+    page = api.list_experiments(limit=1)
+    assert page["total"] >= 2 and [e["id"] for e in page["items"]] == [experiment.active]  # newest first
+    assert experiment.id in [e["id"] for e in api.list_experiments(limit=50)["items"]]
+    e = api.get_experiment(experiment.id)
+    assert e["status"] == "failed" and e["name"] == "study" and e["grid"]["kl_coefs"] == [0.05, 0.1]
+    assert len(e["runs"]) == 8 and e["progress"]["runs_failed"] == 1
+    assert len(e["judgements"]) == 3 + 7 and e["progress"]["judgements_finished"] == 10
+    ids = {r["id"] for r in api.list_runs(experiment_id=experiment.id, limit=50)["items"]}
+    assert ids == set(experiment.runs.values())
+
+    results = api.experiment_results(experiment.id)
+    assert [(r["kl_coef"], r["algorithm"]) for r in results["rows"]] == [
+        (0.05, "klq"),
+        (0.05, "ppo"),
+        (0.1, "klq"),
+        (0.1, "ppo"),
+    ]
+    failed_row = results["rows"][3]
+    assert failed_row["succeeded"] == 1 and failed_row["failed"][0]["run_id"] == experiment.failed
+    klq = next(w for w in results["win_rates"] if w["kind"] == "klq_vs_ppo" and w["kl_coef"] == 0.05)
+    assert (klq["wins"], klq["losses"], klq["prompts"]) == (6, 2, 8) and klq["win_rate"] == 0.75
+    assert len(results["points"]) == 8 and set(results["frontier"]) == {"klq", "ppo"}
+
+    curves = api.experiment_curves(experiment.id, "objective/kl", max_points=50)
+    assert curves["key"] == "objective/kl" and len(curves["curves"]) == 4
+    band = next(c for c in curves["curves"] if c["algorithm"] == "klq" and c["kl_coef"] == 0.05)
+    assert band["steps"][-1] == 20 and band["low"][-1] <= band["mean"][-1] <= band["high"][-1]
+    csv = api.experiment_results_csv(experiment.id).decode()
+    assert len(csv.strip().splitlines()) == 1 + 4
+
+    with pytest.raises(APIError) as err:
+        api.get_experiment(999_999)
+    assert err.value.status == 404
+
+
+def test_experiment_preview_create_cancel_delete(api):
+    base = seed_config(iterations=4)
+    grid = {"algorithms": ["klq", "ppo"], "kl_coefs": [0.02, 0.05], "seeds": [1, 2]}
+    preview = api.preview_experiment(
+        base, grid, name="client-exp", judge={"backend": "gold", "num_prompts": 4}
+    )
+    assert len(preview["runs"]) == 8 and preview["judgements"] == 4 + 8
+    resolved = preview["runs"][0]["config"]  # the full config, defaults filled in
+    assert resolved["train"]["total_episodes"] == 32 and resolved["rollout"]["response_length"] == 53
+    before = api.list_experiments()["total"]
+    assert api.list_experiments()["total"] == before  # a preview creates nothing
+
+    created = api.create_experiment(base, grid, name="client-exp", tags=["client"], queue="cpu")
+    assert created["status"] == "queued" and created["queue"] == "cpu" and len(created["runs"]) == 8
+    assert {(r["algorithm"], r["kl_coef"], r["seed"]) for r in created["runs"]} == {
+        (a, t, s) for a in ("klq", "ppo") for t in (0.02, 0.05) for s in (1, 2)
+    }
+    with pytest.raises(APIError) as err:
+        api.delete_experiment(created["id"])  # active
+    assert err.value.status == 409
+    cancelled = api.cancel_experiment(created["id"])
+    assert cancelled["status"] == "cancelled" and {r["status"] for r in cancelled["runs"]} == {"cancelled"}
+    api.delete_experiment(created["id"])
+    with pytest.raises(APIError) as err:
+        api.get_experiment(created["id"])
+    assert err.value.status == 404
+
+    with pytest.raises(APIError) as err:
+        api.preview_experiment(base, {"kl_coefs": [0.1, 0.1], "seeds": [1]})
+    assert err.value.field_errors == {"grid.kl_coefs": ["values must be distinct, got [0.1, 0.1]"]}
+    with pytest.raises(APIError) as err:
+        api.create_experiment({"train": {"batch_size": 10, "minibatch_size": 4}}, {"kl_coefs": [0.1]})
+    assert err.value.status == 422 and any(f.startswith("base.train") for f in err.value.field_errors)
+
+
+def test_wait_experiment(server, experiment):
+    from klq.client import Client as ScriptClient
+    from klq.client import ExperimentFailedError, WaitTimeout
+
+    with ScriptClient(server.url, server.token) as c:
+        seen = []
+        done = c.wait_experiment(experiment.id, poll_interval=0.1, on_update=seen.append)
+        assert done["status"] == "failed" and len(seen) == 1  # finished: one read
+        with pytest.raises(ExperimentFailedError) as err:
+            c.wait_experiment(experiment.id, raise_on_failure=True)
+        assert "RuntimeError: CUDA out of memory" in err.value.error
+        with pytest.raises(WaitTimeout) as err:
+            c.wait_experiment(experiment.active, timeout=0.3, poll_interval=0.1)
+        assert err.value.last["status"] == "queued"
