@@ -24,6 +24,9 @@ pages = [
     st.Page(
         ui.PAGE_FILES["samples"], title="Samples & judgements", icon=":material/chat:", url_path="samples"
     ),
+    st.Page(
+        ui.PAGE_FILES["experiments"], title="Experiments", icon=":material/science:", url_path="experiments"
+    ),
 ]
 page = st.navigation(pages)
 with st.sidebar:

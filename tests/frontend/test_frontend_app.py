@@ -34,6 +34,7 @@ def test_navigation_lists_the_pages(app_env, seeded):
         ("run", "Run"),
         ("compare", "Compare runs"),
         ("samples", "Samples & judgements"),
+        ("experiments", "Experiments"),
     ):
         assert page(name).title[0].value == title
 
