@@ -785,10 +785,12 @@ def experiment_progress(progress: Mapping[str, Any]) -> float:
 
 
 def format_hours(hours: float | None) -> str:
-    """'0.42 h', '12.5 h'; '–' for None."""
+    """'0.42 h', '12.50 h', '250 h'; '<0.01 h' for a few seconds; '–' for None."""
     if hours is None or not math.isfinite(hours):
         return "–"
-    return f"{hours:.3g} h" if hours < 100 else f"{hours:.0f} h"
+    if 0 < hours < 0.005:
+        return "<0.01 h"
+    return f"{hours:.2f} h" if hours < 100 else f"{hours:.0f} h"
 
 
 def experiments_frame(items: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+import pandas as pd
 import streamlit as st
 import yaml
 
@@ -85,7 +86,7 @@ def experiment_list() -> None:
                 format="percent",
                 help="runs and judgements finished",
             ),
-            "run-hours": st.column_config.NumberColumn("run-hours", format="%.3g"),
+            "run-hours": st.column_config.NumberColumn("run-hours", format="%.2f"),
             "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
         },
     )
@@ -269,7 +270,10 @@ def new_experiment() -> None:
             logic.preview_frame(preview),
             hide_index=True,
             width="stretch",
-            column_config={"tau": st.column_config.NumberColumn("tau", format="%g")},
+            column_config={
+                "tau": st.column_config.NumberColumn("tau", format="%g"),
+                "learning_rate": st.column_config.NumberColumn("learning_rate", format="%g"),
+            },
         )
     if err := st.session_state.get("experiments.create_error"):
         ui.show_error(err, "creating the experiment")
@@ -350,6 +354,18 @@ def results_section(eid: int, results: dict) -> None:
     if rates.empty:
         st.caption("No judgements yet: they are queued once every run has finished.")
     else:
+        headline = rates[rates["comparison"] == "KLQ vs PPO"].to_dict("records")
+        cols = st.columns(max(4, len(headline))) if headline else []
+        for col, w in zip(cols, headline):
+            col.metric(
+                f"KLQ vs PPO, τ = {w['tau']:g}",
+                "–" if pd.isna(w["win rate"]) else f"{100 * w['win rate']:.1f}%",
+                help="KLQ's win-rate against PPO at this tau, pooled over seeds (ties count half)",
+            )
+            col.caption(
+                f"95% CI {w['95% CI']} · {w['wins']} wins, {w['losses']} losses, {w['ties']} ties"
+                + (f" · {w['pending']} pending" if w["pending"] else "")
+            )
         if rates["win rate"].notna().any():
             st.altair_chart(ui.win_rate_chart(rates), width="stretch")
         st.dataframe(

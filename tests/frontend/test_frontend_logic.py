@@ -602,7 +602,9 @@ def test_experiments_frame_and_progress():
     progress = {"runs_total": 8, "runs_finished": 8, "judgements_total": 12, "judgements_finished": 2}
     assert logic.experiment_progress(progress) == pytest.approx(10 / 20)
     assert logic.experiment_progress({"runs_total": 0}) == 0.0
-    assert logic.format_hours(0.4213) == "0.421 h" and logic.format_hours(None) == "–"
+    assert logic.format_hours(0.4213) == "0.42 h" and logic.format_hours(None) == "–"
+    assert logic.format_hours(1e-5) == "<0.01 h" and logic.format_hours(0.0) == "0.00 h"
+    assert logic.format_hours(250.4) == "250 h"
 
 
 def test_preview_frame():
