@@ -262,3 +262,19 @@ def test_wait_experiment(server, experiment):
         with pytest.raises(WaitTimeout) as err:
             c.wait_experiment(experiment.active, timeout=0.3, poll_interval=0.1)
         assert err.value.last["status"] == "queued"
+
+
+def test_script_client_takes_an_experiment_base_from_a_file(server, tmp_path):
+    import yaml
+
+    from klq.client import Client as ScriptClient
+
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(seed_config("ppo", kl_coef=9.0, seed=5)))
+    grid = {"algorithms": ["klq"], "kl_coefs": [0.1], "seeds": [3]}
+    with ScriptClient(server.url, server.token) as c:
+        preview = c.preview_experiment(path, grid, overrides={"train.num_epochs": 2}, name="from-file")
+    (run,) = preview["runs"]
+    assert run["name"] == "from-file/klq-tau0.1-s3" and run["config"]["train"]["num_epochs"] == 2
+    # the grid's algorithm, tau and seed replace the file's
+    assert (run["config"]["algorithm"], run["config"]["kl_coef"], run["config"]["seed"]) == ("klq", 0.1, 3)
