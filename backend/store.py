@@ -61,6 +61,7 @@ from .models import (
     Verdict,
     utcnow,
 )
+from .schemas import ExperimentGrid, ExperimentResults
 from .winrate import summarize_rows
 
 
@@ -1317,15 +1318,15 @@ def create_experiment(
     *,
     name: str,
     base: RunConfig,
-    grid: Any,
+    grid: ExperimentGrid,
     judge: Mapping[str, Any],
     tags: Iterable[str] = (),
     notes: str = "",
     queue: str = "gpu",
     commit: bool = True,
 ) -> tuple[Experiment, list[Run]]:
-    """Insert an experiment and its queued runs (``grid``: a schemas.ExperimentGrid, expanded by
-    experiments.plan_runs) in one transaction. The caller sends the runs to the broker after the commit."""
+    """Insert an experiment and its queued runs (the grid expanded by experiments.plan_runs) in one
+    transaction. The caller sends the runs to the broker after the commit."""
     now = utcnow()
     tags = _clean_tags(tags)
     exp = Experiment(
@@ -1480,7 +1481,7 @@ def list_experiments(
     return _views(session, exps), total
 
 
-def experiment_results(session: Session, experiment_id: int) -> Any:
+def experiment_results(session: Session, experiment_id: int) -> ExperimentResults:
     """The results of docs/EXPERIMENTS.md (schemas.ExperimentResults), in six queries whatever the size:
     the experiment, its runs, its judgements, the final values of the result keys (metric_latest), the
     mean iteration time per run (one aggregate), and the verdicts of its judgements."""
@@ -1507,8 +1508,6 @@ def experiment_results(session: Session, experiment_id: int) -> Any:
         .where(Judgement.experiment_id == experiment_id)
     ):
         verdicts.setdefault(jid, []).append((prompt_id, order, verdict))
-    from .schemas import ExperimentGrid
-
     return ex.results(
         experiment_id,
         view.status,

@@ -26,7 +26,8 @@ SKIP = {("DELETE", "/api/v1/tokens/{token_id}"), ("GET", "/api/v1/runs/{run_id}/
 
 
 def _seed(server: Server, client) -> dict[str, int]:
-    """A run with rows of every kind, so that generated requests also reach existing objects."""
+    """A run with rows of every kind, and an experiment, so that generated requests also reach existing
+    objects."""
     run = create_run(client, tags=["fuzz"])
     rid = run["id"]
     policy = server.data_dir / "runs" / str(rid) / "final"
@@ -40,7 +41,12 @@ def _seed(server: Server, client) -> dict[str, int]:
         ckpt = store.add_checkpoint(s, rid, 50, policy, is_final=True)
         j = store.create_judgement(s, run_a_id=rid, num_prompts=2, judge={"backend": "gold"})
         store.record_verdicts(s, j.id, [{"prompt_id": "p0", "order": "ab", "verdict": "A"}])
-        return {"run_id": rid, "judgement_id": j.id, "checkpoint_id": ckpt.id}
+    exp = client.post(
+        "/experiments",
+        json={"base": {}, "grid": {"algorithms": ["klq"], "kl_coefs": [0.1], "seeds": [1]}, "tags": ["fuzz"]},
+    )
+    assert exp.status_code == 201, exp.text
+    return {"run_id": rid, "judgement_id": j.id, "checkpoint_id": ckpt.id, "experiment_id": exp.json()["id"]}
 
 
 def _make_check(
