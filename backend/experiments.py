@@ -53,6 +53,7 @@ ITERATION_S = "timing/iteration_s"
 KINDS = ("klq_vs_ppo", "vs_sft")
 ALGORITHMS = ("klq", "ppo")
 MAX_ERROR_CHARS = 300  # of each run's or judgement's error quoted in the experiment's error
+MAX_PROBLEMS = 5  # failed runs and judgements named in the experiment's error
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,9 @@ def derive_status(
         if j.status in ("failed", "cancelled")
     ]
     if state.error:
-        problems.append(state.error)
+        problems.insert(0, state.error)
+    if len(problems) > MAX_PROBLEMS:  # the results list every failed run; the error stays readable
+        problems = [*problems[:MAX_PROBLEMS], f"and {len(problems) - MAX_PROBLEMS} more"]
     return ("failed", "; ".join(problems)) if problems else ("succeeded", None)
 
 

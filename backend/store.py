@@ -1371,6 +1371,15 @@ def require_experiment(session: Session, experiment_id: int) -> Experiment:
     return exp
 
 
+def set_experiment_error(session: Session, experiment_id: int, error: str, *, commit: bool = True) -> None:
+    """Record a failure of the experiment itself (its runs could not all be queued); shown in its error."""
+    exp = require_experiment(session, experiment_id)
+    exp.error, exp.updated_at = error, utcnow()
+    session.flush()
+    if commit:
+        session.commit()
+
+
 def experiment_runs(session: Session, experiment_ids: Sequence[int]) -> dict[int, list[ex.RunRow]]:
     """The runs of several experiments in one query, as RunRows (kl_coef and seed read from the config
     in SQL, so the config itself is not loaded), by id."""

@@ -91,10 +91,11 @@ def _queue_runs(session: Session, experiment_id: int, runs: list[Run]) -> None:
                 store.finish_run(
                     session, unsent.id, "failed", error=f"could not be queued: {err}", commit=False
                 )
+            message = f"{len(runs) - i} of its {len(runs)} runs could not be queued (broker unreachable)"
+            store.set_experiment_error(session, experiment_id, message, commit=False)
             session.commit()
             raise ServiceUnavailable(
-                f"experiment {experiment_id} was created but {len(runs) - i} of its {len(runs)} runs could not "
-                "be queued (broker unreachable); they are marked failed",
+                f"experiment {experiment_id} was created but {message}; they are marked failed",
                 experiment_id=experiment_id,
             ) from err
 

@@ -92,3 +92,23 @@ def test_broker_down_marks_the_run_failed_with_503(tmp_path) -> None:
             assert run["status"] == "failed" and "could not be queued" in run["error"]
     finally:
         stop_server(srv)
+
+
+def test_broker_down_marks_an_experiments_runs_failed_with_503(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'klq.db'}"
+    migrate.upgrade(url)
+    srv = start_server("sqlite", url, tmp_path / "data", KLQ_BROKER_URL="redis://127.0.0.1:1/0")
+    try:
+        with srv.client() as client:
+            grid = {"algorithms": ["klq", "ppo"], "kl_coefs": [0.1, 0.2, 0.3], "seeds": [1, 2]}
+            r = client.post("/experiments", json={"base": small_config(), "grid": grid})
+            assert r.status_code == 503 and "12 of its 12 runs could not be queued" in r.json()["detail"]
+            exp = client.get(f"/experiments/{r.json()['experiment_id']}").json()
+            assert {run["status"] for run in exp["runs"]} == {"failed"}
+            assert all("could not be queued" in run["error"] for run in exp["runs"])
+            assert exp["status"] == "failed" and exp["error"].startswith(
+                "12 of its 12 runs could not be queued"
+            )
+            assert exp["error"].endswith("and 8 more")  # the experiment's reason, then 4 of the 12 runs
+    finally:
+        stop_server(srv)
