@@ -48,8 +48,13 @@ def wait_experiment(stack: Stack, client, eid: int, timeout: float) -> dict:
     return exp
 
 
-def test_experiment_trains_judges_itself_and_reports(stack: Stack, client, main_worker) -> None:
+def test_experiment_trains_judges_itself_and_reports(
+    stack: Stack, client, main_worker, extra_workers
+) -> None:
     started = time.monotonic()
+    # A second worker on the same queue: each task is mostly a child process starting (one core), so two
+    # workers halve the wall time on a 2-core machine. It joins whenever it is ready.
+    extra_workers.append(stack.start_worker("main", wait=False))
     base = tiny_config(
         iterations=2,
         checkpoint_interval=2,
