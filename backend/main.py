@@ -22,7 +22,7 @@ from .db import Database
 from .errors import install_error_handlers
 from .migrate import check_migrated
 from .observability import Observability, ObservabilityMiddleware
-from .routers import checkpoints, experiments, health, judgements, metrics, runs, samples, tokens
+from .routers import checkpoints, experiments, health, judgements, logs, metrics, runs, samples, tokens
 from .settings import Settings, get_settings
 
 log = logging.getLogger("klq.backend")
@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.router,
         samples.router,
         checkpoints.router,
+        logs.router,
         judgements.router,
         experiments.router,
         tokens.router,

@@ -53,6 +53,18 @@ def format_duration(seconds: float | None) -> str:
     return f"{s // 86400}d {(s % 86400) // 3600:02d}h"
 
 
+def format_bytes(n: int) -> str:
+    """512 -> '512 B', 1536 -> '1.5 KiB', 3 * 2**20 -> '3.0 MiB'."""
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
 def format_number(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"

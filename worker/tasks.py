@@ -38,6 +38,7 @@ from celery import bootsteps, signals
 from backend import store
 from backend.db import Database
 from backend.dispatch import DispatchError, send_judgement, send_train_run
+from backend.logfiles import judgement_log_path, run_log_path
 from backend.settings import get_settings
 from worker.celery_app import JUDGE_TASK, TRAIN_TASK, app
 
@@ -277,12 +278,10 @@ def train_run(run_id: int) -> str:
 
 
 def _supervise(job: str, object_id: int, owner: str, gpus: list[str], settings) -> str:
-    from worker.runner import run_dir
-
-    log_path = (
-        run_dir(object_id) / "train.log"
+    log_path = (  # where the API's GET /runs/{id}/logs and /judgements/{id}/logs read them
+        run_log_path(settings.data_dir, object_id)
         if job == "train"
-        else (settings.data_dir / "judgements" / str(object_id) / "judge.log")
+        else judgement_log_path(settings.data_dir, object_id)
     )
     child = _start_child(job, object_id, owner, gpus, log_path)
     what = "training" if job == "train" else "judge"

@@ -1,5 +1,6 @@
 """Run: one run's live curves (reward, gold reward, KL, rlhf_reward, losses, entropy, q/*, timing), updated
-every few seconds in a fragment that fetches only the new points; its config, error, and checkpoints."""
+every few seconds in a fragment that fetches only the new points; its config, error, training log (followed
+live the same way: only the lines written since), and checkpoints."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from frontend.client import APIError, Client
 
 REFRESH_S = 3
 MAX_POINTS = [500, 1000, 2000, 5000]
+LOG_LINES = [50, 200, 1000, 5000]
+LOG_HEIGHT = 560  # px: a longer log scrolls inside its box
 
 api = ui.client()
 st.title("Run")
@@ -157,6 +160,67 @@ def curves(
         st.rerun(scope="app")  # the run has finished: draw the page once more, without the timer
 
 
+def fetch_log(api: Client, run_id: int, lines: int) -> dict:
+    """The held tail of the run's log (its last ``lines`` lines), extended by the lines written since it
+    was read (asked for by byte ``offset``); after a burst of more than a page, the tail is read afresh."""
+    state = st.session_state.get("run.log")
+    sig = (api.identity, run_id, lines)
+    if not state or state["sig"] != sig:
+        state = {"sig": sig, "lines": [], "offset": None, "earlier": False, "requests": 0}
+    page = None
+    if state["offset"] is not None:
+        page = api.run_log(run_id, offset=state["offset"])
+        state["requests"] += 1
+        if page["truncated"]:
+            page = None
+        else:
+            held = state["lines"] + page["lines"]
+            state["lines"], state["earlier"] = held[-lines:], state["earlier"] or len(held) > lines
+    if page is None:
+        page = api.run_log(run_id, tail=lines)
+        state["requests"] += 1
+        state["lines"], state["earlier"] = page["lines"], page["start"] > 0
+    state.update(offset=page["offset"], size=page["size"])
+    st.session_state["run.log"] = state
+    return state
+
+
+def training_log(api: Client, run_id: int, live: bool, lines: int, newest_first: bool) -> None:
+    try:
+        final = live and api.get_run(run_id)["status"] in logic.TERMINAL
+        log = fetch_log(api, run_id, lines)
+    except APIError as err:
+        st.session_state.pop("run.log", None)
+        if err.status == 404:
+            st.info(err.message)  # why there is none: not started yet, or not on this server's data dir
+        else:
+            ui.show_error(err, "the training log")
+        return
+    shown = log["lines"][::-1] if newest_first else log["lines"]
+    if shown:
+        ui.text_block("\n".join(shown), height=LOG_HEIGHT if len(shown) > 30 else None)
+    else:
+        st.caption("The log is empty so far.")
+    now = datetime.now(timezone.utc).strftime("%H:%M:%S UTC")
+    st.caption(
+        f"{len(shown)} line(s) shown of {logic.format_bytes(log['size'])}"
+        + (" (earlier lines: download the whole log)" if log["earlier"] else "")
+        + f" · {'Live, every ' + str(REFRESH_S) + ' s' if live else 'Not live'} · updated {now}"
+    )
+    st.download_button(
+        "Download the whole log",
+        data=lambda rid=run_id: api.download_run_log(rid),
+        file_name=f"klq-run-{run_id}-train.log",
+        mime="text/plain",
+        on_click="ignore",
+        icon=":material/download:",
+        key="run.log_dl",
+    )
+    if final:
+        ui.clear_caches()
+        st.rerun(scope="app")  # the run has finished: draw the page once more, without the timer
+
+
 tab_curves, tab_config, tab_logs, tab_ckpt = st.tabs(
     ["Curves", "Config", "Logs", "Checkpoints"], key="run.tab", on_change="rerun"
 )
@@ -230,9 +294,20 @@ with tab_logs:
             ui.text_block(run["error"])
         else:
             st.caption("No error recorded.")
-        st.info(
-            "The training log (stdout/stderr of the training process, `<data dir>/runs/<id>/train.log` on "
-            "the worker) is not served by the API yet; only the run's error is available here."
+        st.subheader("Training log")
+        c = st.columns([1, 1, 1, 2])
+        log_lines = c[0].selectbox("Lines", LOG_LINES, index=1, key="run.log_lines")
+        newest_first = c[1].toggle("Newest first", value=False, key="run.log_newest")
+        log_live = c[2].toggle(
+            "Live",
+            value=True,
+            key="run.log_live",
+            disabled=not active,
+            help=f"Fetch the lines written since, every {REFRESH_S} s, while the run is queued or running.",
+        )
+        log_live = log_live and active
+        st.fragment(run_every=REFRESH_S if log_live else None)(training_log)(
+            api, run_id, log_live, log_lines, newest_first
         )
         st.download_button(
             "Download all metrics (CSV)",

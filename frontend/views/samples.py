@@ -364,6 +364,25 @@ with tab_judgements:
                 if got:
                     st.caption(f"{got['total']} verdict(s)")
                     st.dataframe(logic.verdict_frame(got["items"]), hide_index=True, width="stretch")
+            with st.expander("Judge log (stdout/stderr of the judge process)"):
+                try:
+                    log = api.judgement_log(jid, tail=200)
+                except APIError as err:
+                    if err.status == 404:
+                        st.caption(err.message)  # e.g. not on this server's data directory
+                    else:
+                        ui.show_error(err, "the judge log")
+                else:
+                    ui.text_block("\n".join(log["lines"]), height=400 if len(log["lines"]) > 20 else None)
+                    st.caption(f"The last {len(log['lines'])} line(s) of {logic.format_bytes(log['size'])}")
+                    st.download_button(
+                        "Download the judge log",
+                        data=lambda j=jid: api.download_judgement_log(j),
+                        file_name=f"klq-judgement-{jid}-judge.log",
+                        mime="text/plain",
+                        on_click="ignore",
+                        key="judge.log_dl",
+                    )
 
         st.subheader("New judgement")
         errors = st.session_state.get("judge.errors") or {}

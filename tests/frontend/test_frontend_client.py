@@ -174,6 +174,39 @@ def test_judgements(api, server, seeded):
         assert store.get_judgement(s, new["id"]) is None
 
 
+def test_logs(api, server, seeded):
+    with server.db.write_session() as s:
+        rid = store.create_run(s, seed_config(), name="client-log", queue="cpu").id
+        jid = store.create_judgement(
+            s, run_a_id=rid, num_prompts=2, judge={"backend": "gold"}, queue="cpu"
+        ).id
+    with pytest.raises(APIError) as err:
+        api.run_log(rid)
+    assert err.value.status == 404 and err.value.message == f"run {rid} has no log yet: it has not started"
+    with server.db.write_session() as s:
+        store.set_status(s, rid, "running")
+        store.set_judgement_status(s, jid, "running")
+    path = server.data_dir / "runs" / str(rid) / "train.log"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"".join(b"step %d\n" % i for i in range(10)) + b"half")
+    page = api.run_log(rid, tail=2)
+    assert page["lines"] == ["step 8", "step 9"] and page["offset"] == page["size"] - 4
+    assert api.run_log(rid)["lines"] == [f"step {i}" for i in range(10)]  # the default tail: 200 lines
+    with path.open("ab") as f:
+        f.write(b" done\n<b>not html</b>\n")
+    assert api.run_log(rid, offset=page["offset"])["lines"] == ["half done", "<b>not html</b>"]
+    assert api.download_run_log(rid) == path.read_bytes()
+    jpath = server.data_dir / "judgements" / str(jid) / "judge.log"
+    jpath.parent.mkdir(parents=True)
+    jpath.write_bytes(b"judging\n\xff\n")
+    assert api.judgement_log(jid)["lines"] == ["judging", "\ufffd"]
+    assert api.judgement_log(jid, offset=8)["lines"] == ["\ufffd"]
+    assert api.download_judgement_log(jid) == "judging\n\ufffd\n".encode()
+    with pytest.raises(APIError) as err:
+        api.judgement_log(999_999)
+    assert err.value.status == 404 and err.value.message == "judgement 999999 not found"
+
+
 # --- experiments (docs/EXPERIMENTS.md) -------------------------------------------------------------------
 
 

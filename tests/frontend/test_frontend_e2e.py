@@ -247,6 +247,13 @@ def test_launch_watch_samples_compare(stack: Stack, browser) -> None:
     assert wait_run(stack.api, rest["id"])["status"] == "succeeded"
     phase("both runs finished")
 
+    # the Logs tab: the training log the worker's child process wrote, as text
+    page.get_by_role("tab", name="Logs").click()
+    page.get_by_test_id("stCode").filter(has_text=f"succeeded after {FORM_ITERATIONS} iterations").wait_for()
+    page.get_by_role("button", name="Download the whole log").wait_for()
+    shot(page, "04b-run-log")
+    phase("training log shown")
+
     # Samples: both runs side by side; a response with markup (written as a worker would) stays text
     a, b = form_run["id"], rest["id"]
     with stack.api.db.write_session() as s, stack.api.client() as c:

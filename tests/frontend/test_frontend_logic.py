@@ -83,6 +83,14 @@ def test_format_duration(seconds, text):
     assert logic.format_duration(seconds) == text
 
 
+@pytest.mark.parametrize(
+    "n,text",
+    [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 * 2**20, "3.0 MiB"), (5 * 2**30, "5.0 GiB")],
+)
+def test_format_bytes(n, text):
+    assert logic.format_bytes(n) == text
+
+
 def test_runs_frame_columns_from_summaries_and_configs():
     r = run(
         latest={

@@ -1,13 +1,24 @@
 """The Run page (AppTest against a real API): curves per panel, live tails fetched with since_step,
-smoothing and x-axes, config, logs and errors, checkpoints."""
+smoothing and x-axes, config, the training log (followed by byte offset) and errors, checkpoints."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
-from frontend_testkit import KLQ_METRICS, all_text, metric_rows, open_tab, page, seed_config, walk, widget
+from frontend_testkit import (
+    KLQ_METRICS,
+    all_text,
+    check,
+    metric_rows,
+    open_tab,
+    page,
+    seed_config,
+    walk,
+    widget,
+)
 
 from backend import store
 from frontend.client import Client
@@ -117,12 +128,68 @@ def test_config_logs_and_checkpoints(app_env, seeded):
     assert not charts(at)  # only the open tab is drawn: no curves fetched
     open_tab(at, "run", "Logs")
     assert "No error recorded." in all_text(at)
-    assert "not served by the API yet" in all_text(at)
+    # finished, but its log is not in this server's data directory: the page says so
+    assert f"the log of run {seeded.klq} is not on this server's data directory" in all_text(at)
     assert "Download all metrics (CSV)" in [b.label for b in at.get("download_button")]
     open_tab(at, "run", "Checkpoints")
     ckpt = at.dataframe[-1].value
     assert list(ckpt["step"]) == [50] and bool(ckpt["is_final"].iloc[0])
     assert "Download policy (zip, Hugging Face layout)" in [b.label for b in at.get("download_button")]
+
+
+def _write_log(server, run_id: int, data: bytes) -> Path:
+    path = server.data_dir / "runs" / str(run_id) / "train.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as f:
+        f.write(data)
+    return path
+
+
+def test_training_log_followed_live(app_env, seeded, monkeypatch):
+    with app_env.db.write_session() as s:
+        rid = store.create_run(s, seed_config(iterations=100), name="live-log", queue="gpu").id
+    at = page("run", {"run": rid}, tab="Logs")
+    assert f"run {rid} has no log yet: it has not started" in [i.value for i in at.info]
+    with app_env.db.write_session() as s:
+        store.set_status(s, rid, "running")
+    _write_log(app_env, rid, b"".join(b"iteration %d <b>x</b>\n" % i for i in range(1, 251)) + b"half")
+    calls = []
+    original = Client.run_log
+
+    def spy(self, run_id, **kw):
+        calls.append(kw)
+        return original(self, run_id, **kw)
+
+    monkeypatch.setattr(Client, "run_log", spy)
+    at.run()
+    check(at)
+    assert calls == [{"tail": 200}]
+    (code,) = [c.value for c in at.code]
+    assert code.splitlines() == [f"iteration {i} <b>x</b>" for i in range(51, 251)]  # text, never HTML
+    assert "200 line(s) shown of 5.5 KiB (earlier lines: download the whole log)" in all_text(at)
+    assert "Live, every 3 s" in all_text(at) and widget(at, "run.log_live").value
+    assert "Download the whole log" in [b.label for b in at.get("download_button")]
+
+    offset = at.session_state["run.log"]["offset"]
+    _write_log(app_env, rid, b" done\nnext line\n")  # the worker writes on
+    calls.clear()
+    at.run()  # what the fragment's timer does: draw again
+    assert calls == [{"offset": offset}]  # only what was written since
+    lines = at.code[0].value.splitlines()
+    assert lines[-2:] == ["half done", "next line"] and len(lines) == 200  # the last 200, nothing twice
+
+    at.toggle(key="run.log_newest").set_value(True).run()
+    assert at.code[0].value.splitlines()[0] == "next line"
+    at.selectbox(key="run.log_lines").set_value(50).run()  # another tail length: read afresh
+    assert len(at.code[0].value.splitlines()) == 50
+
+    _write_log(app_env, rid, b"Traceback: the end")  # no newline: shown once the run has ended
+    with app_env.db.write_session() as s:
+        store.finish_run(s, rid, "failed", error="boom")
+    at.run()
+    check(at)
+    assert at.code[-1].value.splitlines()[0] == "Traceback: the end"
+    assert "Not live" in all_text(at)
 
 
 def test_failed_run_shows_its_error_as_text(app_env, seeded):

@@ -96,6 +96,17 @@ def test_judgement_results_with_ci(app_env, seeded):
     assert table.loc[seeded.queued_judgement, "B"] == "SFT"
     verdicts = next(d.value for d in at.dataframe if "judge output" in d.value.columns)
     assert len(verdicts) == 8 and set(verdicts["judge output"]) == {XSS_JUDGE}
+    # its judge log: none on this server's data directory, then the one the worker wrote, as text
+    assert f"the log of judgement {seeded.judgement} is not on this server's data directory" in all_text(at)
+    log = app_env.data_dir / "judgements" / str(seeded.judgement) / "judge.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"judging 4 prompts\n{XSS_JUDGE}\n")
+    try:
+        at.run()
+        assert f"judging 4 prompts\n{XSS_JUDGE}" in [c.value for c in at.code]
+        assert "Download the judge log" in [b.label for b in at.get("download_button")]
+    finally:
+        log.unlink()
     # a queued judgement is watched with a progress bar
     assert any(f"Judgement {seeded.queued_judgement}: queued" in p.proto.text for p in at.get("progress"))
 

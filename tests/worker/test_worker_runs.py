@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text, update
 from worker_testkit import Stack, metric_steps, process_gone, wait_for
 
+from backend import logfiles
 from backend.models import Run
 
 pytestmark = pytest.mark.slow
@@ -92,6 +93,13 @@ def test_run_trains_live_and_succeeds(stack: Stack, client, main_worker) -> None
     done = re.compile(r"Task klq.train_run\[[0-9a-f-]+\] succeeded in [0-9.]+s: '(\w+)'")
     outcome = wait_for(lambda: done.findall(worker.log(mark)), 30, "the task to end")
     assert outcome == ["succeeded"] and "lease lost" not in worker.log(mark)
+    # The API serves the log that the (now ended) training process wrote: it shares the data directory.
+    raw = (stack.run_dir(run_id) / "train.log").read_bytes()
+    page = client.get(f"/runs/{run_id}/logs", params={"tail": 5000}).json()
+    assert page["lines"] == logfiles.decode_lines(raw) and page["offset"] == page["size"] == len(raw)
+    assert any(f"succeeded after {n} iterations" in line for line in page["lines"][-5:]), page["lines"][-5:]
+    text = client.get(f"/runs/{run_id}/logs", params={"format": "text"})
+    assert text.status_code == 200 and text.content == raw.decode("utf-8", errors="replace").encode()
     stack.succeeded.append(run_id)
 
 
