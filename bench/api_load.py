@@ -2,8 +2,10 @@
 
     python bench/api_load.py                      # 200 requests/s for 60 s, then the SSE latency
     python bench/api_load.py --rate 50 --duration 10 --sse-steps 10  # a smoke run
+    python bench/api_load.py --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres  # on PostgreSQL
 
-1. A fresh data directory and SQLite database (or --database-url), seeded through backend.store with
+1. A fresh data directory and SQLite database (or --database-url, or with --pg-url a fresh PostgreSQL
+   database created on that server and dropped at the end), seeded through backend.store with
    `--runs` runs (20 metric keys x `--steps` steps each, 16 samples at every 100th step), served by a
    real uvicorn process (backend.main:create_app) on a loopback port.
 2. Open-loop load from an asyncio/httpx generator in this process: request i is due at i / rate seconds
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -195,6 +199,22 @@ def sse_delays(url: str, data_dir: str, poll: float, steps: int, gap: float) -> 
     return delays
 
 
+def _host(url: str) -> str:
+    """The URL without user and password."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
+
+
+def _server_version(url: str) -> str:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.connect() as c:
+        version = c.exec_driver_sql("SHOW server_version").scalar()
+    engine.dispose()
+    return str(version)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rate", type=float, default=200.0, help="requests per second")
@@ -207,18 +227,40 @@ def main() -> None:
     p.add_argument("--sse-steps", type=int, default=40, help="metric writes per SSE measurement")
     p.add_argument("--sse-polls", default="1.0,0.25", help="sse_poll_interval values to measure")
     p.add_argument("--database-url", help="default: SQLite in the fresh data directory")
+    p.add_argument("--pg-url", help="admin URL of a PostgreSQL server (e.g. postgresql+psycopg://"
+                   "postgres@127.0.0.1:5432/postgres): run against a fresh database created there and "
+                   "dropped afterwards")
     p.add_argument("--json")
     a = p.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     from series_http import serve
 
-    with tempfile.TemporaryDirectory(prefix="klq-bench-api-") as tmp:
-        url = a.database_url or f"sqlite:///{Path(tmp) / 'klq.db'}"
+    with tempfile.TemporaryDirectory(prefix="klq-bench-api-") as tmp, contextlib.ExitStack() as stack:
+        if a.pg_url:
+            from metrics_store import PostgresDatabase
+
+            pg = PostgresDatabase(a.pg_url)
+            url = stack.enter_context(pg)
+            server = _host(a.pg_url).rsplit("/", 1)[0]
+            database = f"PostgreSQL {_server_version(url)} (fresh database {pg.name} on {server})"
+        else:
+            url = a.database_url or f"sqlite:///{Path(tmp) / 'klq.db'}"
+            database = "SQLite (WAL, fresh file)" if not a.database_url else _host(a.database_url)
         run_ids = seed(url, a.runs, a.keys, a.steps)
         with serve(url, tmp) as (client, port):
+            import psutil
+            from series_http import SERVER_PIDS
+
             print(f"load: {a.rate:g} requests/s for {a.duration:g} s against 127.0.0.1:{port} ...", flush=True)
+            server_proc = psutil.Process(SERVER_PIDS[port])
+            server_cpu0, own_cpu0 = sum(server_proc.cpu_times()[:2]), time.process_time()
             result = asyncio.run(load(f"http://127.0.0.1:{port}/api/v1", run_ids, a.keys, a.rate, a.duration,
                                       a.timeout, a.max_in_flight))
+            # CPU seconds over the load, its drain and the probe: what one request costs the server process
+            # (and this generator), hence the most it could serve per second with a whole core to itself.
+            result["server_cpu_s"] = sum(server_proc.cpu_times()[:2]) - server_cpu0
+            result["generator_cpu_s"] = time.process_time() - own_cpu0
+            result["load_end"] = os.getloadavg()
         sse: dict[str, list[float]] = {}
         for poll in [float(x) for x in a.sse_polls.split(",") if x]:
             print(f"SSE: log -> visible with sse_poll_interval {poll:g} s ({a.sse_steps} writes) ...", flush=True)
@@ -226,7 +268,7 @@ def main() -> None:
 
     print()
     print(f"# api_load  {started}  {machine()}")
-    print(f"server: one uvicorn process (backend.main:create_app), {'SQLite' if not a.database_url else a.database_url}; "
+    print(f"server: one uvicorn process (backend.main:create_app), {database}; "
           f"{a.runs} runs x {a.keys} keys x {a.steps:,} steps; open loop {a.rate:g}/s for {a.duration:g} s "
           f"({result['sent']:,} requests, finished in {result['elapsed_s']:.1f} s, {result['late_starts']} late starts)")
     print()
@@ -237,12 +279,20 @@ def main() -> None:
         if ms:
             print(f"{kind:<10} {len(ms):>6} {statistics.median(ms):8.1f} {percentile(ms, .95):8.1f} "
                   f"{percentile(ms, .99):8.1f} {max(ms):8.1f}")
-    print(f"after the load stopped: {result['after_load']}")
     n_err = sum(result["errors"].values())
     med = statistics.median(every) if every else float("nan")
     print(f"{'all':<10} {len(every):>6} {med:8.1f} {percentile(every, .95):8.1f} "
           f"{percentile(every, .99):8.1f} {max(every, default=float('nan')):8.1f}   errors {n_err} "
           f"{result['errors'] or ''}   (goal p99 < 200 ms, no errors)")
+    print(f"after the load stopped: {result['after_load']}")
+    served = len(every)
+    per_req = result["server_cpu_s"] / served * 1000 if served else float("nan")
+    cap = 1000 / per_req if served else float("nan")
+    load_end = " ".join(f"{x:.2f}" for x in result["load_end"])
+    print(f"CPU over the load: server {result['server_cpu_s']:.1f} s for {served:,} completed requests "
+          f"({per_req:.1f} ms each: at most {cap:.0f} requests/s on one whole core), "
+          f"load generator {result['generator_cpu_s']:.1f} s; wall {result['elapsed_s']:.1f} s; "
+          f"load average at the end {load_end}")
     print()
     print(f"{'SSE log -> visible':<28} {'n':>4} {'p50 s':>7} {'p95 s':>7} {'max s':>7}")
     for poll, ds in sse.items():

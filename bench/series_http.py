@@ -92,6 +92,9 @@ def report(name: str, ms: list[float]) -> None:
     )
 
 
+SERVER_PIDS: dict[int, int] = {}  # port -> pid of the uvicorn process serve() started (CPU accounting)
+
+
 @contextlib.contextmanager
 def serve(database_url: str, data_dir: str, extra_env: dict[str, str] | None = None):
     """A real uvicorn server (backend.main:create_app) on a free loopback port; yields an httpx client
@@ -109,6 +112,7 @@ def serve(database_url: str, data_dir: str, extra_env: dict[str, str] | None = N
          "--port", str(port), "--log-level", "warning"],
         env=env, cwd=ROOT, stderr=subprocess.DEVNULL,
     )
+    SERVER_PIDS[port] = server.pid
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=60)
     try:
         for _ in range(600):
@@ -122,6 +126,7 @@ def serve(database_url: str, data_dir: str, extra_env: dict[str, str] | None = N
             time.sleep(0.1)
         yield client, port
     finally:
+        SERVER_PIDS.pop(port, None)
         client.close()
         server.terminate()
         try:
