@@ -101,7 +101,12 @@ class Database:
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Database:
         settings = settings or get_settings()
-        return cls(settings.resolved_database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+        pool: dict[str, int] = {}
+        if make_url(normalize_url(settings.resolved_database_url)).database not in (None, "", ":memory:"):
+            # Room for every request the API admits at once, two connections each (backend/concurrency.py),
+            # plus the uncounted ones (health, server-sent events' polls).
+            pool = {"pool_size": settings.api_max_concurrency, "max_overflow": settings.api_max_concurrency + 8}
+        return cls(settings.resolved_database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms, **pool)
 
     def session(self) -> Session:
         """A session for reads (use as a context manager)."""

@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__, store
+from .concurrency import RequestConcurrencyLimit
 from .db import Database
 from .errors import install_error_handlers
 from .migrate import check_migrated
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def prometheus_metrics() -> Response:
         return Response(generate_latest(observability.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(RequestConcurrencyLimit, limit=settings.api_max_concurrency)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     max_series_points: int = Field(5000, ge=10, description="largest max_points a series request may ask for")
     max_series_per_request: int = Field(400, ge=1, description="most (run, key) series in one request")
     max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request body accepted (413 beyond)")
+    api_max_concurrency: int = Field(
+        16,
+        ge=1,
+        le=512,
+        description="requests the API works on at once (more wait their turn without holding a thread or a "
+        "database connection; see backend/concurrency.py); the connection pool holds twice as many plus 8",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     judge_base_url: str | None = Field(None, description="OpenAI-compatible endpoint for the judge")

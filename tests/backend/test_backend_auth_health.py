@@ -9,6 +9,7 @@ import stat
 from backend_testkit import Server, create_run, small_config
 from sqlalchemy import select
 
+from backend import migrate
 from backend.models import ApiToken
 
 
@@ -96,7 +97,7 @@ def test_token_management(server: Server, client, anon) -> None:
 def test_health_and_prometheus(server: Server, client, anon) -> None:
     h = anon.get("/health")
     assert h.status_code == 200
-    assert h.json()["status"] == "ok" and h.json()["database"] == "ok" and h.json()["revision"] == "0001"
+    assert h.json()["status"] == "ok" and h.json()["database"] == "ok" and h.json()["revision"] == migrate.head_revision()
     create_run(client)
     client.get("/runs/999999")
     text = anon.get(server.url + "/metrics").text
