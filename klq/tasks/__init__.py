@@ -88,7 +88,7 @@ def load_task(cfg: TaskConfig) -> Task:
 # Model names
 # ---------------------------------------------------------------------------------------------------
 
-BUILTIN_MODELS = {"sft": "sft", "reward": "reward", "tokenizer": "tokenizer"}
+BUILTIN_MODELS = {"sft": "sft", "reward": "reward", "judge": "judge", "tokenizer": "tokenizer"}
 BUILTIN_PREFIX = "builtin:"
 
 
@@ -98,7 +98,8 @@ def builtin_assets_dir() -> Path:
 
 
 def resolve_model_path(name: str) -> str:
-    """`builtin:sft` / `builtin:reward` / `builtin:tokenizer` -> an absolute directory of the built-in assets.
+    """`builtin:sft` / `builtin:reward` / `builtin:judge` / `builtin:tokenizer` -> an absolute directory of the
+    built-in assets (`builtin:judge` is a causal LM for `klq judge --judge local_hf`, with its own tokenizer).
 
     Raises FileNotFoundError (telling the user to run `klq build-assets`) when those assets are missing.
     Any other string (an HF hub id or a local directory) is returned unchanged for `from_pretrained`.
@@ -116,8 +117,8 @@ def resolve_model_path(name: str) -> str:
     if not (path / marker).is_file():
         raise FileNotFoundError(
             f"built-in model {name!r} not found at {path}: run `klq build-assets` first "
-            "(or call klq.tasks.builtin.ensure_assets()); it builds the offline task's tokenizer, SFT policy "
-            "and reward model in about a minute on CPU"
+            "(or call klq.tasks.builtin.ensure_assets()); it builds the offline task's tokenizer, SFT policy, "
+            "reward model and judge in about a minute on CPU"
         )
     return str(path.resolve())
 
