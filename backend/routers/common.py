@@ -14,7 +14,6 @@ from ..schemas import (
     MAX_PAGE,
     STEP_MAX,
     JudgementOut,
-    LatestValue,
     RunDetail,
     RunSummary,
     WinRateOut,
@@ -58,7 +57,8 @@ def run_summary(run: Run, latest: dict | None = None, *, detail: bool = False) -
         worker_gpu=run.worker_gpu,
         cancel_requested=run.cancel_requested,
         experiment_id=run.experiment_id,
-        latest={k: LatestValue(step=m.step, value=finite(m.value)) for k, m in (latest or {}).items()},
+        # plain dicts, validated into LatestValue by pydantic-core in one pass (cheaper than 1,000 inits)
+        latest={k: {"step": m.step, "value": finite(m.value)} for k, m in (latest or {}).items()},
     )
     if detail:
         return RunDetail(**data, config=run.config, attempts=run.attempts, updated_at=run.updated_at)

@@ -50,6 +50,22 @@ def test_write_metrics_is_idempotent_and_keeps_latest(server: Server, client) ->
     assert [k["key"] for k in keys] == ["loss", "reward"] and keys[0]["last_step"] == 99
 
 
+def test_metric_latest_moves_forward_only(server: Server, client) -> None:
+    """metric_latest's upsert (one INSERT ... ON CONFLICT DO UPDATE ... WHERE): a rewrite of the latest
+    step replaces its value by default and not with "ignore"; an older step never moves it back."""
+    rid = create_run(client)["id"]
+    with server.db.write_session() as s:
+        store.write_metrics(s, rid, [("a", 7, 1.0, 10.0), ("b", 2, 2.0, 20.0)])
+        store.write_metrics(s, rid, [("a", 7, 3.0, 30.0)])  # same step, update: newest wins
+        store.write_metrics(s, rid, [("a", 7, 4.0, 40.0)], on_conflict="ignore")  # same step, ignore: kept
+        store.write_metrics(s, rid, [("b", 1, 9.0, 90.0), ("c", 5, None, 50.0)])  # older step; new key
+        store.write_metrics(s, rid, [("b", 3, 5.0, 60.0)], on_conflict="ignore")  # newer step moves it
+    with server.db.session() as s:
+        latest = store.latest_metrics(s, [rid])[rid]
+        got = {k: (m.step, m.value, m.wall_time) for k, m in latest.items()}
+    assert got == {"a": (7, 3.0, 30.0), "b": (3, 5.0, 60.0), "c": (5, None, 50.0)}
+
+
 def test_nan_and_inf_values_do_not_break_json(server: Server, client) -> None:
     rid = create_run(client)["id"]
     with server.db.write_session() as s:
