@@ -230,6 +230,7 @@ def main() -> None:
     p.add_argument("--pg-url", help="admin URL of a PostgreSQL server (e.g. postgresql+psycopg://"
                    "postgres@127.0.0.1:5432/postgres): run against a fresh database created there and "
                    "dropped afterwards")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (klq api --workers)")
     p.add_argument("--json")
     a = p.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -247,18 +248,35 @@ def main() -> None:
             url = a.database_url or f"sqlite:///{Path(tmp) / 'klq.db'}"
             database = "SQLite (WAL, fresh file)" if not a.database_url else _host(a.database_url)
         run_ids = seed(url, a.runs, a.keys, a.steps)
-        with serve(url, tmp) as (client, port):
+        with serve(url, tmp, workers=a.workers) as (client, port):
             import psutil
             from series_http import SERVER_PIDS
 
             print(f"load: {a.rate:g} requests/s for {a.duration:g} s against 127.0.0.1:{port} ...", flush=True)
             server_proc = psutil.Process(SERVER_PIDS[port])
-            server_cpu0, own_cpu0 = sum(server_proc.cpu_times()[:2]), time.process_time()
+            if a.workers > 1:  # wait until every worker answers (each imports the app on its own)
+                for _ in range(30):
+                    if len(server_proc.children(recursive=True)) >= a.workers:
+                        break
+                    time.sleep(0.5)
+                for _ in range(4 * a.workers):
+                    client.get("/health")
+            # the server's CPU: the uvicorn process and, with --workers, its worker processes
+            procs = [server_proc, *server_proc.children(recursive=True)]
+
+            def server_cpu() -> float:
+                total = 0.0
+                for proc in procs:
+                    with contextlib.suppress(psutil.Error):
+                        total += sum(proc.cpu_times()[:2])
+                return total
+
+            server_cpu0, own_cpu0 = server_cpu(), time.process_time()
             result = asyncio.run(load(f"http://127.0.0.1:{port}/api/v1", run_ids, a.keys, a.rate, a.duration,
                                       a.timeout, a.max_in_flight))
             # CPU seconds over the load, its drain and the probe: what one request costs the server process
             # (and this generator), hence the most it could serve per second with a whole core to itself.
-            result["server_cpu_s"] = sum(server_proc.cpu_times()[:2]) - server_cpu0
+            result["server_cpu_s"] = server_cpu() - server_cpu0
             result["generator_cpu_s"] = time.process_time() - own_cpu0
             result["load_end"] = os.getloadavg()
         sse: dict[str, list[float]] = {}
@@ -268,7 +286,8 @@ def main() -> None:
 
     print()
     print(f"# api_load  {started}  {machine()}")
-    print(f"server: one uvicorn process (backend.main:create_app), {database}; "
+    procs = "one uvicorn process" if a.workers == 1 else f"uvicorn with {a.workers} worker processes"
+    print(f"server: {procs} (backend.main:create_app), {database}; "
           f"{a.runs} runs x {a.keys} keys x {a.steps:,} steps; open loop {a.rate:g}/s for {a.duration:g} s "
           f"({result['sent']:,} requests, finished in {result['elapsed_s']:.1f} s, {result['late_starts']} late starts)")
     print()
@@ -290,7 +309,7 @@ def main() -> None:
     cap = 1000 / per_req if served else float("nan")
     load_end = " ".join(f"{x:.2f}" for x in result["load_end"])
     print(f"CPU over the load: server {result['server_cpu_s']:.1f} s for {served:,} completed requests "
-          f"({per_req:.1f} ms each: at most {cap:.0f} requests/s on one whole core), "
+          f"({per_req:.1f} ms each: at most {cap:.0f} requests/s per whole core), "
           f"load generator {result['generator_cpu_s']:.1f} s; wall {result['elapsed_s']:.1f} s; "
           f"load average at the end {load_end}")
     print()

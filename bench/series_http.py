@@ -96,7 +96,7 @@ SERVER_PIDS: dict[int, int] = {}  # port -> pid of the uvicorn process serve() s
 
 
 @contextlib.contextmanager
-def serve(database_url: str, data_dir: str, extra_env: dict[str, str] | None = None):
+def serve(database_url: str, data_dir: str, extra_env: dict[str, str] | None = None, workers: int = 1):
     """A real uvicorn server (backend.main:create_app) on a free loopback port; yields an httpx client
     for /api/v1 (reads need no token) and the port. Stopped (SIGTERM, then kill) on exit."""
     env = {
@@ -109,7 +109,7 @@ def serve(database_url: str, data_dir: str, extra_env: dict[str, str] | None = N
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "backend.main:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
+         "--port", str(port), "--log-level", "warning", "--workers", str(workers)],
         env=env, cwd=ROOT, stderr=subprocess.DEVNULL,
     )
     SERVER_PIDS[port] = server.pid

@@ -85,11 +85,18 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     uvicorn.run("backend.main:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=args.log_level in ("debug", "info"))
+                access_log=args.log_level in ("debug", "info"), workers=args.workers)
     return 0
 
 
@@ -168,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="uvicorn worker processes sharing the port (default 1); each has its own connection "
+                        "pool and its own KLQ_API_MAX_CONCURRENCY cap, so size the database for N times both")
     p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("ui", help="start the Streamlit dashboard")
