@@ -272,12 +272,12 @@ def list_runs(
 
 def latest_metrics(
     session: Session, run_ids: Sequence[int], keys: Sequence[str] | None = None
-) -> dict[int, dict[str, MetricLatest]]:
-    """Latest value per key for several runs in one query: {run_id: {key: row}}, each row read-only with
-    the attributes of a MetricLatest (run_id, key, step, value, wall_time). Plain driver rows, not ORM
-    objects: a page of 50 runs has 1,000 of them, and building ORM instances was most of the run list's
-    CPU (bench/NOTES.md, API under load)."""
-    out: dict[int, dict[str, MetricLatest]] = {rid: {} for rid in run_ids}
+) -> dict[int, dict[str, Any]]:
+    """Latest value per key for several runs in one query: {run_id: {key: row}}, each row a read-only
+    driver row ``(run_id, key, step, value, wall_time)`` with those attribute names too (as a MetricLatest
+    has). Not ORM objects: a page of 50 runs has 1,000 of them, and building ORM instances was most of the
+    run list's CPU (bench/NOTES.md, API under load)."""
+    out: dict[int, dict[str, Any]] = {rid: {} for rid in run_ids}
     if not run_ids:
         return out
     conn = session.connection()
@@ -289,8 +289,8 @@ def latest_metrics(
         wanted = list(dict.fromkeys(keys))
         sql += f" AND key IN ({', '.join([ph] * len(wanted))})"
         params += wanted
-    for row in conn.exec_driver_sql(sql + " ORDER BY run_id, key", tuple(params)):
-        out[row.run_id][row.key] = row  # type: ignore[assignment]
+    for row in conn.exec_driver_sql(sql + " ORDER BY run_id, key", tuple(params)).all():  # fetchall
+        out[row[0]][row[1]] = row
     return out
 
 

@@ -17,7 +17,7 @@ from ..models import Run
 from ..schemas import INT32_MAX, RunClone, RunCreate, RunDetail, RunPage, RunPatch, RunStatus, Tag, TagCount
 from ..settings import Settings
 from ..validation import config_problems, value_problems
-from .common import Limit, Offset, QueryText, RunId, run_summary
+from .common import Limit, Offset, QueryText, RunId, json_response, run_summary, run_summary_data
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 tags_router = APIRouter(tags=["runs"])
@@ -86,7 +86,7 @@ def list_runs(
     ] = None,
     limit: Limit = 50,
     offset: Offset = 0,
-) -> RunPage:
+) -> Response:
     runs, total = store.list_runs(
         session,
         status=status,
@@ -99,9 +99,10 @@ def list_runs(
         order=order,
     )
     values = store.latest_metrics(session, [r.id for r in runs], latest)
-    return RunPage(
-        items=[run_summary(r, values[r.id]) for r in runs], total=total, limit=limit, offset=offset
-    )
+    # Rendered straight to JSON (same bytes as RunPage's): a page of 50 runs has 1,000 latest values, and
+    # building and validating them as models was the largest part of this endpoint's CPU.
+    items = [run_summary_data(r, values[r.id]) for r in runs]
+    return json_response({"items": items, "total": total, "limit": limit, "offset": offset})
 
 
 @router.get(
