@@ -113,7 +113,24 @@ class RawClient:
         from urllib.parse import urlencode
 
         target = self.prefix + path + ("?" + urlencode(params) if params else "")
-        conn = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn[0].at_eof():
+                break
+            conn[1].close()  # the server closed it while idle (keep-alive timeout)
+        else:
+            conn = await asyncio.open_connection(self.host, self.port)
+            return await self._send(conn, target)
+        try:
+            return await self._send(conn, target)
+        except (OSError, asyncio.IncompleteReadError) as err:
+            if isinstance(err, asyncio.IncompleteReadError) and err.partial:
+                raise
+            # A reused keep-alive connection closed by the server before any byte of the answer (its idle
+            # timeout raced this request): retry once on a fresh connection, as HTTP clients do for GETs.
+            return await self._send(await asyncio.open_connection(self.host, self.port), target)
+
+    async def _send(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], target: str) -> RawResponse:
         reader, writer = conn
         try:
             writer.write(f"GET {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode())
