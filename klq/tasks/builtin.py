@@ -124,17 +124,17 @@ def vocabulary() -> list[str]:
     return words
 
 
-def build_tokenizer():
-    """The word-level tokenizer as a `transformers.PreTrainedTokenizerFast` (lower-cases; splits on
+def _word_level_tokenizer(words: list[str], *, lowercase: bool, padding_side: str, max_length: int):
+    """A word-level `transformers.PreTrainedTokenizerFast` over ``words`` (ids in list order): splits on
     whitespace and punctuation; unknown words -> <unk>; no BOS/EOS added on encode; decode joins words
-    with single spaces)."""
+    with single spaces."""
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(vocabulary())}
-    tok = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
-    tok.normalizer = normalizers.Lowercase()
+    tok = Tokenizer(WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token=UNK))
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
     return PreTrainedTokenizerFast(
@@ -143,10 +143,15 @@ def build_tokenizer():
         eos_token=EOS,
         pad_token=PAD,
         unk_token=UNK,
-        padding_side="right",
+        padding_side=padding_side,
         clean_up_tokenization_spaces=False,
-        model_max_length=64,
+        model_max_length=max_length,
     )
+
+
+def build_tokenizer():
+    """The task's word-level tokenizer over `vocabulary()`; lower-cases its input."""
+    return _word_level_tokenizer(vocabulary(), lowercase=True, padding_side="right", max_length=64)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -908,22 +913,8 @@ def judge_vocabulary() -> list[str]:
 def build_judge_tokenizer():
     """The judge's word-level tokenizer (`judge_vocabulary()`): like `build_tokenizer` but case-preserving,
     since its answers are the capital letters "A" and "B"."""
-    from tokenizers import Tokenizer, decoders, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(WordLevel(vocab={w: i for i, w in enumerate(judge_vocabulary())}, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        unk_token=UNK,
-        padding_side="left",
-        clean_up_tokenization_spaces=False,
-        model_max_length=JUDGE_POSITIONS,
+    return _word_level_tokenizer(
+        judge_vocabulary(), lowercase=False, padding_side="left", max_length=JUDGE_POSITIONS
     )
 
 
