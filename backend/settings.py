@@ -88,7 +88,9 @@ class Settings(BaseSettings):
     reap_interval: float = Field(
         30.0, gt=0, description="seconds between passes re-queueing runs of dead workers"
     )
-    sse_poll_interval: float = Field(1.0, gt=0, description="seconds between database polls of a live stream")
+    sse_poll_interval: float = Field(
+        0.5, gt=0, description="seconds between database polls of a live stream (one cheap query per stream)"
+    )
     sse_ping_interval: float = Field(15.0, gt=0)
     max_series_points: int = Field(5000, ge=10, description="largest max_points a series request may ask for")
     max_series_per_request: int = Field(400, ge=1, description="most (run, key) series in one request")
