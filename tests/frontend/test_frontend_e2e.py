@@ -86,6 +86,18 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(5)
 
 
+def wait_ui(ui: subprocess.Popen, ui_url: str, log: Path, timeout: float = 60) -> None:
+    """Wait until the Streamlit server answers its health check; fail with its log if it died or hung."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(ui_url + "/_stcore/health", timeout=2).text == "ok":
+                return
+        if ui.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the UI did not start:\n" + log.read_text())
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, builtin_assets: Path) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("fe-e2e")
@@ -104,14 +116,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, builtin_assets: Path) -> Ite
         ui = _spawn(["ui", "--port", str(port), "--api-url", api.url], env, data / "ui.log")
         ui_url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(ui_url + "/_stcore/health", timeout=2).text == "ok":
-                        break
-                if ui.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the UI did not start:\n" + (data / "ui.log").read_text())
-                time.sleep(0.3)
+            wait_ui(ui, ui_url, data / "ui.log")
             yield Stack(api, ui_url, worker, ui, data)
         finally:
             for proc in (ui, worker):

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
 import pytest
 from backend_testkit import Server, free_port, fresh_database, start_server, stop_server
 from frontend_testkit import SeededExperiment, seed_experiment
-from test_frontend_e2e import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _spawn, _stop, shot, wait_idle
+from test_frontend_e2e import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _spawn, _stop, shot, wait_idle, wait_ui
 
 from backend import migrate
 
@@ -54,14 +52,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         ui_url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(ui_url + "/_stcore/health", timeout=2).text == "ok":
-                        break
-                if ui.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the UI did not start:\n" + (data / "ui.log").read_text())
-                time.sleep(0.3)
+            wait_ui(ui, ui_url, data / "ui.log")
             yield Stack(api, ui_url, experiment)
         finally:
             _stop(ui)
