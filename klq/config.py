@@ -2,7 +2,7 @@
 
 One `RunConfig` describes a training run completely: it is what the CLI reads from YAML/JSON, what the
 backend stores as a run's config and validates on `POST /runs`, and what the worker hands to the trainer.
-Defaults are the KLQ paper's (arXiv 2508.17000) and TRL's PPOTrainer's; see ../shared/docs/ALGORITHMS.md.
+Defaults are the KLQ paper's (arXiv 2508.17000) and TRL's PPOTrainer's; see docs/ALGORITHMS.md.
 Unknown keys are rejected (typos must not silently fall back to a default).
 """
 

@@ -4,7 +4,7 @@ Shapes: B = rollouts in the batch, T = response positions (the action axis; posi
 the response, whose log-prob and value come from the prefix s_t = (x, a_<t)). `mask` is a float or bool
 (B, T) tensor that is 1 for real response tokens (up to and including the stop token) and 0 for padding.
 Padded positions may hold anything (even inf/nan in logp); every function here gives results that do not
-depend on them. Equations and names follow ../shared/docs/ALGORITHMS.md.
+depend on them. Equations and names follow docs/ALGORITHMS.md.
 """
 
 from __future__ import annotations

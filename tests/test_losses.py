@@ -1,4 +1,4 @@
-"""Independent checks of klq/losses.py against ../shared/docs/ALGORITHMS.md.
+"""Independent checks of klq/losses.py against docs/ALGORITHMS.md.
 
 Every expected value here is computed by the test itself: brute-force Python loops over tokens, explicit
 formulas written from ALGORITHMS.md, numpy, or literal hand-computed numbers. The function under test is

@@ -89,7 +89,7 @@ RECOMMENDED_ROLLOUT = {
     "eval_temperature": 0.0,
 }
 # A starting point for training on this task: the settings of the calibration in
-# shared/docs/ALGORITHMS.md (2-layer 64-dim GPT-2, 4-token prompts, 12-token responses; about 15 s on
+# docs/ALGORITHMS.md (2-layer 64-dim GPT-2, 4-token prompts, 12-token responses; about 15 s on
 # 2 CPU cores). Not re-tuned here: the trainer's own tuning on these assets supersedes them.
 RECOMMENDED_TRAIN = {
     "batch_size": 64,
