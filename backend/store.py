@@ -11,12 +11,20 @@ Worker-facing summary::
     with db.write_session() as s:
         if not store.acquire_lease(s, run_id, owner, worker_host=host, worker_gpu=gpu):
             return                                   # someone else trains it, or it was cancelled
-        store.write_metrics(s, run_id, [("loss", 1, 0.7, time.time()), ...])
-        store.write_samples(s, run_id, [{"step": 10, "prompt_id": "p1", "prompt": ..., "response": ...}])
-        store.add_checkpoint(s, run_id, step=50, path="/data/runs/7/ckpt-50")
+        store.write_metrics(s, run_id, [("loss", 1, 0.7, time.time()), ...], owner=owner)
+        store.write_samples(s, run_id, [{"step": 10, "prompt_id": "p1", "prompt": ..., "response": ...}],
+                            owner=owner)
+        store.add_checkpoint(s, run_id, step=50, path="/data/runs/7/ckpt-50", owner=owner)
         hb = store.heartbeat(s, run_id, owner, iteration=12, episodes=768)
         if not hb.ok or hb.cancel_requested: ...
         store.finish_run(s, run_id, "succeeded", owner=owner)
+
+Fencing: every write a worker makes passes its ``owner`` and is refused once that worker no longer holds
+the lease (a worker presumed dead, whose run another worker took over, comes back): data writes (metrics,
+samples, checkpoints, verdicts, progress) raise ``LeaseLost`` and write nothing; status changes
+(``set_status``, ``finish_run``, ``set_judgement_status``) return False. The lease check is part of the
+write's own transaction (``_require_lease``, ``_leased_by``). Without ``owner`` (the API's own writes:
+cancel, delete, a failed dispatch) writes are unconditional.
 """
 
 from __future__ import annotations
@@ -71,6 +79,11 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     """The request is valid but not in the row's current state (e.g. deleting a running run)."""
+
+
+class LeaseLost(RuntimeError):
+    """A worker's write was refused: it no longer holds the lease of its run or judgement (another worker
+    took it over after its heartbeat went stale, or it was finished, cancelled or deleted meanwhile)."""
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -373,26 +386,8 @@ def set_status(
     owner: str | None = None,
     commit: bool = True,
 ) -> bool:
-    """Set a run's status (and error). Terminal states stamp finished_at and drop the lease; "running"
-    stamps started_at once. With ``owner``, only if that worker holds the lease. Returns whether a row
-    changed."""
-    if status not in RUN_STATUSES:
-        raise ValueError(f"unknown status {status!r}; one of {RUN_STATUSES}")
-    now = utcnow()
-    values: dict[str, Any] = {"status": status, "updated_at": now}
-    if error is not None:
-        values["error"] = error
-    if status in TERMINAL_STATUSES:
-        values.update(finished_at=now, lease_owner=None)
-    elif status == "running":
-        values["started_at"] = func.coalesce(Run.started_at, _now_param())
-    stmt = update(Run).where(Run.id == run_id)
-    if owner is not None:
-        stmt = stmt.where(Run.lease_owner == owner)
-    changed = session.execute(stmt.values(**values).execution_options(synchronize_session=False)).rowcount
-    if commit:
-        session.commit()
-    return bool(changed)
+    """Set a run's status (and error); see ``_set_status``."""
+    return _set_status(session, Run, run_id, status, error=error, owner=owner, commit=commit)
 
 
 def finish_run(
@@ -419,8 +414,11 @@ def set_progress(
     episodes: int | None = None,
     worker_host: str | None = None,
     worker_gpu: str | None = None,
+    owner: str | None = None,
     commit: bool = True,
 ) -> bool:
+    """Record a run's progress. With ``owner`` (a worker's write) only while it holds the lease (else
+    LeaseLost, nothing written)."""
     values: dict[str, Any] = {
         k: v
         for k, v in dict(
@@ -435,9 +433,12 @@ def set_progress(
     if not values:
         return False
     values["updated_at"] = utcnow()
+    where = _leased_by(Run, run_id, owner) if owner is not None else Run.id == run_id
     changed = session.execute(
-        update(Run).where(Run.id == run_id).values(**values).execution_options(synchronize_session=False)
+        update(Run).where(where).values(**values).execution_options(synchronize_session=False)
     ).rowcount
+    if owner is not None and not changed:
+        raise LeaseLost(f"run {run_id} is no longer leased by {owner!r}: write refused")
     if commit:
         session.commit()
     return bool(changed)
@@ -445,6 +446,55 @@ def set_progress(
 
 # Runs and judgements are both leased objects: status, lease_owner, heartbeat_at, cancel_requested.
 Leased = type[Run] | type[Judgement]
+
+
+def _leased_by(model: Leased, object_id: int, owner: str) -> Any:
+    """The condition "``owner`` holds this object's lease": it is running under that owner."""
+    return and_(model.id == object_id, model.lease_owner == owner, model.status == "running")
+
+
+def _require_lease(session: Session, model: Leased, object_id: int, owner: str) -> None:
+    """Fencing for a worker's writes: raise LeaseLost unless ``owner`` holds the lease, checked inside the
+    transaction of the write it guards. On PostgreSQL the row stays locked (FOR UPDATE) until that
+    transaction ends, so a takeover (``_acquire``'s conditional UPDATE) either committed before, and is
+    seen here, or waits until this write is committed; on SQLite a ``write_session`` holds the database's
+    write lock from BEGIN (IMMEDIATE), which serialises the check, the write and any takeover."""
+    held = session.scalar(select(model.id).where(_leased_by(model, object_id, owner)).with_for_update())
+    if held is None:
+        what = "run" if model is Run else "judgement"
+        raise LeaseLost(f"{what} {object_id} is no longer leased by {owner!r}: write refused")
+
+
+def _set_status(
+    session: Session,
+    model: Leased,
+    object_id: int,
+    status: str,
+    *,
+    error: str | None,
+    owner: str | None,
+    commit: bool,
+) -> bool:
+    """Set a run's or judgement's status (and error). Terminal states stamp finished_at and drop the lease;
+    "running" stamps started_at once. With ``owner`` (a worker's write) only while that worker holds the
+    lease, in the same conditional UPDATE (fencing: a worker whose lease was taken over changes nothing).
+    Without it (the API's own writes, tests) unconditionally. Returns whether a row changed."""
+    if status not in RUN_STATUSES:
+        raise ValueError(f"unknown status {status!r}; one of {RUN_STATUSES}")
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "updated_at": now}
+    if error is not None:
+        values["error"] = error
+    if status in TERMINAL_STATUSES:
+        values.update(finished_at=now, lease_owner=None)
+    elif status == "running":
+        values["started_at"] = func.coalesce(model.started_at, _now_param())
+    where = _leased_by(model, object_id, owner) if owner is not None else model.id == object_id
+    stmt = update(model).where(where).values(**values).execution_options(synchronize_session=False)
+    changed = session.execute(stmt).rowcount
+    if commit:
+        session.commit()
+    return bool(changed)
 
 
 def _acquire(session: Session, model: Leased, object_id: int, owner: str, stale_after: timedelta,
@@ -663,6 +713,7 @@ def write_metrics(
     rows: Iterable[MetricRow | tuple[str, int, float | None]],
     *,
     on_conflict: Literal["update", "ignore"] = "update",
+    owner: str | None = None,
     commit: bool = True,
 ) -> int:
     """Store metric points ``(key, step, value[, wall_time])`` for a run, idempotently.
@@ -673,7 +724,8 @@ def write_metrics(
     so that the connection's bound-parameter limit is never reached, on PostgreSQL one array per column
     (``unnest``, 5 parameters per statement) in chunks of 10,000 rows. NaN values are
     stored as NULL. ``metric_latest`` is updated in the same transaction. Returns the number of
-    distinct points written.
+    distinct points written. With ``owner`` (a worker's write) only while that worker holds the run's
+    lease: else LeaseLost and nothing is written (``_require_lease``).
     """
     now = time.time()
     dedup: dict[tuple[str, int], tuple[Any, ...]] = {}
@@ -691,6 +743,8 @@ def write_metrics(
         )
     if not dedup:
         return 0
+    if owner is not None:
+        _require_lease(session, Run, run_id, owner)
     values = list(dedup.values())
     conn = session.connection()
     dialect = conn.dialect
@@ -897,10 +951,18 @@ _SAMPLE_FIELDS = ("prompt", "response", "score", "gold_score", "kl", "extra")
 
 
 def write_samples(
-    session: Session, run_id: int, samples: Iterable[Mapping[str, Any]], *, commit: bool = True
+    session: Session,
+    run_id: int,
+    samples: Iterable[Mapping[str, Any]],
+    *,
+    owner: str | None = None,
+    commit: bool = True,
 ) -> int:
     """Store evaluation samples: mappings with step, prompt_id, prompt, response and optional score,
-    gold_score, kl, extra (a JSON-able dict). Idempotent per (run, step, prompt_id): the newest wins."""
+    gold_score, kl, extra (a JSON-able dict). Idempotent per (run, step, prompt_id): the newest wins.
+    With ``owner``, only while that worker holds the run's lease (else LeaseLost)."""
+    if owner is not None:
+        _require_lease(session, Run, run_id, owner)
     now = utcnow()
     rows: dict[tuple[int, str], dict[str, Any]] = {}
     for s in samples:
@@ -1025,11 +1087,15 @@ def add_checkpoint(
     path: str | os.PathLike[str],
     *,
     is_final: bool = False,
+    owner: str | None = None,
     commit: bool = True,
 ) -> Checkpoint:
     """Record a checkpoint directory (idempotent per (run, step)). ``path`` is a directory in HF layout
     (config.json, weights, tokenizer), or one holding such a directory as ``policy/``. Marking one final
-    unmarks the run's other checkpoints."""
+    unmarks the run's other checkpoints. With ``owner``, only while that worker holds the run's lease
+    (else LeaseLost)."""
+    if owner is not None:
+        _require_lease(session, Run, run_id, owner)
     stmt = _insert(session, Checkpoint.__table__)
     stmt = stmt.on_conflict_do_update(
         index_elements=["run_id", "step"],
@@ -1165,23 +1231,8 @@ def set_judgement_status(
     owner: str | None = None,
     commit: bool = True,
 ) -> bool:
-    if status not in RUN_STATUSES:
-        raise ValueError(f"unknown status {status!r}")
-    now = utcnow()
-    values: dict[str, Any] = {"status": status, "updated_at": now}
-    if error is not None:
-        values["error"] = error
-    if status in TERMINAL_STATUSES:
-        values.update(finished_at=now, lease_owner=None)
-    elif status == "running":
-        values.update(started_at=func.coalesce(Judgement.started_at, _now_param()), heartbeat_at=now)
-        if owner is not None:
-            values["lease_owner"] = owner
-    stmt = update(Judgement).where(Judgement.id == judgement_id)
-    changed = session.execute(stmt.values(**values).execution_options(synchronize_session=False)).rowcount
-    if commit:
-        session.commit()
-    return bool(changed)
+    """Set a judgement's status (and error); see ``_set_status`` (claim one with ``acquire_judgement``)."""
+    return _set_status(session, Judgement, judgement_id, status, error=error, owner=owner, commit=commit)
 
 
 def acquire_judgement(
@@ -1262,13 +1313,21 @@ def delete_judgement(
 
 
 def record_verdicts(
-    session: Session, judgement_id: int, verdicts: Iterable[Mapping[str, Any]], *, commit: bool = True
+    session: Session,
+    judgement_id: int,
+    verdicts: Iterable[Mapping[str, Any]],
+    *,
+    owner: str | None = None,
+    commit: bool = True,
 ) -> Judgement:
     """Store judge verdicts: mappings with prompt_id, order ("ab": A shown first, "ba": swapped),
     verdict (A/B/tie/invalid, in terms of the policies), prompt, response_a, response_b, raw_output.
 
     Idempotent per (judgement, prompt_id, order): a retried call replaces, never double-counts. The
-    judgement's counts, win-rate, Wilson CI and position consistency are recomputed from the table."""
+    judgement's counts, win-rate, Wilson CI and position consistency are recomputed from the table.
+    With ``owner``, only while that worker holds the judgement's lease (else LeaseLost)."""
+    if owner is not None:
+        _require_lease(session, Judgement, judgement_id, owner)
     now = utcnow()
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for v in verdicts:

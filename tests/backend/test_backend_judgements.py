@@ -81,7 +81,7 @@ def test_create_get_and_verdicts(server: Server, client) -> None:
     assert ("klq.run_judgement", [j["id"]]) in _judgement_messages(server)
 
     with server.db.write_session() as s:
-        assert store.set_judgement_status(s, j["id"], "running", owner="w")
+        assert store.acquire_judgement(s, j["id"], "w")
         verdicts = [
             {
                 "prompt_id": "p1",

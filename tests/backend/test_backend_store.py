@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+import pytest
 from backend_testkit import Server, create_run
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from backend import store
-from backend.models import Judgement, Run, utcnow
+from backend.models import Judgement, Metric, Run, Sample, utcnow
 
 
 def test_lease_is_exclusive_until_its_heartbeat_goes_stale(server: Server, client) -> None:
@@ -113,3 +114,83 @@ def test_judgement_lease(server: Server, client) -> None:
         hb = store.heartbeat_judgement(s, j.id, "w2")
         assert hb.ok and hb.cancel_requested
         assert not store.acquire_judgement(s, j.id, "w3")
+
+
+def _take_over(s, model, object_id: int, acquire, new_owner: str) -> None:
+    """The first owner's heartbeat goes stale and another worker takes the lease over."""
+    s.execute(update(model).where(model.id == object_id).values(heartbeat_at=utcnow() - timedelta(minutes=5)))
+    s.commit()
+    assert acquire(s, object_id, new_owner, stale_after=timedelta(seconds=60))
+
+
+def test_a_stale_owner_cannot_write_to_a_run_taken_over(server: Server, client) -> None:
+    """Fencing: once w2 holds the lease, every write w1 (presumed dead, now back) makes is refused, in
+    the write's own transaction; w2's writes and the API's own (unconditional) writes go through."""
+    rid = create_run(client)["id"]
+    sample = {"step": 2, "prompt_id": "p", "prompt": "q", "response": "stale"}
+    with server.db.write_session() as s:
+        assert store.acquire_lease(s, rid, "w1")
+        store.write_metrics(s, rid, [("loss", 1, 1.0, None)], owner="w1")
+        assert store.set_progress(s, rid, iteration=1, owner="w1")
+        _take_over(s, Run, rid, store.acquire_lease, "w2")
+        for stale_write in (
+            lambda: store.write_metrics(s, rid, [("loss", 2, 99.0, None)], owner="w1"),
+            lambda: store.set_progress(s, rid, iteration=99, owner="w1"),
+            lambda: store.write_samples(s, rid, [sample], owner="w1"),
+            lambda: store.add_checkpoint(s, rid, 2, "/nowhere/step-2", owner="w1"),
+        ):
+            with pytest.raises(store.LeaseLost, match=f"run {rid} is no longer leased by 'w1'"):
+                stale_write()
+            s.rollback()
+        assert not store.set_status(s, rid, "running", owner="w1")
+        assert not store.finish_run(s, rid, "failed", error="stale", owner="w1")
+        store.write_metrics(s, rid, [("loss", 2, 2.0, None)], owner="w2")
+        assert store.set_progress(s, rid, iteration=2, owner="w2")
+        assert store.finish_run(s, rid, "succeeded", owner="w2")
+        # a finished run has no lease: its last owner's late writes are refused too
+        with pytest.raises(store.LeaseLost):
+            store.write_metrics(s, rid, [("loss", 3, 3.0, None)], owner="w2")
+        s.rollback()
+    run = client.get(f"/runs/{rid}").json()
+    assert run["status"] == "succeeded" and run["error"] is None and run["iteration"] == 2
+    with server.db.session() as s:
+        points = s.execute(
+            select(Metric.step, Metric.value).where(Metric.run_id == rid).order_by(Metric.step)
+        )
+        assert [tuple(p) for p in points] == [(1, 1.0), (2, 2.0)]
+        assert s.scalar(select(func.count()).select_from(Sample).where(Sample.run_id == rid)) == 0
+        assert store.list_checkpoints(s, rid) == []
+    with server.db.write_session() as s:  # the API's own writes stay unconditional
+        store.write_metrics(s, rid, [("loss", 3, 3.0, None)])
+        assert store.set_status(s, rid, "failed", error="set by an admin")
+
+
+def test_a_stale_owner_cannot_write_to_a_judgement_taken_over(server: Server, client) -> None:
+    rid = create_run(client)["id"]
+    verdict = {
+        "prompt_id": "p1",
+        "order": "ab",
+        "verdict": "A",
+        "prompt": "q",
+        "response_a": "a",
+        "response_b": "b",
+    }
+    with server.db.write_session() as s:
+        j = store.create_judgement(s, run_a_id=rid, num_prompts=4, judge={"backend": "gold"})
+        assert store.acquire_judgement(s, j.id, "w1")
+        store.record_verdicts(s, j.id, [verdict], owner="w1")
+        _take_over(s, Judgement, j.id, store.acquire_judgement, "w2")
+        with pytest.raises(store.LeaseLost, match=f"judgement {j.id} is no longer leased by 'w1'"):
+            store.record_verdicts(s, j.id, [{**verdict, "order": "ba", "verdict": "B"}], owner="w1")
+        s.rollback()
+        # before fencing, owner= set the lease instead of requiring it: a stale judge wrote its outcome
+        assert not store.set_judgement_status(s, j.id, "failed", error="stale", owner="w1")
+        assert not store.set_judgement_status(s, j.id, "running", owner="w1")
+        store.record_verdicts(s, j.id, [{**verdict, "order": "ba", "verdict": "A"}], owner="w2")
+        assert store.set_judgement_status(s, j.id, "succeeded", owner="w2")
+        assert not store.set_judgement_status(s, j.id, "failed", error="late", owner="w2")
+    judgement = client.get(f"/judgements/{j.id}").json()
+    assert judgement["status"] == "succeeded" and judgement["error"] is None
+    assert judgement["completed"] == 2 and {v["verdict"] for v in judgement["verdicts"]} == {"A"}
+    with server.db.write_session() as s:  # the API's own writes stay unconditional
+        assert store.set_judgement_status(s, j.id, "failed", error="set by an admin")
