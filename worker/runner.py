@@ -54,7 +54,7 @@ def _uses_builtin(cfg: RunConfig) -> bool:
     return cfg.task.name == "builtin" or any(n.startswith("builtin:") for n in names)
 
 
-def _record_checkpoints(db: Database, run_id: int, out_dir: Path, num_iterations: int) -> bool:
+def _record_checkpoints(db: Database, run_id: int, out_dir: Path, num_iterations: int, owner: str) -> bool:
     """Record complete checkpoints on disk that the database lacks (a worker that died between writing
     a checkpoint and recording it). Returns whether the run has its final checkpoint."""
     from klq.trainer import CHECKPOINTS, STATE_FILE
@@ -68,7 +68,13 @@ def _record_checkpoints(db: Database, run_id: int, out_dir: Path, num_iterations
         known = {c.step for c in store.list_checkpoints(session, run_id)}
         for step in sorted(set(on_disk) - known):
             store.add_checkpoint(
-                session, run_id, step, on_disk[step], is_final=step == num_iterations, commit=False
+                session,
+                run_id,
+                step,
+                on_disk[step],
+                is_final=step == num_iterations,
+                owner=owner,
+                commit=False,
             )
         session.commit()
     return num_iterations in on_disk
@@ -90,11 +96,12 @@ def train_main(run_id: int, owner: str) -> int:
     if (
         resume
         and state.is_main_process
-        and _record_checkpoints(db, run_id, out_dir, cfg.train.num_iterations)
+        and _record_checkpoints(db, run_id, out_dir, cfg.train.num_iterations, owner)
     ):
         # The previous worker died after the final checkpoint, before it could mark the run finished.
         with db.write_session() as session:
-            store.finish_run(session, run_id, "succeeded", owner=owner)
+            if not store.finish_run(session, run_id, "succeeded", owner=owner):
+                return _lease_lost("run", run_id)
         log.info("run %s had already finished training (final checkpoint found): succeeded", run_id)
         return EXIT_OK
     sink = DatabaseSink(db, run_id, owner) if state.is_main_process else None
@@ -106,7 +113,7 @@ def train_main(run_id: int, owner: str) -> int:
         state.wait_for_everyone()
         if state.is_main_process:
             with db.write_session() as session:
-                store.set_progress(session, run_id, total_iterations=cfg.train.num_iterations)
+                store.set_progress(session, run_id, total_iterations=cfg.train.num_iterations, owner=owner)
         log.info("run %s: %s training in %s (resume=%s)", run_id, cfg.algorithm, out_dir, resume)
         result = train(cfg, out_dir, sink=sink, resume=resume)
     except LeaseLost as err:
@@ -116,11 +123,14 @@ def train_main(run_id: int, owner: str) -> int:
         log.error("run %s failed:\n%s", run_id, traceback.format_exc())
         if state.is_main_process:
             with db.write_session() as session:
-                store.finish_run(session, run_id, "failed", error=explain_failure(err), owner=owner)
+                if not store.finish_run(session, run_id, "failed", error=explain_failure(err), owner=owner):
+                    return _lease_lost("run", run_id)
         return EXIT_FAILED
     if state.is_main_process:
         with db.write_session() as session:
-            store.finish_run(session, run_id, "cancelled" if result.stopped else "succeeded", owner=owner)
+            outcome = "cancelled" if result.stopped else "succeeded"
+            if not store.finish_run(session, run_id, outcome, owner=owner):
+                return _lease_lost("run", run_id)
     log.info(
         "run %s %s after %s iterations",
         run_id,
@@ -213,17 +223,29 @@ def judge_main(judgement_id: int, owner: str) -> int:
                 for part in (r.first, r.second)
             ]
             with db.write_session() as session:
-                store.record_verdicts(session, judgement_id, rows)
+                store.record_verdicts(session, judgement_id, rows, owner=owner)
 
         run_judgement(comparisons, judge, template, seed=seed, on_progress=save, done_ids=done_ids)
+    except store.LeaseLost:
+        return _lease_lost("judgement", judgement_id)
     except Exception as err:
         log.error("judgement %s failed:\n%s", judgement_id, traceback.format_exc())
         with db.write_session() as session:
-            store.set_judgement_status(session, judgement_id, "failed", error=explain_failure(err))
+            failed = explain_failure(err)
+            if not store.set_judgement_status(session, judgement_id, "failed", error=failed, owner=owner):
+                return _lease_lost("judgement", judgement_id)
         return EXIT_FAILED
     with db.write_session() as session:
-        store.set_judgement_status(session, judgement_id, "succeeded")
+        if not store.set_judgement_status(session, judgement_id, "succeeded", owner=owner):
+            return _lease_lost("judgement", judgement_id)
     return EXIT_OK
+
+
+def _lease_lost(what: str, object_id: int) -> int:
+    """This process's writes are refused (fencing, backend.store.LeaseLost): another worker took the job
+    over while this one was presumed dead (stopped, cut off). Exit without touching the outcome."""
+    log.warning("%s %s: this worker no longer holds its lease; leaving it to its new worker", what, object_id)
+    return EXIT_LEASE_LOST
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--owner", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return (train_main if args.job == "train" else judge_main)(args.object_id, args.owner)
+    try:
+        return (train_main if args.job == "train" else judge_main)(args.object_id, args.owner)
+    except store.LeaseLost:  # a refused write outside the jobs' own handlers (e.g. recording checkpoints)
+        return _lease_lost("run" if args.job == "train" else "judgement", args.object_id)
 
 
 if __name__ == "__main__":

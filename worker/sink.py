@@ -12,9 +12,9 @@ from backend.db import Database
 from backend.models import Run
 from klq.sinks import SampleRecord
 
-
-class LeaseLost(RuntimeError):
-    """Another worker owns this run now (this one was presumed dead): stop without touching its files."""
+# Another worker owns this run now (this one was presumed dead): stop without touching its files. Raised by
+# should_stop, and by every write below, which the store refuses once this worker has lost the lease.
+LeaseLost = store.LeaseLost
 
 
 class DatabaseSink:
@@ -25,19 +25,24 @@ class DatabaseSink:
         now = time.time()
         rows = [(key, step, value, now) for key, value in metrics.items()]
         with self.db.write_session() as session:
-            store.write_metrics(session, self.run_id, rows, commit=False)
+            store.write_metrics(session, self.run_id, rows, owner=self.owner, commit=False)
             store.set_progress(
-                session, self.run_id, iteration=step, episodes=int(metrics.get("episode", 0)), commit=False
+                session,
+                self.run_id,
+                iteration=step,
+                episodes=int(metrics.get("episode", 0)),
+                owner=self.owner,
+                commit=False,
             )
             session.commit()
 
     def log_samples(self, step: int, samples: list[SampleRecord]) -> None:
         with self.db.write_session() as session:
-            store.write_samples(session, self.run_id, [vars(s) for s in samples])
+            store.write_samples(session, self.run_id, [vars(s) for s in samples], owner=self.owner)
 
     def log_checkpoint(self, step: int, path: str, final: bool) -> None:
         with self.db.write_session() as session:
-            store.add_checkpoint(session, self.run_id, step, path, is_final=final)
+            store.add_checkpoint(session, self.run_id, step, path, is_final=final, owner=self.owner)
 
     def should_stop(self) -> bool:
         """True on a user's cancel; raises LeaseLost if another worker has taken the run over."""

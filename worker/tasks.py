@@ -298,6 +298,7 @@ def _supervise(job: str, object_id: int, owner: str, gpus: list[str], settings) 
                 row = store.get_run(session, object_id)
                 metrics = _system_metrics(child, gpus)
                 if metrics and row is not None and beat.ok:
+                    # fenced by the heartbeat: its conditional UPDATE in this transaction found the lease ours
                     store.write_metrics(
                         session, object_id, [(k, row.iteration, v) for k, v in metrics.items()]
                     )
@@ -351,13 +352,14 @@ def _supervise(job: str, object_id: int, owner: str, gpus: list[str], settings) 
         j = store.get_judgement(session, object_id)
         if j is not None and j.status == "running" and j.lease_owner == owner:
             if j.cancel_requested:
-                store.set_judgement_status(session, object_id, "cancelled")
+                store.set_judgement_status(session, object_id, "cancelled", owner=owner)
             else:
                 store.set_judgement_status(
                     session,
                     object_id,
                     "failed",
                     error=f"the judge process exited with code {rc}:\n{_log_tail(log_path)}",
+                    owner=owner,
                 )
             session.refresh(j)
         return j.status if j is not None else "deleted"
