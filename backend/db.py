@@ -17,18 +17,28 @@ Use ``db.session()`` for reads and ``db.write_session()`` for anything that writ
 SQLite connections get ``journal_mode=WAL``, ``foreign_keys=ON``, ``busy_timeout`` and
 ``synchronous=NORMAL`` (durable across application crashes; WAL keeps the database consistent after
 a power loss, possibly losing the last transactions).
+
+Outages. PostgreSQL connections are checked before use (``pool_pre_ping``: a connection dropped by a
+database restart is replaced, so the pool recovers by itself) and give up connecting after
+``KLQ_DB_CONNECT_TIMEOUT`` seconds. ``unavailable_reason`` tells an error that means "the database cannot
+be reached right now" (the API answers 503, backend/errors.py) from one a retry would not fix;
+``retry_while_unavailable`` retries a whole transaction with backoff (the worker's writes, worker/sink.py).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .settings import Settings, get_settings
@@ -49,7 +59,13 @@ def is_sqlite(url: str) -> bool:
 
 
 def make_engine(
-    url: str, *, write: bool = False, busy_timeout_ms: int = 30_000, foreign_keys: bool = True, **kwargs: Any
+    url: str,
+    *,
+    write: bool = False,
+    busy_timeout_ms: int = 30_000,
+    foreign_keys: bool = True,
+    connect_timeout_s: float = 5.0,
+    **kwargs: Any,
 ) -> Engine:
     url = normalize_url(url)
     if is_sqlite(url):
@@ -81,14 +97,22 @@ def make_engine(
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, json_serializer=_json_dumps, **kwargs)
+    connect_args = dict(kwargs.pop("connect_args", {}))
+    # libpq counts whole seconds (and treats 1 as 2); without a limit a connect to an unreachable host
+    # waits for the OS's TCP timeout (minutes), and every request hangs with it.
+    connect_args.setdefault("connect_timeout", max(2, round(connect_timeout_s)))
+    return create_engine(url, json_serializer=_json_dumps, connect_args=connect_args, **kwargs)
 
 
 class Database:
-    def __init__(self, url: str, *, busy_timeout_ms: int = 30_000, **engine_kwargs: Any) -> None:
+    def __init__(
+        self, url: str, *, busy_timeout_ms: int = 30_000, connect_timeout_s: float = 5.0, **engine_kwargs: Any
+    ) -> None:
         self.url = normalize_url(url)
         self.is_sqlite = is_sqlite(self.url)
-        self.engine = make_engine(self.url, busy_timeout_ms=busy_timeout_ms, **engine_kwargs)
+        self.engine = make_engine(
+            self.url, busy_timeout_ms=busy_timeout_ms, connect_timeout_s=connect_timeout_s, **engine_kwargs
+        )
         if self.is_sqlite:
             self.write_engine = make_engine(
                 self.url, write=True, busy_timeout_ms=busy_timeout_ms, **engine_kwargs
@@ -106,7 +130,12 @@ class Database:
             # Room for every request the API admits at once, two connections each (backend/concurrency.py),
             # plus the uncounted ones (health, server-sent events' polls).
             pool = {"pool_size": settings.api_max_concurrency, "max_overflow": settings.api_max_concurrency + 8}
-        return cls(settings.resolved_database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms, **pool)
+        return cls(
+            settings.resolved_database_url,
+            busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+            connect_timeout_s=settings.db_connect_timeout,
+            **pool,
+        )
 
     def session(self) -> Session:
         """A session for reads (use as a context manager)."""
@@ -126,3 +155,70 @@ def finite_or_none(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return float(value)
+
+
+# ------------------------------------------------------------------------------------------------ outages
+
+T = TypeVar("T")
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database stayed unreachable for longer than the caller would wait (KLQ_DB_RETRY_TIMEOUT)."""
+
+
+def unavailable_reason(err: BaseException) -> str | None:
+    """The driver's message (first line) if ``err`` means the database cannot be reached right now: a
+    refused, timed-out or dropped connection, a server shutting down or starting up, SQLite's lock held
+    past its busy timeout. None for errors a retry would not fix (bad SQL, a constraint, a bad value)."""
+    if not isinstance(err, OperationalError | InterfaceError) and not (
+        isinstance(err, DBAPIError) and err.connection_invalidated
+    ):
+        return None
+    orig = getattr(err, "orig", None) or err
+    lines = str(orig).strip().splitlines()
+    return (lines[0] if lines else type(orig).__name__)[:300]
+
+
+def retry_while_unavailable(
+    fn: Callable[[], T],
+    *,
+    timeout: float,
+    what: str,
+    log: logging.Logger,
+    first_delay: float = 0.25,
+    max_delay: float = 5.0,
+) -> T:
+    """``fn()``, called again with exponential backoff while it fails because the database is unreachable
+    (``unavailable_reason``), for up to ``timeout`` seconds; then DatabaseUnavailable naming ``what``.
+    Any other error is raised at once. ``fn`` must be one whole transaction and idempotent: a commit whose
+    acknowledgement was lost is repeated (the worker's writes are upserts)."""
+    deadline = time.monotonic() + timeout
+    delay, failures = first_delay, 0
+    while True:
+        try:
+            result = fn()
+        except Exception as err:
+            reason = unavailable_reason(err)
+            if reason is None:
+                raise
+            failures += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DatabaseUnavailable(
+                    f"the database was unreachable for more than {timeout:g} s (KLQ_DB_RETRY_TIMEOUT) "
+                    f"while {what}: {reason}"
+                ) from err
+            log.warning(
+                "%s: the database is unreachable (%s); retry %d in %.1f s (gives up after %g s)",
+                what,
+                reason,
+                failures,
+                min(delay, left),
+                timeout,
+            )
+            time.sleep(min(delay, left))
+            delay = min(2 * delay, max_delay)
+            continue
+        if failures:
+            log.warning("%s: done, the database is back (after %d failed attempts)", what, failures)
+        return result

@@ -1,4 +1,9 @@
-"""Error responses: 404 unknown ids, 409 wrong state, 422 bad input naming the field, 503 broker down.
+"""Error responses: 404 unknown ids, 409 wrong state, 422 bad input naming the field, 503 broker or
+database down.
+
+A database that cannot be reached (stopped, restarting, unreachable: backend.db.unavailable_reason) is a
+503 ``{"detail": "the database is unavailable: ...; retry later"}`` with ``Retry-After``, never a 500; the
+connection pool replaces dropped connections by itself once the database is back.
 
 Every 422 has FastAPI's shape (``{"detail": [{"loc", "msg", "type"}]}``) plus, per problem, ``field``
 (the dotted location without the "body"/"query" prefix, e.g. ``config.model.policy``) and a top-level
@@ -15,11 +20,15 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
+from .db import unavailable_reason
 from .store import Conflict, NotFound
 
 log = logging.getLogger("klq.backend")
+
+# Seconds a client is told to wait after a 503 for an unreachable database: a restart takes a few.
+DB_RETRY_AFTER_S = 5
 
 Loc = Sequence[str | int]
 
@@ -87,6 +96,17 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceUnavailable)
     async def _unavailable(_request: Request, exc: ServiceUnavailable) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": str(exc), **exc.extra})
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_unavailable(request: Request, exc: OperationalError | InterfaceError) -> JSONResponse:
+        reason = unavailable_reason(exc) or type(exc).__name__
+        log.warning("%s %s: the database is unavailable: %s", request.method, request.url.path, reason)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": f"the database is unavailable: {reason}; retry later"},
+            headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+        )
 
     # Last lines of defence: a value the database refuses is bad input, not a server error.
     @app.exception_handler(DataError)

@@ -76,6 +76,18 @@ class Settings(BaseSettings):
     print_initial_token: bool = True
 
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
+    db_connect_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="seconds to wait for a PostgreSQL connection before the database counts as unavailable "
+        "(the API answers 503 instead of hanging)",
+    )
+    db_retry_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="seconds a worker keeps retrying a database write (metrics, samples, checkpoints, the "
+        "run's outcome) while the database is unreachable, with backoff, before it fails the run",
+    )
 
     # workers (see worker/tasks.py)
     heartbeat_interval: float = Field(5.0, gt=0, description="seconds between a worker's heartbeats")

@@ -647,7 +647,12 @@ def defaults_of(fields: Iterable[FormField]) -> dict[str, Any]:
 
 
 def values_from_config(fields: Iterable[FormField], config: Mapping[str, Any]) -> dict[str, Any]:
-    """Form values (dotted path -> value) of a stored config; fields it lacks keep their default."""
+    """Form values (dotted path -> value) of a stored config; fields it lacks keep their default, or under
+    `convention: paper` take that convention's value, as the server would fill them."""
+    from klq.config import PAPER_CONVENTION, apply_convention
+
+    if config.get("convention") == "paper":
+        config = apply_convention(dict(config), PAPER_CONVENTION)
     flat = flatten(config)
     values = {}
     for f in fields:

@@ -38,7 +38,9 @@ class DatabaseSink:
 
     def log_samples(self, step: int, samples: list[SampleRecord]) -> None:
         with self.db.write_session() as session:
-            store.write_samples(session, self.run_id, [vars(s) for s in samples], owner=self.owner)
+            # stopped_by has no column of its own: it goes into the sample's JSON `extra`
+            rows = [{**vars(s), "extra": {"stopped_by": s.stopped_by} if s.stopped_by else None} for s in samples]
+            store.write_samples(session, self.run_id, rows, owner=self.owner)
 
     def log_checkpoint(self, step: int, path: str, final: bool) -> None:
         with self.db.write_session() as session:

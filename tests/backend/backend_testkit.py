@@ -10,11 +10,14 @@ worker does. PostgreSQL tests are skipped, saying why, if 127.0.0.1:5432 does no
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -183,3 +186,92 @@ def create_run(client: httpx.Client, **body) -> dict:
     r = client.post("/runs", json=body)
     assert r.status_code == 201, r.text
     return r.json()
+
+
+# ------------------------------------------------------------------------------------- private PostgreSQL
+
+
+def _pg_bin(name: str) -> str | None:
+    """A PostgreSQL server binary: the newest /usr/lib/postgresql/<version>/bin, else one on PATH."""
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name))
+    for folder in reversed(versions):
+        if os.access(Path(folder) / name, os.X_OK):
+            return str(Path(folder) / name)
+    return shutil.which(name)
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of this test's own (initdb in a temporary directory, a free port, trust auth,
+    one database ``klq``) that the test may stop and start again on the same port, as a database restart
+    or outage would. PostgreSQL refuses to run as root, so as root its binaries run as the ``postgres``
+    user (runuser) in a directory that user owns."""
+
+    def __init__(self) -> None:
+        import pwd
+
+        self.initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        self.as_user: list[str] = []
+        self.root = Path(tempfile.mkdtemp(prefix="klq-private-pg-"))
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.data = self.root / "data"
+        self.log_path = self.root / "postgres.log"
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/klq"
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        subprocess.run([*self.as_user, *args], check=True, timeout=timeout, capture_output=True)
+
+    def create(self) -> None:
+        """initdb, start, and create the ``klq`` database."""
+        self._run(self.initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+        self.start()
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+            conn.execute("CREATE DATABASE klq")
+
+    def start(self) -> None:
+        """Start the server (on the same port as before) and wait until it accepts connections."""
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        start = [self.pg_ctl, "-D", str(self.data), "-l", str(self.log_path), "-o", options, "-w", "-t", "60", "start"]
+        try:
+            self._run(*start, timeout=90)
+        except subprocess.CalledProcessError as err:
+            raise RuntimeError(f"PostgreSQL did not start: {err.stderr!r}\n{self.log()}") from err
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: "fast" ends every session (a restart, `pg_ctl restart`), "immediate" is a crash."""
+        self._run(self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", timeout=90)
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def destroy(self) -> None:
+        if self.running():
+            with contextlib.suppress(subprocess.SubprocessError):
+                self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL server (see PrivatePostgres), skipped, saying why, where none can be made."""
+    server = PrivatePostgres()
+    if server.initdb is None or server.pg_ctl is None:
+        pytest.skip("the PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    if server.as_user and not shutil.which("runuser"):
+        pytest.skip("running as root without runuser: PostgreSQL cannot be started as another user")
+    try:
+        server.create()
+        yield server
+    finally:
+        server.destroy()
