@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from klq import losses
@@ -40,6 +41,11 @@ class Algorithm:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
 
+    def slots(self, mask: Tensor) -> Tensor | None:
+        """Positions that carry values, value targets and the terminal reward: None = the response tokens
+        (`mask`); with `terminal_slot: after_eos` also the slot after EOS (TRL's convention)."""
+        return losses.after_end_mask(mask).to(mask.dtype) if self.cfg.terminal_slot == "after_eos" else None
+
     def targets(self, batch: Rollout) -> tuple[dict[str, Tensor], dict[str, float]]:
         """Per-token (B, T) tensors the loss needs (indexed by minibatch later), and batch-level metrics."""
         raise NotImplementedError
@@ -58,23 +64,29 @@ class KLQ(Algorithm):
     def targets(self, batch: Rollout) -> tuple[dict[str, Tensor], dict[str, float]]:
         cfg, p = self.cfg, self.cfg.klq
         mask = batch.response_mask
+        slots = self.slots(mask)
         t = losses.klq_targets(
             batch.scores, batch.logp_old, batch.logp_ref, batch.values_old, mask,
-            tau=cfg.tau, gamma=cfg.gamma, lam=cfg.lam, alpha=p.alpha, whiten_deltas=p.whiten_deltas,
+            tau=cfg.tau, gamma=cfg.gamma, lam=cfg.lam, alpha=p.alpha, whiten_deltas=p.whiten_deltas, slots=slots,
         )
         metrics = {
             "q/target_avg": losses.masked_mean(t["targets"], mask).item(),
             "q/td_error_avg": losses.masked_mean(t["td_errors"], mask).item(),
             "q/old_action_value_avg": losses.masked_mean(t["q_old"], mask).item(),
         }
-        return {"targets": t["targets"], "q_old": t["q_old"]}, metrics
+        targets = {"targets": t["targets"], "q_old": t["q_old"]}
+        return (targets if slots is None else {**targets, "slots": slots}), metrics
 
     def loss(self, logp, values, mb, mask):
         p = self.cfg.klq
+        slots = mb.get("slots")
+        if slots is not None:  # the slot after EOS: its Q is V alone (log-ratio 0, as the fork's loss has it)
+            logp = torch.where(mask.bool(), logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
+            mask = slots
         loss, stats = losses.klq_loss(
             logp, mb["logp_ref"], values, mb["targets"], mask, tau=self.cfg.tau,
             loss_type=p.loss, huber_delta=p.huber_delta, q_old=mb["q_old"], logp_old=mb["logp_old"],
-            value_clip=p.value_clip, ratio_clip=p.ratio_clip,
+            value_clip=p.value_clip, ratio_clip=p.ratio_clip, clipped_half=p.clipped_loss_half,
         )
         return loss, {
             "loss/q": loss.detach(),
@@ -91,20 +103,26 @@ class PPO(Algorithm):
     def targets(self, batch: Rollout) -> tuple[dict[str, Tensor], dict[str, float]]:
         cfg = self.cfg
         mask = batch.response_mask
-        rewards = losses.ppo_rewards(batch.scores, batch.logp_old, batch.logp_ref, mask, cfg.kl_coef)
-        advantages, returns = losses.gae_advantages(rewards, batch.values_old, mask, cfg.gamma, cfg.lam)
+        slots = self.slots(mask)
+        value_mask = mask if slots is None else slots
+        rewards = losses.ppo_rewards(batch.scores, batch.logp_old, batch.logp_ref, mask, cfg.kl_coef, slots)
+        advantages, returns = losses.gae_advantages(rewards, batch.values_old, value_mask, cfg.gamma, cfg.lam)
         if cfg.ppo.whiten_advantages:
             advantages = losses.masked_whiten(advantages, mask)
+        else:
+            advantages = torch.where(mask.bool(), advantages, 0.0)  # the policy acts on response tokens only
         metrics = {
             "ppo/returns_avg": losses.masked_mean(returns, mask).item(),
             "ppo/advantages_avg": losses.masked_mean(advantages, mask).item(),
         }
-        return {"advantages": advantages, "returns": returns}, metrics
+        targets = {"advantages": advantages, "returns": returns}
+        return (targets if slots is None else {**targets, "slots": slots}), metrics
 
     def loss(self, logp, values, mb, mask):
         p = self.cfg.ppo
+        value_mask = mb.get("slots", mask)  # TRL: the value loss also covers the slot after EOS, the policy's not
         pg_loss, pg = losses.ppo_policy_loss(logp, mb["logp_old"], mb["advantages"], mask, p.cliprange)
-        vf_loss, vf = losses.ppo_value_loss(values, mb["values_old"], mb["returns"], mask, p.cliprange_value)
+        vf_loss, vf = losses.ppo_value_loss(values, mb["values_old"], mb["returns"], value_mask, p.cliprange_value)
         return pg_loss + p.vf_coef * vf_loss, {
             "loss/policy": pg_loss.detach(),
             "loss/value": vf_loss.detach(),

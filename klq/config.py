@@ -16,6 +16,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Algorithm = Literal["klq", "ppo"]
+Convention = Literal["klq-lab", "paper"]
+
+# The numerical conventions where KLQ Lab and the KLQ authors' TRL fork differ (docs/ALGORITHMS-CONVENTIONS.md):
+# dotted field -> value under `convention: paper`. A field the config sets itself keeps its value.
+# "batch_size" stands for "whatever train.batch_size is": one minibatch per batch.
+PAPER_CONVENTION: dict[str, Any] = {
+    "terminal_slot": "after_eos",
+    "klq.whiten_deltas": True,
+    "klq.clipped_loss_half": False,
+    "train.max_grad_norm": None,
+    "train.minibatch_size": "batch_size",
+    "train.lr_schedule_unit": "iteration",
+}
 
 
 class _Strict(BaseModel):
@@ -67,6 +80,9 @@ class KLQParams(_Strict):
     value_clip: float | None = Field(None, gt=0, description="clip Q_theta to Q_old +- c")
     ratio_clip: float | None = Field(None, gt=0, description="clip log(pi/pi_ref) to old +- c inside Q")
     whiten_deltas: bool = Field(False, description="whiten the lambda-return corrections Delta over the batch")
+    clipped_loss_half: bool = Field(
+        True, description="0.5 * err^2 in the value/ratio-clipped variants, as in plain l2 (the fork: err^2)"
+    )
 
 
 class PPOParams(_Strict):
@@ -81,8 +97,14 @@ class RolloutConfig(_Strict):
     temperature: float = Field(1.0, gt=0)
     top_k: int = Field(0, ge=0, description="0 = off")
     top_p: float = Field(1.0, gt=0, le=1)
-    stop_sequences: list[str] = Field(default_factory=list, description="truncate after these (EOS always)")
+    stop_sequences: list[str] = Field(
+        default_factory=list,
+        description="end a response at these (EOS always); removed from the text that is scored, judged and stored",
+    )
     missing_eos_penalty: float | None = Field(None, ge=0, description="subtracted from R if no EOS")
+    penalize_stop_sequences: bool = Field(
+        True, description="missing_eos_penalty also for a response that ended on a stop sequence (no EOS; the fork)"
+    )
     eval_temperature: float = Field(0.0, ge=0, description="0 = greedy decoding for eval samples")
 
 
@@ -95,6 +117,9 @@ class TrainConfig(_Strict):
     learning_rate: float = Field(1.41e-5, gt=0)
     value_learning_rate: float | None = Field(None, gt=0, description="defaults to learning_rate")
     lr_scheduler: Literal["linear", "constant", "cosine"] = "linear"
+    lr_schedule_unit: Literal["update", "iteration"] = Field(
+        "update", description="step the LR schedule (and count warmup_steps) per optimiser update or per iteration"
+    )
     warmup_steps: int = Field(0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -121,6 +146,13 @@ class TrainConfig(_Strict):
 class RunConfig(_Strict):
     name: str | None = Field(None, max_length=200)
     algorithm: Algorithm = "klq"
+    convention: Convention = Field(
+        "klq-lab", description="paper: the KLQ authors' fork's numerical conventions for every field not set "
+        "explicitly (docs/ALGORITHMS-CONVENTIONS.md)"
+    )
+    terminal_slot: Literal["last_token", "after_eos"] = Field(
+        "last_token", description="R and the last value at the last response token, or one slot after EOS (TRL)"
+    )
     kl_coef: float = Field(0.05, gt=0, description="tau for KLQ, kl_coef for PPO")
     gamma: float = Field(1.0, gt=0, le=1)
     lam: float = Field(0.95, ge=0, le=1, description="lambda of the lambda-returns / GAE")
@@ -136,13 +168,70 @@ class RunConfig(_Strict):
     klq: KLQParams = Field(default_factory=KLQParams)
     ppo: PPOParams = Field(default_factory=PPOParams)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_convention(cls, data: Any) -> Any:
+        """Fill the convention's values into the fields the input leaves out (the stored config is explicit)."""
+        if isinstance(data, dict) and data.get("convention") == "paper":
+            data = apply_convention(data, PAPER_CONVENTION)
+        return data
+
+    @model_validator(mode="after")
+    def _convention_in_force(self) -> RunConfig:
+        """`convention: paper` with every field it governs at klq-lab's default is a config whose fields were
+        all sent explicitly (a form does that), not the paper's conventions: say so rather than run ours."""
+        if self.convention == "paper" and all(
+            _dotted_get(self, key) == _dotted_get(_KLQ_LAB, key) for key in PAPER_CONVENTION
+        ):
+            raise ValueError(
+                "convention 'paper' but every field it governs (" + ", ".join(PAPER_CONVENTION) + ") has "
+                "klq-lab's value: leave those fields out to take the paper's, or set convention: klq-lab"
+            )
+        return self
+
     @property
     def tau(self) -> float:
         return self.kl_coef
 
     def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
-        """A new validated config with `overrides` (nested dicts or dotted keys) merged in."""
-        return RunConfig.model_validate(deep_merge(self.model_dump(), expand_dotted(overrides)))
+        """A new validated config with `overrides` (nested dicts or dotted keys) merged in. Overrides that
+        change `convention` reset the convention's fields to the new one's values unless they set them too."""
+        update = expand_dotted(overrides)
+        base = self.model_dump()
+        if update.get("convention", self.convention) != self.convention:
+            for dotted in PAPER_CONVENTION:
+                *parents, leaf = dotted.split(".")
+                node = base
+                for part in parents:
+                    node = node[part]
+                node.pop(leaf, None)  # refilled by the new convention (or the field defaults)
+        return RunConfig.model_validate(deep_merge(base, update))
+
+
+def _dotted_get(cfg: BaseModel, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+_KLQ_LAB = RunConfig()  # klq-lab's values of the convention fields
+
+
+def apply_convention(data: dict[str, Any], convention: dict[str, Any]) -> dict[str, Any]:
+    """`data` with each dotted field of `convention` that it does not set filled in (a new dict)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for dotted, value in convention.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            child = node.get(part)
+            node[part] = child = dict(child) if isinstance(child, dict) else ({} if child is None else child)
+            node = child
+        if isinstance(node, dict) and leaf not in node:
+            if value == "batch_size":
+                value = node.get("batch_size", TrainConfig.model_fields["batch_size"].default)
+            node[leaf] = value
+    return out
 
 
 def expand_dotted(flat: dict[str, Any]) -> dict[str, Any]:

@@ -127,6 +127,14 @@ def terminal_rewards(scores: Tensor, mask: Tensor) -> Tensor:
     return rewards
 
 
+def after_end_mask(mask: Tensor) -> Tensor:
+    """`mask` plus the one position after each row's last response token, where there is room: TRL's and the
+    KLQ fork's "slot after EOS" (their ~padding_mask_plus_one), which holds the terminal reward and the value
+    of the state that ends with EOS. A response of full length gets no extra slot. (B, T) -> (B, T) bool."""
+    m = mask.bool()
+    return m | torch.cat([torch.zeros_like(m[:, :1]), m[:, :-1]], dim=1)
+
+
 def next_values(values: Tensor, mask: Tensor) -> Tensor:
     """V(s_{t+1}) for each t, with V = 0 after the end of the response. values, mask: (B, T) -> (B, T)."""
     v = _zeroed(values, mask)
@@ -180,6 +188,7 @@ def klq_targets(
     lam: float,
     alpha: float = 1.0,
     whiten_deltas: bool = False,
+    slots: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """KLQ lambda-return targets from rollout-time quantities (no gradient).
 
@@ -189,16 +198,22 @@ def klq_targets(
         delta_t = r_t + gamma V_old(s_{t+1}) - Q_old_t
         Delta_t = delta_t + gamma lam Delta_{t+1}     (optionally whitened over the batch)
         G_t     = Q_old_t + alpha Delta_t
-    Returns dict of (B, T) tensors: q_old, td_errors (delta), deltas (Delta, after whitening), targets (G).
+    `slots` (B, T): the positions that carry values and targets, R at the last of them; default `mask`.
+    With `after_end_mask(mask)` (the fork's convention) the slot after EOS has log-ratio 0, so there
+    Q_old = V_old(s_{T_end}), and whitening (over `mask`, the response tokens) leaves its Delta at 0, as
+    the fork's masked_fill does. Returns dict of (B, T) tensors: q_old, td_errors (delta), deltas (Delta,
+    after whitening), targets (G).
     """
+    slots = mask if slots is None else slots
     with torch.no_grad():
-        q_old = _zeroed(klq_action_values(logp_old, logp_ref, values_old, tau), mask)
-        rewards = terminal_rewards(scores, mask)
-        td_errors = _zeroed(rewards + gamma * next_values(values_old, mask) - q_old, mask)
-        deltas = discounted_cumsum(td_errors, mask, gamma * lam)
+        log_ratio = _zeroed(logp_old, mask) - _zeroed(logp_ref, mask)
+        q_old = _zeroed(tau * log_ratio + values_old, slots)  # Eq. 13 on rollout-time quantities
+        rewards = terminal_rewards(scores, slots)
+        td_errors = _zeroed(rewards + gamma * next_values(values_old, slots) - q_old, slots)
+        deltas = discounted_cumsum(td_errors, slots, gamma * lam)
         if whiten_deltas:
             deltas = masked_whiten(deltas, mask)
-        targets = _zeroed(q_old + alpha * deltas, mask)
+        targets = _zeroed(q_old + alpha * deltas, slots)
     return {"q_old": q_old, "td_errors": td_errors, "deltas": deltas, "targets": targets}
 
 
@@ -215,6 +230,7 @@ def klq_loss(
     logp_old: Tensor | None = None,
     value_clip: float | None = None,
     ratio_clip: float | None = None,
+    clipped_half: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """KLQ regression loss 0.5 * masked_mean (Q_theta - G)^2 and its variants.
 
@@ -224,8 +240,10 @@ def klq_loss(
       - loss_type "huber": Huber loss with `huber_delta` instead of 0.5 * err^2.
       - value_clip c: Q clipped to q_old +- c (needs q_old).
       - ratio_clip c: log(pi/pi_ref) clipped to log(pi_old/pi_ref) +- c inside Q (needs logp_old).
+    clipped_half False: the l2 clipped variants use err^2 (the KLQ fork's), not 0.5 * err^2.
     Returns (scalar loss, stats: q (action value mean), clipfrac).
     """
+    half = clipped_half or (value_clip is None and ratio_clip is None)
 
     # Padding may hold inf/nan: zero it in every input so no 0 * nan reaches a gradient.
     logp, logp_ref, values, targets = (_zeroed(x, mask) for x in (logp, logp_ref, values, targets))
@@ -233,7 +251,7 @@ def klq_loss(
     def pointwise(q: Tensor) -> Tensor:
         err = q - targets
         if loss_type == "l2":
-            return 0.5 * err**2
+            return 0.5 * err**2 if half else err**2
         if loss_type == "huber":
             return F.huber_loss(q, targets, reduction="none", delta=huber_delta)
         raise ValueError(f"unknown KLQ loss_type {loss_type!r} (expected 'l2' or 'huber')")
@@ -269,10 +287,12 @@ def klq_loss(
 # ------------------------------------------------------------------------------------------------ PPO
 
 
-def ppo_rewards(scores: Tensor, logp_old: Tensor, logp_ref: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
-    """Per-token PPO reward: -kl_coef (logp_old - logp_ref) everywhere plus R at the last position.
-    scores: (B,); others (B, T) -> (B, T), zero at padding."""
-    return _zeroed(-kl_coef * (logp_old - logp_ref), mask) + terminal_rewards(scores, mask)
+def ppo_rewards(scores: Tensor, logp_old: Tensor, logp_ref: Tensor, mask: Tensor, kl_coef: float,
+                slots: Tensor | None = None) -> Tensor:
+    """Per-token PPO reward: -kl_coef (logp_old - logp_ref) on the response tokens plus R at the last of
+    `slots` (default `mask`; `after_end_mask(mask)`: the slot after EOS, as TRL). scores: (B,); others
+    (B, T) -> (B, T), zero at padding."""
+    return _zeroed(-kl_coef * (logp_old - logp_ref), mask) + terminal_rewards(scores, mask if slots is None else slots)
 
 
 def ppo_policy_loss(

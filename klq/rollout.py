@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from klq.config import RolloutConfig
-from klq.losses import logprobs_and_entropy, masked_sum
+from klq.losses import after_end_mask, logprobs_and_entropy, masked_sum
 from klq.models import Models, position_ids_from, response_logits, sequence_scores
 from klq.tasks import Prompt
 
@@ -34,7 +34,8 @@ class Rollout:
     raw_scores: Tensor  # (B,) reward-model score
     scores: Tensor  # (B,) after the missing-EOS penalty: the R the algorithms use
     ended: Tensor  # (B,) bool: response stopped at EOS or a stop sequence
-    responses: list[str]
+    responses: list[str]  # decoded, without the stop sequence that ended them
+    stopped_by: list[str] = field(default_factory=list)  # per row: "eos", the stop sequence, or "length"
     gold_scores: Tensor | None = None  # (B,) the task's ground-truth reward where it has one
     extras: dict[str, Tensor] = field(default_factory=dict)
 
@@ -155,41 +156,130 @@ def sample(
     return tokens, logprobs
 
 
-def truncate_responses(
+EOS, LENGTH = "eos", "length"  # Rollout.stopped_by values besides a stop sequence's own text
+
+
+@dataclass
+class Truncation:
+    """Responses cut at their end. B rows, T = response_length."""
+
+    ids: Tensor  # (B, T) pad after the end
+    mask: Tensor  # (B, T) float: 1 up to and including the EOS token or the stop sequence's last token
+    ended: Tensor  # (B,) bool: at EOS or a stop sequence
+    stopped_by: list[str]  # "eos", the stop sequence that ended it, or "length"
+    texts: list[str]  # decoded responses (special tokens skipped) without the stop sequence
+    scored_ids: list[list[int] | None]  # stop-sequence rows: token ids of `texts` for scoring; else None
+
+
+def _first_token_match(ids: list[int], stop_ids: list[int]) -> int | None:
+    k = len(stop_ids)
+    return next((i for i in range(len(ids) - k + 1) if k and ids[i : i + k] == stop_ids), None)
+
+
+def _first_text_match(ids: list[int], tokenizer, stops: list[str]) -> int | None:
+    """The smallest prefix length whose decoded text contains a stop sequence, None if the row has none
+    (binary search: containment only grows with the prefix)."""
+    def contains(n: int) -> bool:
+        text = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        return any(stop in text for stop in stops)
+
+    if not contains(len(ids)):
+        return None
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if contains(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _cut_before_stop(ids: list[int], end: int, tokenizer, stops: list[str]) -> tuple[str, str, list[int]]:
+    """(stop sequence, text before it, ids of that text) for a row whose first `end` tokens complete a stop
+    sequence in their text. Tokens that lie wholly before the stop sequence are kept as sampled; the piece of
+    a token that the stop sequence starts inside of is re-tokenised."""
+    text = tokenizer.decode(ids[:end], skip_special_tokens=True)
+    at, stop = min((text.find(s), s) for s in stops if s in text)
+    kept = text[:at]
+    for m in range(end - 1, 0, -1):
+        head = tokenizer.decode(ids[:m], skip_special_tokens=True)
+        if kept.startswith(head):
+            tail = kept[len(head):]
+            return stop, kept, ids[:m] + (tokenizer.encode(tail, add_special_tokens=False) if tail else [])
+    return stop, kept, tokenizer.encode(kept, add_special_tokens=False)
+
+
+def cut_responses(
     response_ids: Tensor, eos_token_id: int, pad_token_id: int, tokenizer, stop_sequences: list[str]
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> Truncation:
     """Cut each response after its first EOS, or after the token that completes a stop sequence.
 
-    response_ids: (B, T). Returns (ids with pad after the end, mask (B, T) float, ended (B,) bool).
+    A stop sequence is found on token ids (its own tokenisation, as the KLQ fork matches it) and on the
+    decoded text (for where the tokenizer splits it differently in context); the earlier end wins. Its tokens
+    stay in the trajectory (mask), like EOS, so the policy learns to stop; the text that is scored, judged
+    and stored ends before it.
     """
     B, T = response_ids.shape
     is_eos = response_ids == eos_token_id
     ended = is_eos.any(1)
     lengths = torch.where(ended, is_eos.float().argmax(1) + 1, torch.full_like(ended, T, dtype=torch.long))
+    stopped_by = [EOS if e else LENGTH for e in ended.tolist()]
+    scored_ids: list[list[int] | None] = [None] * B
+    cut_texts: dict[int, str] = {}
+    stop_ids = [tokenizer.encode(s, add_special_tokens=False) for s in stop_sequences]
     for row in range(B) if stop_sequences else ():
-        n = int(lengths[row])
-        ids = response_ids[row, :n].tolist()
-        if not any(s in tokenizer.decode(ids, skip_special_tokens=True) for s in stop_sequences):
+        ids = response_ids[row, : int(lengths[row])].tolist()
+        by_tokens = [(i + len(s_ids), i, stop) for stop, s_ids in zip(stop_sequences, stop_ids, strict=True)
+                     if (i := _first_token_match(ids, s_ids)) is not None]
+        by_text = _first_text_match(ids, tokenizer, stop_sequences)
+        token_end, token_start, token_stop = min(by_tokens) if by_tokens else (T + 1, None, None)
+        if by_text is None and not by_tokens:
             continue
-        lo, hi = 1, n  # smallest prefix whose text contains a stop sequence (binary search: monotone)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if any(s in tokenizer.decode(ids[:mid], skip_special_tokens=True) for s in stop_sequences):
-                hi = mid
-            else:
-                lo = mid + 1
-        lengths[row] = lo
-        ended[row] = True
+        if by_text is None or token_end <= by_text:  # the stop sequence's own tokens: cut exactly before them
+            end, stop, kept_ids = token_end, token_stop, ids[:token_start]
+            kept = tokenizer.decode(kept_ids, skip_special_tokens=True)
+        else:
+            end = by_text
+            stop, kept, kept_ids = _cut_before_stop(ids, end, tokenizer, stop_sequences)
+        lengths[row], ended[row], stopped_by[row] = end, True, stop
+        scored_ids[row], cut_texts[row] = kept_ids, kept
     mask = torch.arange(T, device=response_ids.device)[None, :] < lengths[:, None]
-    return response_ids.masked_fill(~mask, pad_token_id), mask.float(), ended
+    ids = response_ids.masked_fill(~mask, pad_token_id)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    for row, kept in cut_texts.items():
+        texts[row] = kept
+    return Truncation(ids, mask.float(), ended, stopped_by, texts, scored_ids)
 
 
-def _reward_inputs(models: Models, rollout_ids: Tensor, rollout_mask: Tensor, texts: list[str]) -> tuple[Tensor, Tensor]:
-    """Reward-model inputs: the policy's ids when both share a tokenizer, else prompt + response re-tokenised."""
-    if models.same_tokenizer:
-        return rollout_ids, rollout_mask
-    enc = models.reward_tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    return enc["input_ids"].to(rollout_ids.device), enc["attention_mask"].to(rollout_ids.device)
+def truncate_responses(
+    response_ids: Tensor, eos_token_id: int, pad_token_id: int, tokenizer, stop_sequences: list[str]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`cut_responses` as (ids with pad after the end, mask (B, T) float, ended (B,) bool)."""
+    cut = cut_responses(response_ids, eos_token_id, pad_token_id, tokenizer, stop_sequences)
+    return cut.ids, cut.mask, cut.ended
+
+
+def _reward_inputs(models: Models, query_ids: Tensor, query_mask: Tensor, cut: Truncation, rows: slice,
+                   texts: list[str]) -> tuple[Tensor, Tensor]:
+    """Reward-model inputs for `rows`: the policy's ids when both share a tokenizer, else prompt + response
+    re-tokenised. A response that ended on a stop sequence is scored without it."""
+    ids = torch.cat([query_ids[rows], cut.ids[rows]], dim=1)
+    mask = torch.cat([query_mask[rows], cut.mask[rows].long()], dim=1)
+    if not models.same_tokenizer:
+        enc = models.reward_tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return enc["input_ids"].to(ids.device), enc["attention_mask"].to(ids.device)
+    scored = cut.scored_ids[rows]
+    if all(s is None for s in scored):
+        return ids, mask
+    responses = [cut.ids[row, : int(cut.mask[row].sum())].tolist() if s is None else s
+                 for row, s in zip(range(*rows.indices(len(cut.scored_ids))), scored, strict=True)]
+    width = max(1, max(len(r) for r in responses))
+    pad = models.tokenizer.pad_token_id
+    response_ids = torch.tensor([r + [pad] * (width - len(r)) for r in responses], device=ids.device)
+    response_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in responses], device=ids.device)
+    return (torch.cat([query_ids[rows], response_ids], dim=1),
+            torch.cat([query_mask[rows].long(), response_mask.to(query_mask.dtype)], dim=1))
 
 
 @torch.no_grad()
@@ -226,10 +316,8 @@ def generate_and_score(
     policy.train(was_training)
     response_ids = torch.cat([c[0] for c in chunks])
     logp_old = torch.cat([c[1] for c in chunks])
-    response_ids, response_mask, ended = truncate_responses(
-        response_ids, tok.eos_token_id, tok.pad_token_id, tok, cfg.stop_sequences
-    )
-    responses = tok.batch_decode(response_ids, skip_special_tokens=True)
+    cut = cut_responses(response_ids, tok.eos_token_id, tok.pad_token_id, tok, cfg.stop_sequences)
+    response_ids, response_mask, ended, responses = cut.ids, cut.mask, cut.ended, cut.texts
     input_ids = torch.cat([query_ids, response_ids], dim=1)
     attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
     texts = [p.text + r for p, r in zip(prompts, responses, strict=True)]
@@ -241,12 +329,14 @@ def generate_and_score(
         logits = response_logits(models.reference, ids, am, T)
         logp_ref.append(logprobs_and_entropy(logits, response_ids[rows], cfg.temperature)[0])
         values_old.append(models.value(ids, am, T))
-        r_ids, r_mask = _reward_inputs(models, ids, am, texts[rows])
+        r_ids, r_mask = _reward_inputs(models, query_ids, query_mask, cut, rows, texts[rows])
         raw_scores.append(sequence_scores(models.reward, r_ids, r_mask))
     raw = torch.cat(raw_scores)
     scores = raw.clone()
     if cfg.missing_eos_penalty is not None:
-        scores = torch.where(ended, scores, scores - cfg.missing_eos_penalty)
+        # No EOS: cut by length, or (penalize_stop_sequences, the fork's way) by a stop sequence.
+        spared = [by == EOS or (by != LENGTH and not cfg.penalize_stop_sequences) for by in cut.stopped_by]
+        scores = torch.where(torch.tensor(spared, device=scores.device), scores, scores - cfg.missing_eos_penalty)
     gold = gold_reward([p.text for p in prompts], responses) if gold_reward else None
     return Rollout(
         prompts=prompts,
@@ -256,10 +346,13 @@ def generate_and_score(
         response_mask=response_mask,
         logp_old=torch.where(response_mask.bool(), logp_old, 0.0),
         logp_ref=torch.where(response_mask.bool(), torch.cat(logp_ref), 0.0),
-        values_old=torch.where(response_mask.bool(), torch.cat(values_old), 0.0),
+        # V_old is kept one slot past the end too: the value of the state that ends with EOS, which the
+        # terminal_slot "after_eos" convention trains (the default masks it away).
+        values_old=torch.where(after_end_mask(response_mask), torch.cat(values_old), 0.0),
         raw_scores=raw,
         scores=scores,
         ended=ended,
         responses=responses,
+        stopped_by=cut.stopped_by,
         gold_scores=None if gold is None else torch.tensor(gold, dtype=torch.float32, device=device),
     )

@@ -18,6 +18,7 @@ class SampleRecord:
     score: float
     kl: float
     gold_score: float | None = None
+    stopped_by: str | None = None  # "eos", the stop sequence (removed from `response`), or "length"
 
 
 class Sink(Protocol):

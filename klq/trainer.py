@@ -183,8 +183,10 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
         # One fused kernel per step instead of a loop of per-parameter ops (fp32 master weights on CPU and GPU).
         fused=device.type in ("cpu", "cuda"),
     )
+    # lr_schedule_unit "iteration" (the fork, TRL 0.12): one schedule step per iteration, after its updates.
+    schedule_steps = num_iterations * (updates_per_iteration if tc.lr_schedule_unit == "update" else 1)
     scheduler = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=tc.warmup_steps,
-                              num_training_steps=num_iterations * updates_per_iteration)
+                              num_training_steps=schedule_steps)
     policy, value, optimizer = accelerator.prepare(models.policy, models.value, optimizer)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -223,15 +225,19 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
                 raise TrainingError(f"reward model returned non-finite scores at iteration {iteration + 1}")
             t1 = time.perf_counter()
             targets, target_metrics = algorithm.targets(batch)
+            iteration_lr = scheduler.get_last_lr()[0]
             stats = _update(cfg, algorithm, accelerator, policy, value, optimizer, scheduler, batch, targets,
                             iteration, last_checkpoint)
+            if tc.lr_schedule_unit == "iteration":
+                scheduler.step()
             t2 = time.perf_counter()
             iteration += 1
 
             metrics = _iteration_metrics(cfg, batch, stats, target_metrics, accelerator)
             tokens = batch.response_mask.sum().item() * world
             metrics.update({
-                "lr": scheduler.get_last_lr()[0],
+                # per update: the rate after this iteration's updates; per iteration: the rate it trained at
+                "lr": scheduler.get_last_lr()[0] if tc.lr_schedule_unit == "update" else iteration_lr,
                 "episode": float(iteration * tc.batch_size * world),
                 "iteration": float(iteration),
                 "eps": tc.batch_size * world / (t2 - t0),
@@ -321,7 +327,8 @@ def _update(cfg: RunConfig, algorithm, accelerator: Accelerator, policy, value, 
                                 [p for group in optimizer.param_groups for p in group["params"]], tc.max_grad_norm
                             )
                         optimizer.step()
-                        scheduler.step()
+                        if tc.lr_schedule_unit == "update":
+                            scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
                 with torch.no_grad():
                     log_ratio = torch.where(mask.bool(), logp - mb["logp_old"], 0.0)
@@ -380,6 +387,7 @@ def _evaluate(cfg: RunConfig, models: Models, policy, prompts: list[Prompt], dev
                 step=iteration, prompt_id=p.id, prompt=p.text, response=batch.responses[i],
                 score=float(batch.scores[i]), kl=float(kl[i]),
                 gold_score=None if batch.gold_scores is None else float(batch.gold_scores[i]),
+                stopped_by=batch.stopped_by[i],
             )
             for i, p in enumerate(prompts)
         ])

@@ -1,7 +1,7 @@
 """Responses of a policy to judge, and resolving which policy a run directory means.
 
 `generate_responses` reuses the trainer's sampling (`klq.rollout.sample`, KV cache) and truncation
-(`klq.rollout.truncate_responses`); it is not another sampling loop.
+(`klq.rollout.cut_responses`); it is not another sampling loop.
 """
 
 from __future__ import annotations
@@ -102,13 +102,13 @@ def generate_responses(
     policy_path_or_dir: a model (HF dir, hub id, builtin:*) or a run directory (its latest checkpoint's
     policy). tokenizer_path: None = the policy's own (a run's checkpoint saves it beside the policy).
     Greedy by default; otherwise temperature sampling (top-k / top-p optional) seeded by `seed`, without
-    touching the global RNG state. Responses stop after EOS or a stop sequence, at most `response_length`
-    tokens, decoded with special tokens skipped (as the trainer decodes them).
+    touching the global RNG state. Responses stop after EOS or a stop sequence (removed from the text), at
+    most `response_length` tokens, decoded with special tokens skipped (as the trainer decodes them).
     """
     import torch
 
     from klq.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
-    from klq.rollout import sample, truncate_responses
+    from klq.rollout import cut_responses, sample
 
     if response_length < 1:
         raise ValueError("response_length must be >= 1")
@@ -129,7 +129,7 @@ def generate_responses(
             response_ids, _ = sample(model, ids, mask, response_length, tokenizer.eos_token_id,
                                      tokenizer.pad_token_id, temperature=temperature, greedy=greedy,
                                      top_k=top_k, top_p=top_p)
-            response_ids, _, _ = truncate_responses(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                                                    tokenizer, list(stop_sequences))
-            texts += tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+            # The judge sees each response as the reward model scored it: without the stop sequence that ended it.
+            texts += cut_responses(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer,
+                                   list(stop_sequences)).texts
     return texts
