@@ -37,3 +37,27 @@ def send_judgement(judgement_id: int, queue: str) -> str:
     from worker.celery_app import JUDGE_TASK
 
     return _send(JUDGE_TASK, judgement_id, queue)
+
+
+def waiting_messages(queue: str) -> int | None:
+    """How many messages the broker holds in ``queue`` (the list's length on Redis, the queue's message files
+    on the filesystem transport, the ready count of a passive queue_declare elsewhere, e.g. RabbitMQ), or
+    None if the broker cannot be asked. A queue the broker does not know holds 0."""
+    from kombu.exceptions import ChannelError
+
+    from worker.celery_app import app
+
+    try:
+        with app.connection_for_read() as conn:
+            channel = conn.default_channel
+            if hasattr(channel, "_size"):
+                # kombu's virtual transports (Redis, filesystem) count directly: their passive declare
+                # answers NOT_FOUND on Redis under a global_keyprefix (its EXISTS is not prefixed)
+                return int(channel._size(queue))
+            try:
+                return int(channel.queue_declare(queue=queue, passive=True).message_count)
+            except ChannelError:  # NOT_FOUND
+                return 0
+    except Exception:  # unreachable broker, or a transport that cannot count
+        log.warning("could not count the messages waiting in %r", queue, exc_info=True)
+        return None

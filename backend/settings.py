@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     reap_interval: float = Field(
         30.0, gt=0, description="seconds between passes re-queueing runs of dead workers"
     )
+    requeue_queued_after: float = Field(
+        300.0,
+        gt=0,
+        description="a queued run or judgement no worker has taken for this many seconds, while its broker "
+        "queue holds fewer messages than it has jobs waiting, is taken to have lost its message (Redis without "
+        "AOF, a purged queue) and is sent again by the reaper, at most once per this interval",
+    )
     sse_poll_interval: float = Field(
         0.5, gt=0, description="seconds between database polls of a live stream (one cheap query per stream)"
     )

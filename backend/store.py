@@ -1280,6 +1280,63 @@ def unqueue_unsent(
     return bool(changed)
 
 
+@dataclass(frozen=True)
+class WaitingJobs:
+    """The runs and judgements of one broker queue that wait for a worker (queued, no lease, no cancel)."""
+
+    count: int  # all of them
+    idle: list[tuple[Literal["runs", "judgements"], int]]  # those untouched for the age asked, oldest first
+
+
+def waiting_jobs(session: Session, *, idle_for: timedelta) -> dict[str, WaitingJobs]:
+    """Per queue, the jobs waiting for a worker and those of them not touched (``updated_at``) for
+    ``idle_for``: the reaper's candidates for a lost broker message (see worker.tasks.redispatch_lost)."""
+    cutoff = utcnow() - idle_for
+    found: dict[str, list[tuple[Any, str, int, bool]]] = {}
+    for table, model in (("runs", Run), ("judgements", Judgement)):
+        rows = session.execute(
+            select(model.queue, model.id, model.updated_at).where(
+                model.status == "queued", model.lease_owner.is_(None), model.cancel_requested.is_(False)
+            )
+        ).all()
+        for queue, object_id, updated_at in rows:
+            found.setdefault(queue, []).append((updated_at, table, object_id, updated_at < cutoff))
+    return {
+        queue: WaitingJobs(len(jobs), [(table, i) for _at, table, i, idle in sorted(jobs) if idle])
+        for queue, jobs in found.items()
+    }
+
+
+def mark_redispatched(
+    session: Session,
+    table: Literal["runs", "judgements"],
+    object_id: int,
+    *,
+    idle_for: timedelta,
+    commit: bool = True,
+) -> bool:
+    """Claim a waiting job's re-send: stamps ``updated_at`` if it is still queued without a lease and
+    untouched for ``idle_for`` (one conditional UPDATE, so of several reapers one sends it, once per
+    ``idle_for``). Returns whether this caller is to send its task again."""
+    model = Run if table == "runs" else Judgement
+    now = utcnow()
+    changed = session.execute(
+        update(model)
+        .where(
+            model.id == object_id,
+            model.status == "queued",
+            model.lease_owner.is_(None),
+            model.cancel_requested.is_(False),
+            model.updated_at < now - idle_for,
+        )
+        .values(updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if commit:
+        session.commit()
+    return bool(changed)
+
+
 def request_judgement_cancel(session: Session, judgement_id: int, *, commit: bool = True) -> Judgement:
     j = session.get(Judgement, judgement_id, with_for_update=True)
     if j is None:

@@ -37,7 +37,7 @@ from celery import bootsteps, signals
 
 from backend import store
 from backend.db import Database
-from backend.dispatch import DispatchError, send_judgement, send_train_run
+from backend.dispatch import DispatchError, send_judgement, send_train_run, waiting_messages
 from backend.logfiles import judgement_log_path, run_log_path
 from backend.settings import get_settings
 from worker.celery_app import JUDGE_TASK, TRAIN_TASK, app
@@ -452,6 +452,7 @@ def reap_once(settings=None) -> list[int]:
             )
             with db().write_session() as session:
                 store.unqueue_unsent(session, table, object_id)
+    redispatch_lost(settings)
     # Experiments whose last run ended while no worker could claim their judging (it died at that moment,
     # or the run was cancelled through the API): claimed here, so judging never waits on a lost message.
     with db().session() as session:
@@ -459,6 +460,52 @@ def reap_once(settings=None) -> list[int]:
     for experiment_id in waiting:
         start_judging(experiment_id)
     return run_ids
+
+
+def redispatch_lost(settings) -> list[tuple[str, int]]:
+    """Send again the tasks of queued runs and judgements whose broker message was lost (Redis restarted
+    without AOF, a purged queue), so that none stays queued for ever. Returns the (table, id) re-sent.
+
+    Which message is missing cannot be told on every transport, so: a queue whose broker holds fewer
+    messages than it has jobs waiting (queued, no lease) is short of that many; that many of its jobs
+    untouched for KLQ_REQUEUE_QUEUED_AFTER are sent again, oldest first, each at most once per that
+    interval (``updated_at`` is stamped when it is re-sent). A job that merely waits its turn behind busy
+    workers has its message in the queue, so it is not re-sent, and the reconciler never adds messages
+    beyond the number of jobs waiting. When a wrong job of a short queue was re-sent, its duplicate is
+    harmless (the lease lets one delivery train it, the other is skipped), and once the workers have
+    drained the queue the missing one is found short again and sent. A broker that cannot count counts as
+    empty: its jobs are re-sent once per interval."""
+    idle_for = timedelta(seconds=settings.requeue_queued_after)
+    with db().session() as session:
+        waiting = store.waiting_jobs(session, idle_for=idle_for)
+    sent: list[tuple[str, int]] = []
+    for queue, jobs in waiting.items():
+        if not jobs.idle:
+            continue
+        in_broker = waiting_messages(queue)
+        missing = jobs.count - (in_broker or 0)
+        for table, object_id in jobs.idle[: max(missing, 0)]:
+            with db().write_session() as session:
+                if not store.mark_redispatched(session, table, object_id, idle_for=idle_for):
+                    continue  # taken, cancelled or re-sent by another reaper meanwhile
+            what = "run" if table == "runs" else "judgement"
+            log.warning(
+                "%s %s: queued for over %ss with %s message(s) in %r for %d waiting job(s): its message "
+                "looks lost; sending its task again",
+                what,
+                object_id,
+                settings.requeue_queued_after,
+                "unknown" if in_broker is None else in_broker,
+                queue,
+                jobs.count,
+            )
+            try:
+                (send_train_run if table == "runs" else send_judgement)(object_id, queue)
+            except DispatchError:
+                log.warning("%s %s: could not be sent to the broker; tried again later", what, object_id)
+                continue
+            sent.append((table, object_id))
+    return sent
 
 
 def _reaper_loop(stop: threading.Event) -> None:

@@ -59,8 +59,10 @@ TIMINGS = {
     "KLQ_LEASE_TIMEOUT": "4",
     "KLQ_REAP_INTERVAL": "1",
     "KLQ_CANCEL_GRACE": "5",
+    # a queued job whose broker message is lost is sent again after 3 s (default 300 s)
+    "KLQ_REQUEUE_QUEUED_AFTER": "3",
 }
-QUEUE_ROLES = ("main", "kill", "dup", "idle")
+QUEUE_ROLES = ("main", "kill", "dup", "idle", "fence", "lost")
 
 
 def tiny_config(
