@@ -393,6 +393,7 @@ def results(
     iteration_s: Mapping[int, float | None],
     verdicts: Mapping[int, list[tuple[str, str, str]]],
     now: datetime,
+    convention: str = "klq-lab",
 ) -> ExperimentResults:
     """The results of docs/EXPERIMENTS.md from rows: ``final`` is run id -> {metric key: value at the run's
     last logged step}, ``iteration_s`` run id -> mean timing/iteration_s, ``verdicts`` judgement id ->
@@ -434,6 +435,7 @@ def results(
         points=points,
         frontier=fronts,
         compute=compute(runs, now),
+        convention=convention,
     )
 
 

@@ -626,6 +626,9 @@ class ExperimentResults(BaseModel):
     points: list[RunPoint]
     frontier: dict[str, list[int]] = Field(description="algorithm -> run ids on its Pareto frontier, by KL")
     compute: ExperimentCompute
+    convention: Literal["klq-lab", "paper"] = Field(
+        "klq-lab", description="numerical convention of every run (the base config's; docs/ALGORITHMS-CONVENTIONS.md)"
+    )
 
 
 class CurveBand(BaseModel):

@@ -1676,6 +1676,7 @@ def experiment_results(session: Session, experiment_id: int) -> ExperimentResult
         iteration_s,
         verdicts,
         utcnow(),
+        convention=(view.experiment.base or {}).get("convention", "klq-lab"),
     )
 
 

@@ -524,3 +524,23 @@ def test_klq_lab_schedule_and_clipping_on_a_ready_config(stand_in_models, tmp_pa
     assert len(clips) == 2 * updates
     # Linear over all 2 * updates optimiser steps; logged after each iteration's updates.
     assert [r["lr"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == pytest.approx([0.5e-3, 0.0])
+
+
+def test_experiment_runs_and_results_carry_the_convention(tmp_path):
+    from backend import store
+    from backend.db import Database
+    from backend.migrate import upgrade
+    from backend.schemas import ExperimentGrid
+
+    url = f"sqlite:///{tmp_path / 'klq.db'}"
+    upgrade(url)
+    db = Database(url)
+    base = RunConfig.model_validate({"convention": "paper", "train": {"batch_size": 32, "micro_batch_size": 8}})
+    with db.write_session() as session:
+        experiment, runs = store.create_experiment(
+            session, name="paper", base=base, grid=ExperimentGrid(kl_coefs=[0.05], seeds=[1]), judge={"backend": "gold"})
+    # Each run's stored config (the run page's Config tab) says which convention and holds its values.
+    assert {r.config["convention"] for r in runs} == {"paper"}
+    assert {(r.config["terminal_slot"], r.config["train"]["minibatch_size"]) for r in runs} == {("after_eos", 32)}
+    with db.session() as session:
+        assert store.experiment_results(session, experiment.id).convention == "paper"

@@ -333,7 +333,8 @@ def results_section(eid: int, results: dict) -> None:
         return
     st.caption(
         "Final values at each run's last logged step; mean over the succeeded seeds with its Student-t "
-        "95% interval (none with one seed). Failed or cancelled runs are listed with their reasons."
+        "95% interval (none with one seed). Failed or cancelled runs are listed with their reasons. "
+        f"Numerical convention: {results.get('convention', 'klq-lab')} (docs/ALGORITHMS-CONVENTIONS.md)."
     )
     metric_format = {
         label: st.column_config.NumberColumn(label, format="%.4g") for _, label in logic.RESULT_METRICS
