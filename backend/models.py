@@ -141,6 +141,13 @@ class Run(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # set by a worker that is shutting down: its training process checkpoints at the next iteration
+    # boundary and the run is queued again (not cancelled); cleared when a worker claims the run
+    preempt_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # when this attempt last made progress (an iteration logged); None until its first (see stall_timeout_s)
+    progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # why the previous attempt ended (a stall, a killed process, a lost worker); kept across attempts
+    last_error: Mapped[str | None] = mapped_column(Text)
 
     tag_rows: Mapped[list[RunTag]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="RunTag.tag"
@@ -242,6 +249,9 @@ class Judgement(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when verdicts were last saved
+    last_error: Mapped[str | None] = mapped_column(Text)  # why the previous attempt ended
 
     # progress and results (recomputed from the verdicts table by store.record_verdicts)
     completed: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))

@@ -119,6 +119,9 @@ class RunSummary(BaseModel):
 class RunDetail(RunSummary):
     config: dict[str, Any]
     attempts: int
+    last_error: str | None = Field(
+        None, description="why the previous attempt ended (a stall, a killed process, a lost worker), if one did"
+    )
     updated_at: datetime
 
 

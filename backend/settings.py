@@ -96,7 +96,33 @@ class Settings(BaseSettings):
         gt=0,
         description="a run whose heartbeat is older than this (seconds) is taken to have lost its worker",
     )
-    cancel_grace: float = Field(30.0, gt=0, description="seconds a cancelled run gets to stop by itself")
+    cancel_grace: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a cancelled run, or one whose worker is shutting down (SIGTERM), gets to stop by "
+        "itself at its next iteration boundary (with a checkpoint) before its process is killed",
+    )
+    stall_timeout_s: float = Field(
+        1800.0,
+        ge=0,
+        description="a training (judge) process that has logged no iteration (saved no verdicts) for this many "
+        "seconds is taken to be hung: it is killed and the job re-queued from its last checkpoint (stored "
+        "verdicts); counted from its previous progress report; 0: never",
+    )
+    startup_timeout_s: float = Field(
+        7200.0,
+        ge=0,
+        description="seconds a training (judge) process may take to its first progress report of an attempt "
+        "(loading or downloading models, building assets, the first iteration; a judge's responses) before "
+        "it counts as hung like a stall; 0: no limit",
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="a run or judgement whose process stalled, died or lost its worker this many times "
+        "(attempts, counted per start; a graceful stop after progress does not count) fails with the last "
+        "reason instead of being re-queued again",
+    )
     reap_interval: float = Field(
         30.0, gt=0, description="seconds between passes re-queueing runs of dead workers"
     )

@@ -41,7 +41,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Select, and_, delete, func, literal, or_, select, update
+from sqlalchemy import Select, and_, case, delete, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -433,6 +433,8 @@ def set_progress(
     if not values:
         return False
     values["updated_at"] = utcnow()
+    if iteration is not None:  # an iteration logged: the training process is not hung (stall_timeout_s)
+        values["progress_at"] = values["updated_at"]
     where = _leased_by(Run, run_id, owner) if owner is not None else Run.id == run_id
     changed = session.execute(
         update(Run).where(where).values(**values).execution_options(synchronize_session=False)
@@ -523,6 +525,8 @@ def _acquire(session: Session, model: Leased, object_id: int, owner: str, stale_
         "updated_at": now,
         "started_at": func.coalesce(model.started_at, _now_param()),
         "error": None,
+        "attempts": model.attempts + 1,
+        "progress_at": None,  # this attempt has made no progress yet (stall detection: start-up allowance)
         **extra,
     }
     changed = session.execute(
@@ -548,7 +552,7 @@ def acquire_lease(
 ) -> bool:
     """Claim a run for ``owner`` (see ``_acquire``), counting ``attempts`` and recording where it runs.
     Returns True if this owner now holds the lease."""
-    extra: dict[str, Any] = {"attempts": Run.attempts + 1}
+    extra: dict[str, Any] = {"preempt_requested": False}
     if worker_host is not None:
         extra["worker_host"] = worker_host
     if worker_gpu is not None:
@@ -605,13 +609,31 @@ def release_lease(session: Session, run_id: int, owner: str, *, commit: bool = T
     return bool(changed)
 
 
-def _requeue_stale(session: Session, model: Leased, stale_after: timedelta, commit: bool) -> list[int]:
+def _attempts_text(attempts: int) -> str:
+    return f"{attempts} attempt{'s' if attempts != 1 else ''}"
+
+
+def _where_it_was(model: Leased, row: Any) -> str:
+    return f"at iteration {row.iteration}" if model is Run else f"with {row.completed} prompt(s) judged"
+
+
+def _requeue_stale(
+    session: Session, model: Leased, stale_after: timedelta, commit: bool, max_attempts: int | None = None
+) -> list[int]:
     """Running objects whose heartbeat is older than ``stale_after`` (their worker died): those with a
-    cancel request become cancelled, the others queued again (lease cleared). Returns the ids re-queued,
-    for the caller to send to the broker again."""
+    cancel request become cancelled, the others queued again (lease cleared, the reason kept as
+    ``last_error``), or failed with that reason once they have had ``max_attempts`` (a crash loop: a worker
+    killed again and again, e.g. by the OOM killer). Rows without any heartbeat were never started by a
+    worker (a task the broker refused, ``unqueue_unsent``): re-queued without counting. Returns the ids
+    re-queued, for the caller to send to the broker again."""
     cutoff = utcnow() - stale_after
     stale = and_(model.status == "running", or_(model.heartbeat_at.is_(None), model.heartbeat_at < cutoff))
-    ids = list(session.scalars(select(model.id).where(stale, model.cancel_requested.is_(False)).with_for_update()))
+    progress = model.iteration if model is Run else model.completed
+    rows = session.execute(
+        select(model.id, model.attempts, model.heartbeat_at, progress)
+        .where(stale, model.cancel_requested.is_(False))
+        .with_for_update()
+    ).all()
     now = utcnow()
     session.execute(
         update(model)
@@ -619,23 +641,116 @@ def _requeue_stale(session: Session, model: Leased, stale_after: timedelta, comm
         .values(status="cancelled", finished_at=now, lease_owner=None, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    if ids:
+    requeued: list[int] = []
+    for row in rows:
+        values: dict[str, Any] = {"status": "queued"}
+        if row.heartbeat_at is not None:
+            reason = (
+                f"its worker stopped sending heartbeats for over {stale_after.total_seconds():g} s "
+                f"{_where_it_was(model, row)} (the worker was killed, ran out of memory, or lost its machine "
+                "or the database)"
+            )
+            values["last_error"] = f"attempt {row.attempts}: {reason}"
+            if max_attempts is not None and row.attempts >= max_attempts:
+                values.update(
+                    status="failed", finished_at=now, error=f"{reason}; stopped after {_attempts_text(row.attempts)}"
+                )
+        if values["status"] == "queued":
+            requeued.append(row.id)
         session.execute(
             update(model)
-            .where(model.id.in_(ids), stale)
-            .values(status="queued", lease_owner=None, updated_at=now)
+            .where(model.id == row.id, stale)
+            .values(lease_owner=None, updated_at=now, **values)
             .execution_options(synchronize_session=False)
         )
     if commit:
         session.commit()
-    return ids
+    return requeued
 
 
 def requeue_stale_runs(
-    session: Session, *, stale_after: timedelta = timedelta(seconds=120), commit: bool = True
+    session: Session,
+    *,
+    stale_after: timedelta = timedelta(seconds=120),
+    max_attempts: int | None = None,
+    commit: bool = True,
 ) -> list[int]:
     """Re-queue runs whose worker died (see ``_requeue_stale``); they resume from their checkpoint."""
-    return _requeue_stale(session, Run, stale_after, commit)
+    return _requeue_stale(session, Run, stale_after, commit, max_attempts)
+
+
+def retry_or_fail(
+    session: Session,
+    model: Leased,
+    object_id: int,
+    owner: str,
+    reason: str,
+    *,
+    max_attempts: int,
+    log_tail: str = "",
+    commit: bool = True,
+) -> Literal["queued", "failed"] | None:
+    """End an attempt that went wrong (its process hung and was killed, or died without writing an
+    outcome): queue the run or judgement again, lease cleared and ``reason`` kept as ``last_error``, for
+    the caller to send to the broker; or, once it has had ``max_attempts``, fail it with ``reason``
+    ("...; stopped after K attempts; last lines of its log: ..."). Only while ``owner`` holds the lease
+    (fencing). Returns the new status, or None if the lease was not ``owner``'s (nothing changed)."""
+    attempts = session.scalar(select(model.attempts).where(_leased_by(model, object_id, owner)).with_for_update())
+    if attempts is None:
+        return None
+    tail = f"; last lines of its log:\n{log_tail}" if log_tail else ""
+    now = utcnow()
+    values: dict[str, Any] = {"status": "queued", "last_error": f"attempt {attempts}: {reason}{tail}"}
+    if attempts >= max_attempts:
+        values.update(status="failed", finished_at=now, error=f"{reason}; stopped after {_attempts_text(attempts)}{tail}")
+    session.execute(
+        update(model)
+        .where(_leased_by(model, object_id, owner))
+        .values(lease_owner=None, updated_at=now, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if commit:
+        session.commit()
+    return values["status"]
+
+
+def request_preempt(session: Session, run_id: int, owner: str, *, commit: bool = True) -> bool:
+    """Ask ``owner``'s training process to stop at its next iteration boundary, with a checkpoint, to be
+    resumed elsewhere (its worker is shutting down); not a cancel. The sink sees it (``should_stop``)."""
+    changed = session.execute(
+        update(Run)
+        .where(_leased_by(Run, run_id, owner))
+        .values(preempt_requested=True, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if commit:
+        session.commit()
+    return bool(changed)
+
+
+def requeue_preempted(session: Session, model: Leased, object_id: int, owner: str, *, commit: bool = True) -> bool:
+    """A graceful stop (the worker is shutting down): queue the run or judgement again at once, lease
+    cleared, for the caller to send to the broker, so another worker resumes it without waiting for the
+    lease to expire. An attempt that made progress is not counted against ``max_attempts`` (a deploy is
+    not a failure); one that made none is, so a worker stopped again and again during start-up still ends.
+    Only while ``owner`` holds the lease. Returns whether it was re-queued."""
+    values: dict[str, Any] = {
+        "status": "queued",
+        "lease_owner": None,
+        "updated_at": utcnow(),
+        "attempts": case((model.progress_at.is_not(None), model.attempts - 1), else_=model.attempts),
+    }
+    if model is Run:
+        values["preempt_requested"] = False
+    changed = session.execute(
+        update(model)
+        .where(_leased_by(model, object_id, owner), model.cancel_requested.is_(False))  # a cancel ends it
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if commit:
+        session.commit()
+    return bool(changed)
 
 
 # --- metrics ---------------------------------------------------------------------------------------------
@@ -1255,11 +1370,15 @@ def heartbeat_judgement(
 
 
 def requeue_stale_judgements(
-    session: Session, *, stale_after: timedelta = timedelta(seconds=120), commit: bool = True
+    session: Session,
+    *,
+    stale_after: timedelta = timedelta(seconds=120),
+    max_attempts: int | None = None,
+    commit: bool = True,
 ) -> list[int]:
     """Like ``requeue_stale_runs`` for judgements whose worker died (their stored verdicts are kept and
     not judged again)."""
-    return _requeue_stale(session, Judgement, stale_after, commit)
+    return _requeue_stale(session, Judgement, stale_after, commit, max_attempts)
 
 
 def unqueue_unsent(
@@ -1412,6 +1531,7 @@ def record_verdicts(
         ("prompt", "response_a", "response_b", "verdict", "raw_output"),
     )
     judgement = refresh_judgement_summary(session, judgement_id, commit=False)
+    judgement.progress_at = now  # verdicts saved: the judge process is not hung (stall_timeout_s)
     if commit:
         session.commit()
     return judgement

@@ -15,13 +15,14 @@ import traceback
 from pathlib import Path
 
 from backend import store
-from backend.db import Database
+from backend.db import Database, DatabaseUnavailable, retry_while_unavailable
 from backend.settings import get_settings
 from klq.config import RunConfig
 
 log = logging.getLogger("klq.worker.runner")
 
 EXIT_OK, EXIT_FAILED, EXIT_LEASE_LOST = 0, 1, 3
+EXIT_PREEMPTED = 4  # stopped at an iteration boundary because its worker is shutting down: to be resumed
 
 
 def run_dir(run_id: int) -> Path:
@@ -42,7 +43,7 @@ def explain_failure(err: BaseException) -> str:
         )
     if isinstance(err, MemoryError):
         return "out of host memory while training; lower train.batch_size or train.micro_batch_size."
-    if isinstance(err, (TrainingError, ModelLoadError)):
+    if isinstance(err, (TrainingError, ModelLoadError, DatabaseUnavailable)):
         return str(err)
     if isinstance(err, FileNotFoundError):
         return f"file not found: {err}"
@@ -80,11 +81,23 @@ def _record_checkpoints(db: Database, run_id: int, out_dir: Path, num_iterations
     return num_iterations in on_disk
 
 
+def _finish_run(db: Database, run_id: int, outcome: str, owner: str, error: str | None = None) -> bool:
+    """Record the run's outcome (fenced by ``owner``), retried while the database is unreachable, as the
+    sink's writes are (KLQ_DB_RETRY_TIMEOUT). Returns whether this worker still held the lease."""
+
+    def write() -> bool:
+        with db.write_session() as session:
+            return store.finish_run(session, run_id, outcome, error=error, owner=owner)
+
+    timeout = get_settings().db_retry_timeout
+    return retry_while_unavailable(write, timeout=timeout, what="recording the run's outcome", log=log)
+
+
 def train_main(run_id: int, owner: str) -> int:
     from accelerate import PartialState
 
     from klq.trainer import latest_checkpoint, train
-    from worker.sink import DatabaseSink, LeaseLost
+    from worker.sink import DatabaseSink, LeaseLost, RetryingSink
 
     db = Database.from_settings()
     state = PartialState()
@@ -104,7 +117,11 @@ def train_main(run_id: int, owner: str) -> int:
                 return _lease_lost("run", run_id)
         log.info("run %s had already finished training (final checkpoint found): succeeded", run_id)
         return EXIT_OK
-    sink = DatabaseSink(db, run_id, owner) if state.is_main_process else None
+    sink = (
+        RetryingSink(DatabaseSink(db, run_id, owner), get_settings().db_retry_timeout)
+        if state.is_main_process
+        else None
+    )
     try:
         if _uses_builtin(cfg) and state.is_main_process:
             from klq.tasks.builtin import ensure_assets
@@ -121,16 +138,23 @@ def train_main(run_id: int, owner: str) -> int:
         return EXIT_LEASE_LOST
     except Exception as err:  # every failure becomes the run's reason, never a silent exit
         log.error("run %s failed:\n%s", run_id, traceback.format_exc())
-        if state.is_main_process:
-            with db.write_session() as session:
-                if not store.finish_run(session, run_id, "failed", error=explain_failure(err), owner=owner):
-                    return _lease_lost("run", run_id)
+        if state.is_main_process and not _finish_run(db, run_id, "failed", owner, error=explain_failure(err)):
+            return _lease_lost("run", run_id)
         return EXIT_FAILED
-    if state.is_main_process:
-        with db.write_session() as session:
-            outcome = "cancelled" if result.stopped else "succeeded"
-            if not store.finish_run(session, run_id, outcome, owner=owner):
-                return _lease_lost("run", run_id)
+    if result.stopped and sink is not None and sink.preempted:
+        # Not a cancel: the supervising worker re-queues the run, and the next worker resumes it from the
+        # checkpoint the trainer has just written at this iteration boundary.
+        log.info(
+            "run %s: stopped at iteration %s because its worker is shutting down (checkpoint %s kept); "
+            "to be resumed by another worker",
+            run_id,
+            result.iterations_done,
+            result.final_checkpoint.name if result.final_checkpoint else "none",
+        )
+        return EXIT_PREEMPTED
+    outcome = "cancelled" if result.stopped else "succeeded"
+    if state.is_main_process and not _finish_run(db, run_id, outcome, owner):
+        return _lease_lost("run", run_id)
     log.info(
         "run %s %s after %s iterations",
         run_id,

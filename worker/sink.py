@@ -3,12 +3,13 @@ database through the backend's data-access layer (backend.store), one transactio
 
 from __future__ import annotations
 
+import logging
 import time
 
 from sqlalchemy import select
 
 from backend import store
-from backend.db import Database
+from backend.db import Database, retry_while_unavailable
 from backend.models import Run
 from klq.sinks import SampleRecord
 
@@ -20,6 +21,7 @@ LeaseLost = store.LeaseLost
 class DatabaseSink:
     def __init__(self, db: Database, run_id: int, owner: str) -> None:
         self.db, self.run_id, self.owner = db, run_id, owner
+        self.preempted = False  # should_stop said stop because the worker is shutting down (not a cancel)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         now = time.time()
@@ -47,16 +49,56 @@ class DatabaseSink:
             store.add_checkpoint(session, self.run_id, step, path, is_final=final, owner=self.owner)
 
     def should_stop(self) -> bool:
-        """True on a user's cancel; raises LeaseLost if another worker has taken the run over."""
+        """True on a user's cancel, or when the worker is shutting down (store.request_preempt: then
+        ``preempted`` is set, and the run is to be resumed, not cancelled); raises LeaseLost if another
+        worker has taken the run over."""
         with self.db.session() as session:
             row = session.execute(
-                select(Run.cancel_requested, Run.lease_owner).where(Run.id == self.run_id)
+                select(Run.cancel_requested, Run.preempt_requested, Run.lease_owner).where(Run.id == self.run_id)
             ).one_or_none()
         if row is None:
             raise LeaseLost(f"run {self.run_id} was deleted")
         if row.lease_owner != self.owner:
             raise LeaseLost(f"run {self.run_id} is now leased by {row.lease_owner!r}")
-        return bool(row.cancel_requested)
+        self.preempted = bool(row.preempt_requested) and not row.cancel_requested  # a cancel wins
+        return bool(row.cancel_requested or row.preempt_requested)
 
     def close(self) -> None:
         pass
+
+
+log = logging.getLogger("klq.worker.sink")
+
+
+class RetryingSink:
+    """A DatabaseSink that rides out a database outage: each call (one whole transaction) is retried with
+    backoff while the database is unreachable, for up to ``timeout`` seconds (KLQ_DB_RETRY_TIMEOUT), then
+    raises backend.db.DatabaseUnavailable, which fails the run with that reason. Training waits meanwhile
+    (the one pending iteration's records are the buffer). A retried write that had in fact committed is
+    harmless: metrics, samples, checkpoints and progress are upserts keyed by (run, key or prompt, step).
+    LeaseLost and any other error go straight through: they are never retried."""
+
+    def __init__(self, sink: DatabaseSink, timeout: float) -> None:
+        self.sink, self.timeout = sink, timeout
+
+    def _retry(self, what: str, call, *args):
+        return retry_while_unavailable(lambda: call(*args), timeout=self.timeout, what=what, log=log)
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self._retry(f"writing the metrics of step {step}", self.sink.log_metrics, step, metrics)
+
+    def log_samples(self, step: int, samples: list[SampleRecord]) -> None:
+        self._retry(f"writing the samples of step {step}", self.sink.log_samples, step, samples)
+
+    def log_checkpoint(self, step: int, path: str, final: bool) -> None:
+        self._retry(f"recording the checkpoint of step {step}", self.sink.log_checkpoint, step, path, final)
+
+    def should_stop(self) -> bool:
+        return self._retry("reading the cancel flag", self.sink.should_stop)
+
+    @property
+    def preempted(self) -> bool:
+        return self.sink.preempted
+
+    def close(self) -> None:
+        self.sink.close()

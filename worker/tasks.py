@@ -30,15 +30,18 @@ import sys
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from celery import bootsteps, signals
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from backend import store
-from backend.db import Database
+from backend.db import Database, unavailable_reason
 from backend.dispatch import DispatchError, send_judgement, send_train_run, waiting_messages
 from backend.logfiles import judgement_log_path, run_log_path
+from backend.models import utcnow
 from backend.settings import get_settings
 from worker.celery_app import JUDGE_TASK, TRAIN_TASK, app
 
@@ -277,6 +280,142 @@ def train_run(run_id: int) -> str:
     return outcome
 
 
+class _OutageTolerated:
+    """Around one heartbeat: an unreachable database (backend.db.unavailable_reason) is logged and swallowed,
+    so a database restart neither kills the child (which retries its own writes, worker/sink.py) nor ends
+    the task. The lease outlives an outage shorter than KLQ_LEASE_TIMEOUT; after a longer one another
+    worker may have taken the run over, and the first heartbeat that gets through says so (lease lost)."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.failed = what, False
+
+    def __enter__(self) -> _OutageTolerated:
+        return self
+
+    def __exit__(self, _type, err, _tb) -> bool:
+        reason = unavailable_reason(err) if err is not None else None
+        self.failed = reason is not None
+        if self.failed:
+            log.warning("%s: heartbeat failed, the database is unreachable (%s); trying again", self.what, reason)
+        return self.failed
+
+
+class _ProgressWatch:
+    """Stall detection for one attempt: the child's last progress (runs.progress_at: an iteration logged;
+    judgements.progress_at: verdicts saved), as read with each heartbeat. Hung means no progress for
+    KLQ_STALL_TIMEOUT_S since the previous report or, before the attempt's first report (loading or
+    downloading models, building assets, the first iteration, a judge's responses), for
+    KLQ_STARTUP_TIMEOUT_S since the child started."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self.started = utcnow()
+        self.last: datetime | None = None  # None: no progress yet in this attempt (store._acquire resets it)
+        self.where = ""
+
+    def saw(self, row, job: str) -> None:
+        if row is None:
+            return
+        self.last = row.progress_at
+        self.where = (
+            f"at iteration {row.iteration}"
+            if job == "train"
+            else f"with {row.completed} of {row.total or '?'} prompts judged"
+        )
+
+    def stalled(self) -> str | None:
+        """Why the child counts as hung, or None."""
+        now = utcnow()
+        if self.last is None:
+            limit = self.settings.startup_timeout_s
+            if limit and (now - self.started).total_seconds() > limit:
+                return f"no progress report within {limit:g} s of starting {self.where}".rstrip()
+            return None
+        limit = self.settings.stall_timeout_s
+        if limit and (now - self.last).total_seconds() > limit:
+            return f"no progress for {limit:g} s {self.where}"
+        return None
+
+
+def _bound_lock_waits(session, settings) -> None:
+    """A heartbeat must not wait for ever on a row lock held by its own child if that child hangs inside a
+    transaction (PostgreSQL waits without limit; SQLite gives up after its busy timeout): the wait is cut
+    short, the beat skipped, and the stall check still runs."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL lock_timeout = {max(1000, int(settings.heartbeat_interval * 1000))}"))
+
+
+def _is_lock_wait(err: OperationalError) -> bool:
+    message = str(err.orig if getattr(err, "orig", None) is not None else err).lower()
+    return "lock" in message  # PostgreSQL: "canceling statement due to lock timeout"; SQLite: "database is locked"
+
+
+def _kill_child(child: subprocess.Popen) -> None:
+    """SIGKILL the child's process group at once: a hung (or SIGSTOPped) process may ignore SIGTERM."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+
+
+def _send_again(table: str, object_id: int, queue: str) -> bool:
+    """Send a re-queued run's or judgement's task to the broker; if the broker refuses, leave it for the
+    reaper to send again (store.unqueue_unsent)."""
+    what = "run" if table == "runs" else "judgement"
+    try:
+        (send_train_run if table == "runs" else send_judgement)(object_id, queue)
+        return True
+    except DispatchError:
+        log.warning("%s %s: could not be sent to the broker; the next reaper pass tries again", what, object_id)
+        with db().write_session() as session:
+            store.unqueue_unsent(session, table, object_id)
+        return False
+
+
+def _retry_or_fail(job: str, object_id: int, owner: str, reason: str, log_path: Path, settings) -> str:
+    """An attempt that went wrong (hung, killed, crashed): re-queue the job to resume from its last
+    checkpoint (stored verdicts), or fail it once it has had KLQ_MAX_ATTEMPTS (store.retry_or_fail)."""
+    table, model = ("runs", store.Run) if job == "train" else ("judgements", store.Judgement)
+    with db().write_session() as session:
+        outcome = store.retry_or_fail(
+            session, model, object_id, owner, reason, max_attempts=settings.max_attempts, log_tail=_log_tail(log_path)
+        )
+        row = session.get(model, object_id)
+        queue = row.queue if row is not None else None
+    what = "run" if job == "train" else "judgement"
+    if outcome is None:
+        log.warning("%s %s: %s, but its lease is no longer ours: left to its new worker", what, object_id, reason)
+        return "lease lost"
+    if outcome == "queued":
+        log.warning("%s %s: %s; re-queued to resume from its last checkpoint", what, object_id, reason)
+        _send_again(table, object_id, queue)
+        return "requeued"
+    log.error("%s %s: %s; failed after %s attempt(s) (KLQ_MAX_ATTEMPTS)", what, object_id, reason, settings.max_attempts)
+    return "failed"
+
+
+def _requeue_preempted(job: str, object_id: int, owner: str) -> bool:
+    """The worker is shutting down and the child has stopped (a training process at an iteration
+    boundary, with a checkpoint): release the lease and queue the job again at once, so that another
+    worker resumes it without waiting for the lease to expire. False if the child ended it meanwhile
+    (finished, cancelled) or the lease is no longer ours."""
+    table, model = ("runs", store.Run) if job == "train" else ("judgements", store.Judgement)
+    with db().write_session() as session:
+        if not store.requeue_preempted(session, model, object_id, owner):
+            return False
+        row = session.get(model, object_id)
+        queue, progress = row.queue, (row.iteration if job == "train" else row.completed)
+    log.warning(
+        "%s %s: worker shutting down: released its lease and re-queued it at %s %s, to resume from its %s",
+        "run" if job == "train" else "judgement",
+        object_id,
+        "iteration" if job == "train" else "prompts judged:",
+        progress,
+        "checkpoint" if job == "train" else "stored verdicts",
+    )
+    _send_again(table, object_id, queue)
+    return True
+
+
 def _supervise(job: str, object_id: int, owner: str, gpus: list[str], settings) -> str:
     log_path = (  # where the API's GET /runs/{id}/logs and /judgements/{id}/logs read them
         run_log_path(settings.data_dir, object_id)
@@ -284,27 +423,67 @@ def _supervise(job: str, object_id: int, owner: str, gpus: list[str], settings) 
         else judgement_log_path(settings.data_dir, object_id)
     )
     child = _start_child(job, object_id, owner, gpus, log_path)
+    try:
+        return _watch_child(job, object_id, owner, gpus, settings, child, log_path)
+    finally:
+        if child.poll() is None:  # the supervisor itself failed: never leave its child running unwatched
+            _kill_child(child)
+
+
+def _watch_child(job: str, object_id: int, owner: str, gpus: list[str], settings, child, log_path: Path) -> str:
     what = "training" if job == "train" else "judge"
+    name = f"{'run' if job == 'train' else 'judgement'} {object_id}"
     cancel_seen: float | None = None
+    preempt_seen: float | None = None  # when this worker's shutdown (SIGTERM) was first seen
+    watch = _ProgressWatch(settings)
     while True:
         try:
             child.wait(settings.heartbeat_interval)
             break
         except subprocess.TimeoutExpired:
             pass
-        with db().write_session() as session:
-            if job == "train":
-                beat = store.heartbeat(session, object_id, owner)
-                row = store.get_run(session, object_id)
-                metrics = _system_metrics(child, gpus)
-                if metrics and row is not None and beat.ok:
-                    # fenced by the heartbeat: its conditional UPDATE in this transaction found the lease ours
-                    store.write_metrics(
-                        session, object_id, [(k, row.iteration, v) for k, v in metrics.items()]
-                    )
-            else:
-                beat = store.heartbeat_judgement(session, object_id, owner)
-                row = store.get_judgement(session, object_id)
+        if _shutting_down.is_set():
+            # A training process is asked to stop at its next iteration boundary, with a checkpoint; a
+            # judge process is stopped at once (its verdicts so far are stored). Either way not a cancel.
+            if preempt_seen is None:
+                preempt_seen = time.monotonic()
+                log.warning("%s: worker shutting down: stopping its %s process", name, what)
+                if job != "train":
+                    _stop_child(child, settings.cancel_grace)
+                    break
+                with db().write_session() as session:
+                    store.request_preempt(session, object_id, owner)
+            elif time.monotonic() - preempt_seen > settings.cancel_grace:
+                _stop_child(child, settings.cancel_grace)  # stuck mid-iteration: stop it the hard way
+                break
+        stalled = watch.stalled()
+        if stalled:
+            log.warning("%s: %s: killing its %s process", name, stalled, what)
+            _kill_child(child)
+            return _retry_or_fail(job, object_id, owner, stalled, log_path, settings)
+        try:
+            with _OutageTolerated(name) as outage, db().write_session() as session:
+                _bound_lock_waits(session, settings)
+                if job == "train":
+                    beat = store.heartbeat(session, object_id, owner)
+                    row = store.get_run(session, object_id)
+                    metrics = _system_metrics(child, gpus)
+                    if metrics and row is not None and beat.ok:
+                        # fenced by the heartbeat: its conditional UPDATE in this transaction found the lease ours
+                        store.write_metrics(
+                            session, object_id, [(k, row.iteration, v) for k, v in metrics.items()]
+                        )
+                else:
+                    beat = store.heartbeat_judgement(session, object_id, owner)
+                    row = store.get_judgement(session, object_id)
+        except OperationalError as err:
+            if not _is_lock_wait(err):
+                raise
+            log.warning("%s: heartbeat skipped: a lock was held too long (%s)", name, err.orig)
+            continue
+        if outage.failed:
+            continue  # the database is away: keep the child, beat again at the next interval
+        watch.saw(row, job)
         if not beat.ok and row is not None and row.status in store.TERMINAL_STATUSES:
             # The child has just written the outcome and is exiting: let it.
             try:
@@ -328,41 +507,30 @@ def _supervise(job: str, object_id: int, owner: str, gpus: list[str], settings) 
             if job != "train" or time.monotonic() - cancel_seen > settings.cancel_grace:
                 _stop_child(child, settings.cancel_grace)  # stuck mid-iteration: stop it the hard way
                 break
-    rc = child.returncode
+    if preempt_seen is not None and _requeue_preempted(job, object_id, owner):
+        return "preempted"
+    return _child_ended(job, object_id, owner, child.returncode, log_path, settings)
+
+
+def _child_ended(job: str, object_id: int, owner: str, rc: int, log_path: Path, settings) -> str:
+    """The child has exited. Normally it has written the job's outcome; if the job is still running under
+    this worker, the child died without one (killed, e.g. by the OOM killer, or crashed): a cancelled job
+    ends cancelled, any other is retried from its checkpoint up to KLQ_MAX_ATTEMPTS (a crash loop ends)."""
     with db().write_session() as session:
-        if job == "train":
-            run = store.get_run(session, object_id)
-            if run is not None and run.status == "running" and run.lease_owner == owner:
-                if run.cancel_requested:
-                    store.finish_run(session, object_id, "cancelled", owner=owner)
-                else:
-                    store.finish_run(
-                        session,
-                        object_id,
-                        "failed",
-                        owner=owner,
-                        error=(
-                            f"the training process exited with code {rc}"
-                            + (" (killed: out of memory?)" if rc in (-9, 137) else "")
-                            + f"; last lines of its log:\n{_log_tail(log_path)}"
-                        ),
-                    )
-                session.refresh(run)
-            return run.status if run is not None else "deleted"
-        j = store.get_judgement(session, object_id)
-        if j is not None and j.status == "running" and j.lease_owner == owner:
-            if j.cancel_requested:
-                store.set_judgement_status(session, object_id, "cancelled", owner=owner)
-            else:
-                store.set_judgement_status(
-                    session,
-                    object_id,
-                    "failed",
-                    error=f"the judge process exited with code {rc}:\n{_log_tail(log_path)}",
-                    owner=owner,
-                )
-            session.refresh(j)
-        return j.status if j is not None else "deleted"
+        row = store.get_run(session, object_id) if job == "train" else store.get_judgement(session, object_id)
+        if row is None:
+            return "deleted"
+        if row.status != "running" or row.lease_owner != owner:
+            return row.status
+        if row.cancel_requested:
+            (store.finish_run if job == "train" else store.set_judgement_status)(
+                session, object_id, "cancelled", owner=owner
+            )
+            return "cancelled"
+        where = f"at iteration {row.iteration}" if job == "train" else f"with {row.completed} prompts judged"
+    killed = f" (killed by {signal.Signals(-rc).name}{': out of memory?' if rc == -9 else ''})" if rc < 0 else ""
+    reason = f"the {'training' if job == 'train' else 'judge'} process exited with code {rc}{killed} {where}"
+    return _retry_or_fail(job, object_id, owner, reason, log_path, settings)
 
 
 @app.task(name=JUDGE_TASK, acks_late=False, ignore_result=True)
@@ -431,8 +599,10 @@ def reap_once(settings=None) -> list[int]:
     settings = settings or get_settings()
     stale_after = timedelta(seconds=settings.lease_timeout)
     with db().write_session() as session:
-        run_ids = store.requeue_stale_runs(session, stale_after=stale_after)
-        judgement_ids = store.requeue_stale_judgements(session, stale_after=stale_after)
+        run_ids = store.requeue_stale_runs(session, stale_after=stale_after, max_attempts=settings.max_attempts)
+        judgement_ids = store.requeue_stale_judgements(
+            session, stale_after=stale_after, max_attempts=settings.max_attempts
+        )
         jobs = [("runs", i, store.get_run(session, i).queue) for i in run_ids] + [
             ("judgements", i, store.get_judgement(session, i).queue) for i in judgement_ids
         ]
@@ -444,14 +614,7 @@ def reap_once(settings=None) -> list[int]:
             object_id,
             "checkpoint" if table == "runs" else "stored verdicts",
         )
-        try:
-            (send_train_run if table == "runs" else send_judgement)(object_id, queue)
-        except DispatchError:
-            log.warning(
-                "%s %s: could not be sent to the broker; the next reaper pass tries again", what, object_id
-            )
-            with db().write_session() as session:
-                store.unqueue_unsent(session, table, object_id)
+        _send_again(table, object_id, queue)
     redispatch_lost(settings)
     # Experiments whose last run ended while no worker could claim their judging (it died at that moment,
     # or the run was cancelled through the API): claimed here, so judging never waits on a lost message.
@@ -518,6 +681,17 @@ def _reaper_loop(stop: threading.Event) -> None:
 
 
 _reaper_stop = threading.Event()
+
+# Set when this worker starts to shut down (SIGTERM: Celery's warm shutdown, which waits for running tasks
+# to end; for a days-long run that is never): each supervisor then has its child stop at the next iteration
+# boundary with a checkpoint, re-queues the job and returns, so that the worker exits within about
+# KLQ_CANCEL_GRACE and another worker resumes the job at once.
+_shutting_down = threading.Event()
+
+
+@signals.worker_shutting_down.connect
+def _on_shutting_down(**_kwargs) -> None:
+    _shutting_down.set()  # runs in a signal handler: set a flag, nothing else
 
 
 @signals.worker_ready.connect

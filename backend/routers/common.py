@@ -71,7 +71,9 @@ def run_summary_data(run: Run, latest: dict | None = None) -> dict[str, Any]:
 def run_summary(run: Run, latest: dict | None = None, *, detail: bool = False) -> RunSummary:
     data = run_summary_data(run, latest)
     if detail:
-        return RunDetail(**data, config=run.config, attempts=run.attempts, updated_at=run.updated_at)
+        return RunDetail(
+            **data, config=run.config, attempts=run.attempts, last_error=run.last_error, updated_at=run.updated_at
+        )
     return RunSummary(**data)
 
 

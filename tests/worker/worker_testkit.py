@@ -37,6 +37,7 @@ from backend_testkit import (  # noqa: E402
     Server,
     free_port,
     fresh_database,
+    private_postgres,
     start_server,
     stop_server,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "Worker",
     "free_port",
     "fresh_database",
+    "private_postgres",
 ]
 
 # Short lease timings (the defaults are 5 s / 60 s / 30 s / 30 s): a dead worker's run is re-queued within
@@ -62,7 +64,7 @@ TIMINGS = {
     # a queued job whose broker message is lost is sent again after 3 s (default 300 s)
     "KLQ_REQUEUE_QUEUED_AFTER": "3",
 }
-QUEUE_ROLES = ("main", "kill", "dup", "idle", "fence", "lost")
+QUEUE_ROLES = ("main", "kill", "dup", "idle", "fence", "lost", "stall", "term", "loop")
 
 
 def tiny_config(
@@ -194,7 +196,10 @@ class Stack:
 
     # --- workers
 
-    def start_worker(self, role: str = "main", *, wait: bool = True, timeout: float = 60) -> Worker:
+    def start_worker(
+        self, role: str = "main", *, wait: bool = True, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> Worker:
+        """A worker on the queue of `role`; `env` adds to (or overrides) the stack's environment."""
         queue = self.queues[role]
         name = f"{role}-{len(self.workers) + 1}"
         log_path = self.data_dir / "logs" / f"worker-{name}.log"
@@ -214,7 +219,7 @@ class Stack:
                     "INFO",
                 ],
                 cwd=REPO,
-                env=self.env,
+                env={**self.env, **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: kill_group() reaches all of it
@@ -318,8 +323,10 @@ def make_stack(
     *,
     broker_url: str | None = None,
     redis_prefix: str | None = None,
+    database_url: str | None = None,
 ) -> Iterator[Stack]:
-    """Generator for a fixture: a stack on a fresh database of `kind`, torn down (workers first) after."""
+    """Generator for a fixture: a stack on a fresh database of `kind` (or on the empty database at
+    `database_url`, e.g. a private PostgreSQL server's), torn down (workers first) after."""
     tag = secrets.token_hex(3)
     queues = {role: f"t{tag}-{role}" for role in QUEUE_ROLES}
     env = dict(TIMINGS)
@@ -339,7 +346,7 @@ def make_stack(
     target = data_dir / "assets" / "builtin"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(assets, target)
-    with fresh_database(kind, tmp) as url:
+    with contextlib.nullcontext(database_url) if database_url else fresh_database(kind, tmp) as url:
         migrate.upgrade(url)
         server = start_server(kind, url, data_dir, **env)
         stack = Stack(name, server, dict(server.env), queues, redis_prefix)
