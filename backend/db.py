@@ -162,6 +162,11 @@ def finite_or_none(value: float | None) -> float | None:
 T = TypeVar("T")
 
 
+# PostgreSQL errors of the OperationalError class that say nothing about reachability: a lock not granted
+# within lock_timeout, a statement cancelled (statement_timeout, pg_cancel_backend).
+_NOT_AN_OUTAGE = ("55P03", "57014")
+
+
 class DatabaseUnavailable(RuntimeError):
     """The database stayed unreachable for longer than the caller would wait (KLQ_DB_RETRY_TIMEOUT)."""
 
@@ -175,6 +180,8 @@ def unavailable_reason(err: BaseException) -> str | None:
     ):
         return None
     orig = getattr(err, "orig", None) or err
+    if getattr(orig, "sqlstate", None) in _NOT_AN_OUTAGE:
+        return None
     lines = str(orig).strip().splitlines()
     return (lines[0] if lines else type(orig).__name__)[:300]
 

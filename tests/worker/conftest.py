@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from worker_testkit import REDIS_URL, Stack, make_stack
+from worker_testkit import REDIS_URL, Stack, make_stack, private_postgres  # noqa: F401  (a fixture)
 
 PREBUILT_ASSETS = os.environ.get("KLQ_TEST_PREBUILT_ASSETS")
 
@@ -65,17 +65,16 @@ STACKS = [
 ]
 
 
-def _stack(name: str, tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp(f"stack-{name}")
-    if name == "sqlite-fs":
-        yield from make_stack(name, "sqlite", tmp, assets)
-        return
+@contextlib.contextmanager
+def _private_redis_prefix() -> Iterator[str]:
+    """A key prefix of this stack's own on the shared Redis at REDIS_URL (skipped, saying why, if it does
+    not answer); its keys are deleted afterwards."""
     reason = _redis_unavailable_reason(REDIS_URL)
     if reason:
         pytest.skip(reason)
     prefix = f"klqworkertest-{secrets.token_hex(6)}:"
     try:
-        yield from make_stack(name, "postgres", tmp, assets, broker_url=REDIS_URL, redis_prefix=prefix)
+        yield prefix
     finally:
         import redis
 
@@ -83,6 +82,22 @@ def _stack(name: str, tmp_path_factory: pytest.TempPathFactory, assets: Path) ->
         for key in conn.scan_iter(match=prefix + "*"):
             conn.delete(key)
         conn.close()
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A private key prefix on the shared Redis broker, for a test that makes a stack of its own."""
+    with _private_redis_prefix() as prefix:
+        yield prefix
+
+
+def _stack(name: str, tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp(f"stack-{name}")
+    if name == "sqlite-fs":
+        yield from make_stack(name, "sqlite", tmp, assets)
+        return
+    with _private_redis_prefix() as prefix:
+        yield from make_stack(name, "postgres", tmp, assets, broker_url=REDIS_URL, redis_prefix=prefix)
 
 
 @pytest.fixture(scope="session", params=STACKS)
