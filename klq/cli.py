@@ -92,6 +92,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -102,7 +112,6 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     import os
-    import subprocess
 
     app = Path(__file__).resolve().parents[1] / "frontend" / "app.py"
     env = dict(os.environ, KLQ_API_URL=args.api_url)
@@ -119,16 +128,23 @@ def cmd_ui(args: argparse.Namespace) -> int:
                 token = None
         if token:
             env["KLQ_API_TOKEN"] = token
-    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.headless=true",
-                            f"--server.port={args.port}", f"--server.address={args.host}",
-                            "--browser.gatherUsageStats=false", "--client.toolbarMode=minimal"], env=env)
+    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless=true", f"--server.port={args.port}",
+            f"--server.address={args.host}", "--browser.gatherUsageStats=false", "--client.toolbarMode=minimal"]
+    # Streamlit takes this process's place (exec), so that a signal to `klq ui`, or the parent-death signal
+    # `klq up` arms, reaches the server itself: as a child, Streamlit outlived a stopped `klq ui`.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
+    return 0  # not reached
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """API, one worker and the UI on the embedded defaults, each its own process; Ctrl-C stops them all."""
+    """API, one worker and the UI on the embedded defaults, each its own process; Ctrl-C, SIGTERM or SIGHUP
+    stops them all."""
     from backend.launch import up
 
-    return up(host=args.host, api_port=args.api_port, ui_port=args.ui_port, demo=args.demo)
+    return up(host=args.host, api_port=args.api_port, ui_port=args.ui_port, demo=args.demo,
+              stop_timeout=args.stop_timeout)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -166,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ui-port", type=int, default=8501)
     p.add_argument("--demo", action="store_true",
                    help="queue a KLQ and a PPO run on the built-in task, and a judgement between them")
+    p.add_argument("--stop-timeout", type=_non_negative_float, default=10.0, metavar="SECONDS",
+                   help="on Ctrl-C, SIGTERM or SIGHUP, how long the API, worker and UI get to exit by themselves "
+                        "before they and their children are killed (default 10; a second Ctrl-C kills at once)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")

@@ -65,7 +65,7 @@ def test_klq_ui_passes_url_and_token(tmp_path, monkeypatch):
     from klq import cli
 
     calls = []
-    monkeypatch.setattr("subprocess.call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    monkeypatch.setattr("os.execve", lambda path, cmd, env: calls.append((cmd, env)))
     monkeypatch.delenv("KLQ_API_TOKEN", raising=False)
     monkeypatch.delenv("KLQ_TOKEN_FILE", raising=False)
     monkeypatch.setenv("KLQ_DATA_DIR", str(tmp_path))
