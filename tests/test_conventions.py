@@ -544,3 +544,21 @@ def test_experiment_runs_and_results_carry_the_convention(tmp_path):
     assert {(r.config["terminal_slot"], r.config["train"]["minibatch_size"]) for r in runs} == {("after_eos", 32)}
     with db.session() as session:
         assert store.experiment_results(session, experiment.id).convention == "paper"
+
+
+def test_launch_form_loads_a_paper_config_with_the_conventions_values():
+    """The dashboard's launch form sends every field; loading a ready config must fill the convention's
+    values into the fields it leaves out (as the server would), so what is launched is the paper's."""
+    from frontend import logic
+    from klq.config import load_config
+
+    fields = logic.form_fields(logic.local_schema_defs())
+    import yaml
+
+    data = yaml.safe_load((CONFIGS / "tldr-pythia1b-klq.yaml").read_text())
+    sent = logic.config_from_values(fields, logic.values_from_config(fields, data))
+    assert RunConfig.model_validate(sent) == load_config(CONFIGS / "tldr-pythia1b-klq.yaml")
+    # Every field at klq-lab's value under convention: paper (choosing "paper" alone in the form) is refused.
+    plain = logic.config_from_values(fields, logic.values_from_config(fields, {}))
+    with pytest.raises(ValueError, match="convention 'paper' but every field it governs"):
+        RunConfig.model_validate({**plain, "convention": "paper"})
