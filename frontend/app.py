@@ -16,8 +16,13 @@ from frontend import ui  # noqa: E402
 
 st.set_page_config(page_title="KLQ Lab", page_icon=":material/science:", layout="wide")
 
+RUNS_ICON = ":material/table_rows:"
 pages = [
-    st.Page(ui.PAGE_FILES["runs"], title="Runs", icon=":material/table_rows:", url_path="runs", default=True),
+    # The default page is served at "/" only (Streamlit ignores a default page's url_path; "index" just
+    # names it). It comes first: st.switch_page to views/runs.py (ui.go("runs")) picks the first match.
+    st.Page(ui.PAGE_FILES["runs"], title="Runs", icon=RUNS_ICON, url_path="index", default=True),
+    # The same page at /runs (the path users type, like /launch or /run), else "Page not found".
+    st.Page(ui.PAGE_FILES["runs"], title="Runs", icon=RUNS_ICON, url_path="runs", visibility="hidden"),
     st.Page(ui.PAGE_FILES["launch"], title="Launch", icon=":material/rocket_launch:", url_path="launch"),
     st.Page(ui.PAGE_FILES["run"], title="Run", icon=":material/monitoring:", url_path="run"),
     st.Page(ui.PAGE_FILES["compare"], title="Compare", icon=":material/compare_arrows:", url_path="compare"),

@@ -1,7 +1,12 @@
 """End to end in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright) against real
 processes: the API (uvicorn), a worker (`klq worker`) training on the built-in task, and the dashboard
-(`klq ui`). Launch a run from the form, watch its curve grow, open the Samples page, compare two runs.
-Screenshots of every page go to test-artifacts/e2e/."""
+(`klq ui`). Launch a run from the form, watch its curve grow, cancel it from its page, open the Samples page,
+judge and compare two runs. Screenshots of every page go to test-artifacts/e2e/.
+
+Nothing here depends on how fast the machine is: the launched run is far longer than any test
+(FORM_ITERATIONS), so its curve is seen growing however slow the page's polling and however fast the
+training; the test ends it with the page's Cancel button once the growth (and a first eval's samples)
+has been seen, and goes on with the cancelled run's data."""
 
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ pytestmark = [
     ),
 ]
 
-FORM_ITERATIONS = 12
+FORM_ITERATIONS = 100_000  # never reached: the run is cancelled once its curve has been seen growing
 XSS = "<script>alert('xss')</script> <b>bold</b> <img src=x onerror=alert(1)>"
 REST_CONFIG = {  # the second run, queued over REST: PPO, a few iterations
     "algorithm": "ppo",
@@ -148,8 +153,11 @@ def shot(page, name: str) -> Path:
 
 
 def wait_idle(page, timeout: float = 30) -> None:
-    """Until Streamlit has finished running the script (no 'Running...' status widget)."""
+    """Until Streamlit has finished running the script: the app's script state (an attribute of its root
+    element, set by the browser as soon as a widget asks for a rerun) is notRunning, and no 'Running...'
+    status widget shows. The short pause first lets an input's change event reach the app."""
     page.wait_for_timeout(300)
+    page.locator("[data-testid=stApp][data-test-script-state=notRunning]").wait_for(timeout=timeout * 1000)
     page.locator("[data-testid=stStatusWidget]").wait_for(state="detached", timeout=timeout * 1000)
 
 
@@ -161,15 +169,32 @@ def set_number(scope, label: str, value) -> None:
 
 
 def points_of(page, key: str = "objective/scores") -> int | None:
+    """The number of points of ``key`` the Run page says it holds (all of them: "N points (of M)" when
+    the page holds a downsampled series)."""
     text = page.locator("[data-testid=stCaptionContainer]").all_inner_texts()
     for t in text:
-        m = re.search(re.escape(key) + r": (\d+) points", t)
+        m = re.search(re.escape(key) + r": (\d+) points(?: \(of (\d+)\))?", t)
         if m:
-            return int(m.group(1))
+            return int(m.group(2) or m.group(1))
     return None
 
 
-def wait_run(api: Server, run_id: int, timeout: float = 180) -> dict:
+def run_state(api: Server, run_id: int) -> dict:
+    with api.client() as c:
+        return c.get(f"/runs/{run_id}").json()
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+    """Poll until ``predicate()`` is truthy and return its value; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+    return value
+
+
+def wait_run(api: Server, run_id: int, timeout: float = 600) -> dict:
     deadline = time.monotonic() + timeout
     with api.client() as c:
         while True:
@@ -231,30 +256,45 @@ def test_launch_watch_samples_compare(stack: Stack, browser) -> None:
         assert cfg["train"]["batch_size"] == 16 and cfg["eval_interval"] == 2
         rest = c.post("/runs", json={"config": REST_CONFIG, "name": "e2e-rest-ppo", "queue": "cpu"}).json()
 
+    # The run goes on until it is cancelled below, so the page sees its curve grow whatever the speed of
+    # the machine (generous timeout: a loaded machine starts the worker's child slowly).
     seen: list[int] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def grown() -> bool:
         n = points_of(page)
         if n is not None and (not seen or n != seen[-1]):
             seen.append(n)
             if len(seen) == 1:
                 page.get_by_test_id("stVegaLiteChart").first.wait_for()
                 shot(page, "03-run-first-points")
-        if seen and seen[-1] >= FORM_ITERATIONS:
-            break
-        page.wait_for_timeout(500)
-    assert len(seen) >= 2 and seen == sorted(seen) and seen[-1] > seen[0], f"points seen: {seen}"
+        if len(seen) < 2:
+            run = run_state(stack.api, form_run["id"])
+            assert run["status"] in ("queued", "running"), (run, f"points seen: {seen}")
+        return len(seen) >= 2
+
+    wait_until(grown, 600, "the Run page to show the curve growing")
+    assert seen == sorted(seen) and seen[-1] > seen[0], f"points seen: {seen}"
     page.get_by_test_id("stVegaLiteChart").nth(3).wait_for()  # reward, KL, rlhf_reward, losses, ...
     shot(page, "04-run-grown")
     phase("curve grew")
 
-    assert wait_run(stack.api, form_run["id"])["status"] == "succeeded"
+    # held-out samples of a first eval (eval_interval 2) for the Samples page, then cancel it on its page
+    with stack.api.client() as c:
+        wait_until(lambda: c.get(f"/runs/{form_run['id']}/samples/steps").json(), 600, "the first samples")
+    page.get_by_role("button", name="Cancel run").click()
+    form_done = wait_run(stack.api, form_run["id"])
+    assert form_done["status"] == "cancelled" and form_done["error"] is None, form_done
+    assert seen[-1] <= form_done["iteration"] < FORM_ITERATIONS, (seen, form_done)
+    page.get_by_test_id("stMetric").filter(has_text="Status").filter(has_text="cancelled").wait_for()
+    shot(page, "04a-run-cancelled")
+    phase("run cancelled from its page")
     assert wait_run(stack.api, rest["id"])["status"] == "succeeded"
     phase("both runs finished")
 
     # the Logs tab: the training log the worker's child process wrote, as text
     page.get_by_role("tab", name="Logs").click()
-    page.get_by_test_id("stCode").filter(has_text=f"succeeded after {FORM_ITERATIONS} iterations").wait_for()
+    ended = f"cancelled after {form_done['iteration']} iterations"
+    page.get_by_test_id("stCode").filter(has_text=ended).wait_for()
     page.get_by_role("button", name="Download the whole log").wait_for()
     shot(page, "04b-run-log")
     phase("training log shown")
@@ -308,7 +348,7 @@ def test_launch_watch_samples_compare(stack: Stack, browser) -> None:
     assert (judgement["run_a"], judgement["run_b"], judgement["num_prompts"]) == (a, b, 4)
     page.get_by_role("tab", name="Judgements").click()
     metric = page.get_by_test_id("stMetric").filter(has_text="Win rate of A")
-    metric.wait_for(timeout=180_000)
+    metric.wait_for(timeout=600_000)
     with stack.api.client() as c:
         judgement = c.get(f"/judgements/{judgement['id']}").json()
     assert judgement["status"] == "succeeded", judgement

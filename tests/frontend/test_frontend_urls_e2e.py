@@ -1,0 +1,220 @@
+"""Every page's URL, and every link the dashboard itself makes, opens its page in a real headless Chromium
+(Debian's /usr/bin/chromium driven by Playwright) against real processes: the API (uvicorn) and the
+dashboard (`klq ui`), on a database seeded as workers leave it (tests/frontend/frontend_testkit). A URL
+that Streamlit cannot resolve shows its "Page not found" dialog and runs the main page instead; each
+visit here checks that no such dialog appears and that the page's own heading is shown."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import pytest
+from backend_testkit import Server, free_port, fresh_database, start_server, stop_server
+from frontend_testkit import Seeded, SeededExperiment, seed, seed_experiment
+from test_frontend_e2e import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _spawn, _stop, wait_idle, wait_ui
+
+from backend import migrate
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"{CHROMIUM} is missing: install Debian's chromium "
+        "(apt-get install -y chromium; `./klq-lab test` does it when run as root)",
+    ),
+]
+
+NOT_FOUND = "Page not found"  # the title of Streamlit's dialog for a URL path no page answers
+HEADINGS = {  # url path -> the page's heading (its st.title)
+    "": "Runs",
+    "runs": "Runs",
+    "launch": "Launch a run",
+    "run": "Run",
+    "compare": "Compare runs",
+    "samples": "Samples & judgements",
+    "experiments": "Experiments",
+}
+
+
+@dataclass
+class Stack:
+    api: Server
+    ui_url: str
+    seeded: Seeded
+    experiment: SeededExperiment
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("fe-urls")
+    data = tmp / "data"
+    with fresh_database("sqlite", tmp) as url:
+        migrate.upgrade(url)
+        api = start_server("sqlite", url, data)
+        seeded, experiment = seed(api), seed_experiment(api)
+        port = free_port()
+        ui = _spawn(
+            ["ui", "--port", str(port), "--api-url", api.url],
+            dict(api.env, KLQ_PRINT_INITIAL_TOKEN="false"),
+            data / "ui.log",
+        )
+        ui_url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ui(ui, ui_url, data / "ui.log")
+            yield Stack(api, ui_url, seeded, experiment)
+        finally:
+            _stop(ui)
+            stop_server(api)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                shutil.copy(data / "ui.log", ARTIFACTS / "urls-ui.log")
+
+
+@pytest.fixture(scope="module")
+def browser(stack: Stack):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def tab(browser):
+    page = browser.new_page(viewport={"width": 1440, "height": 1600})
+    page.set_default_timeout(30_000)
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    yield page
+    assert not dialogs
+    page.close()
+
+
+def path_of(url: str) -> str:
+    return urlsplit(url).path.strip("/")
+
+
+def assert_shows(page, heading: str) -> None:
+    """The page has finished its script run, shows ``heading``, and no "Page not found" dialog."""
+    page.get_by_role("heading", name=heading, exact=True).first.wait_for()
+    wait_idle(page)
+    assert page.get_by_text(NOT_FOUND, exact=True).count() == 0, f"{page.url}: {NOT_FOUND}"
+    page.get_by_role("heading", name=heading, exact=True).first.wait_for()
+
+
+def visit(page, url: str, heading: str) -> None:
+    page.goto(url)
+    assert_shows(page, heading)
+
+
+def test_an_unknown_path_shows_not_found(stack: Stack, tab) -> None:
+    """The check itself: what Streamlit does with a path no page answers (so the checks below can fail)."""
+    tab.goto(stack.ui_url + "/no-such-page")
+    tab.get_by_text(NOT_FOUND, exact=True).wait_for()
+
+
+def test_every_page_url_opens_its_page(stack: Stack, tab) -> None:
+    for path, heading in HEADINGS.items():
+        visit(tab, f"{stack.ui_url}/{path}", heading)
+        assert path_of(tab.url) == path, tab.url  # served where it was asked for, not redirected
+
+
+def test_page_urls_with_their_query_parameters(stack: Stack, tab) -> None:
+    s, base = stack.seeded, stack.ui_url
+    label = f"#{s.klq} seed-klq (KLQ)"
+    visit(tab, f"{base}/run?run={s.klq}", "Run")
+    assert tab.get_by_role("combobox", name="Run", exact=True).input_value() == label
+    for path, heading in (("compare", "Compare runs"), ("samples", "Samples & judgements")):
+        visit(tab, f"{base}/{path}?runs={s.klq},{s.ppo}", heading)
+        chosen = tab.get_by_test_id("stMultiSelect").first
+        assert label in chosen.inner_text() and f"#{s.ppo} seed-ppo (PPO)" in chosen.inner_text()
+    visit(tab, f"{base}/launch?clone={s.klq}", "Launch a run")
+    tab.get_by_text(f"Pre-filled from run #{s.klq}").wait_for()
+    visit(tab, f"{base}/experiments?experiment={stack.experiment.id}", "Experiments")
+    tab.get_by_role("heading", name=f"#{stack.experiment.id} study").wait_for()
+
+
+def follow(page, click, heading: str, path: str) -> str:
+    """Click a control of the dashboard that opens another page; check where it went, then open that
+    URL afresh, as a user reloading it, bookmarking it or sharing it does. Returns the URL."""
+    click()
+    page.get_by_role("heading", name=heading, exact=True).first.wait_for()
+    page.wait_for_url(lambda u: path_of(u) == path)
+    assert_shows(page, heading)
+    url = page.url
+    visit(page, url, heading)
+    assert page.url == url
+    return url
+
+
+def select_runs(page, labels: list[str]) -> None:
+    """Pick runs in the Runs page's "Selected runs" box (the table is drawn on a canvas), by typing: the
+    list of options shows only some at a time."""
+    box = page.get_by_test_id("stMultiSelect").filter(has_text="Selected runs")
+    for label in labels:
+        box.get_by_role("combobox").fill(label)
+        page.get_by_role("option", name=label, exact=True).click()
+        wait_idle(page)
+    page.keyboard.press("Escape")
+    for label in labels:
+        box.get_by_text(label, exact=True).wait_for()
+
+
+def button(page, name: str):
+    """Clicks the st.button labelled ``name`` (its text ends with the label; a Material icon's name comes
+    first)."""
+    label = re.compile(re.escape(name) + "$")
+    return lambda: page.get_by_test_id("stButton").get_by_role("button").filter(has_text=label).click()
+
+
+def test_links_the_dashboard_makes_open_their_pages(stack: Stack, tab) -> None:
+    s, base = stack.seeded, stack.ui_url
+    klq, ppo = f"#{s.klq} seed-klq (KLQ)", f"#{s.ppo} seed-ppo (PPO)"
+
+    # the sidebar's menu: one link per page
+    visit(tab, base + "/", "Runs")
+    links = tab.get_by_test_id("stSidebarNav").get_by_role("link")
+    hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+    assert len(hrefs) == 6, hrefs  # Runs, Launch, Run, Compare, Samples & judgements, Experiments
+    for href in hrefs:
+        path = path_of(href)
+        visit(tab, href if href.startswith("http") else base + "/" + path, HEADINGS[path])
+
+    # the Runs page's actions on selected runs
+    actions = (
+        ("Open", [klq], "Run", "run", f"run={s.klq}"),
+        ("Compare", [klq, ppo], "Compare runs", "compare", f"runs={s.klq}%2C{s.ppo}"),
+        ("Samples", [klq, ppo], "Samples & judgements", "samples", f"runs={s.klq}%2C{s.ppo}"),
+        ("Clone…", [klq], "Launch a run", "launch", f"clone={s.klq}"),
+    )
+    for name, selected, heading, path, query in actions:
+        for start in ("/", "/runs"):
+            visit(tab, base + start, "Runs")
+            select_runs(tab, selected)
+            url = follow(tab, button(tab, name), heading, path)
+            assert urlsplit(url).query.replace(",", "%2C") == query, (name, url)
+
+    # the Run page's buttons
+    for name, heading, path in (
+        ("Clone…", "Launch a run", "launch"),
+        ("Samples", "Samples & judgements", "samples"),
+        ("Compare…", "Compare runs", "compare"),
+    ):
+        visit(tab, f"{base}/run?run={s.klq}", "Run")
+        url = follow(tab, button(tab, name), heading, path)
+        assert str(s.klq) in urlsplit(url).query, (name, url)
+
+    # an experiment's Runs tab: compare its runs, or go to the Runs page
+    for name, heading, path in (("Compare its runs", "Compare runs", "compare"), ("Runs page", "Runs", "")):
+        visit(tab, f"{base}/experiments?experiment={stack.experiment.id}", "Experiments")
+        tab.get_by_role("tab", name="Runs").click()
+        wait_idle(tab)
+        follow(tab, button(tab, name), heading, path)
