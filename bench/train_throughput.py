@@ -141,6 +141,9 @@ def run_ours(a: argparse.Namespace) -> None:
         def should_stop(self):
             return False
 
+        def check_owner(self):
+            pass
+
         def close(self):
             pass
 

@@ -32,6 +32,11 @@ class Sink(Protocol):
         """Polled at every iteration boundary: True stops the run cleanly (a user's cancel)."""
         ...
 
+    def check_owner(self) -> None:
+        """Raise if this process may no longer write the run's files (a worker whose lease was taken over);
+        called just before a checkpoint replaces anything on disk."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -75,6 +80,9 @@ class JSONLSink:
 
     def should_stop(self) -> bool:
         return (self.out_dir / "STOP").exists()
+
+    def check_owner(self) -> None:  # a standalone run has one owner: this process
+        pass
 
     def close(self) -> None:
         for f in self._files.values():

@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,18 +65,20 @@ class TrainResult:
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The newest complete checkpoint directory of a run (complete = its state file was written last)."""
     root = Path(out_dir) / CHECKPOINTS
-    # step-N only: a step-N.tmp directory is a checkpoint still being written (see save_checkpoint).
+    # step-N only: a step-N.tmp-PID directory is a checkpoint still being written (see save_checkpoint).
     done = sorted(p for p in root.glob("step-*") if p.name[5:].isdigit() and (p / STATE_FILE).exists()) \
         if root.exists() else []
     return done[-1] if done else None
 
 
 def save_checkpoint(out_dir: Path, iteration: int, models: Models, policy, value, optimizer, scheduler,
-                    cfg: RunConfig, final: bool) -> Path:
+                    cfg: RunConfig, final: bool, before_publish: Callable[[], None] | None = None) -> Path:
     """policy/ and value/ in HF layout (safetensors), then trainer_state.pt. Written to a temp directory and
-    renamed, so a crash mid-write never leaves a checkpoint that looks complete."""
+    renamed, so a crash mid-write never leaves a checkpoint that looks complete. The temp directory is this
+    process's own, and ``before_publish`` (Sink.check_owner) may refuse the rename, so that a worker whose
+    run was taken over never replaces the new owner's checkpoint."""
     target = Path(out_dir) / CHECKPOINTS / f"step-{iteration:07d}"
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp / "policy")
     models.tokenizer.save_pretrained(tmp / "policy")
@@ -92,6 +96,12 @@ def save_checkpoint(out_dir: Path, iteration: int, models: Models, policy, value
     }
     torch.save(state, tmp / STATE_FILE)
     (tmp / "run_config.json").write_text(cfg.model_dump_json(indent=2))
+    if before_publish is not None:
+        try:
+            before_publish()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
@@ -143,6 +153,11 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
         mixed_precision="bf16" if bf16 else "no",
     )
     device = accelerator.device
+    if resume and accelerator.is_main_process:
+        # half-written checkpoints of earlier attempts (a crash mid-save); a stale writer still busy with
+        # one finds it gone, and is refused anyway (before_publish)
+        for leftover in (out_dir / CHECKPOINTS).glob("step-*.tmp*"):
+            shutil.rmtree(leftover, ignore_errors=True)
     checkpoint = latest_checkpoint(out_dir) if resume else None
     if resume and checkpoint is None:
         log.warning("no checkpoint in %s: starting from the beginning", out_dir)
@@ -286,7 +301,8 @@ def _checkpoint(out_dir, iteration, models, policy, value, optimizer, scheduler,
     accelerator.wait_for_everyone()
     path = None
     if accelerator.is_main_process:
-        path = save_checkpoint(out_dir, iteration, models, policy, value, optimizer, scheduler, cfg, final)
+        path = save_checkpoint(out_dir, iteration, models, policy, value, optimizer, scheduler, cfg, final,
+                               before_publish=sink.check_owner if sink is not None else None)
         if sink is not None:
             sink.log_checkpoint(iteration, str(path), final)
     accelerator.wait_for_everyone()

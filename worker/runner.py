@@ -62,7 +62,7 @@ def _record_checkpoints(db: Database, run_id: int, out_dir: Path, num_iterations
 
     on_disk = {}
     for path in (out_dir / CHECKPOINTS).glob("step-*"):
-        match = re.fullmatch(r"step-(\d+)", path.name)  # not step-N.tmp, a checkpoint being written
+        match = re.fullmatch(r"step-(\d+)", path.name)  # not step-N.tmp-PID, a checkpoint being written
         if match and (path / STATE_FILE).exists():
             on_disk[int(match.group(1))] = path
     with db.write_session() as session:

@@ -52,6 +52,15 @@ class DatabaseSink:
         """True on a user's cancel, or when the worker is shutting down (store.request_preempt: then
         ``preempted`` is set, and the run is to be resumed, not cancelled); raises LeaseLost if another
         worker has taken the run over."""
+        row = self._owned_row()
+        self.preempted = bool(row.preempt_requested) and not row.cancel_requested  # a cancel wins
+        return bool(row.cancel_requested or row.preempt_requested)
+
+    def check_owner(self) -> None:
+        """Raises LeaseLost if another worker has taken the run over (before a checkpoint is published)."""
+        self._owned_row()
+
+    def _owned_row(self):
         with self.db.session() as session:
             row = session.execute(
                 select(Run.cancel_requested, Run.preempt_requested, Run.lease_owner).where(Run.id == self.run_id)
@@ -60,8 +69,7 @@ class DatabaseSink:
             raise LeaseLost(f"run {self.run_id} was deleted")
         if row.lease_owner != self.owner:
             raise LeaseLost(f"run {self.run_id} is now leased by {row.lease_owner!r}")
-        self.preempted = bool(row.preempt_requested) and not row.cancel_requested  # a cancel wins
-        return bool(row.cancel_requested or row.preempt_requested)
+        return row
 
     def close(self) -> None:
         pass
@@ -95,6 +103,9 @@ class RetryingSink:
 
     def should_stop(self) -> bool:
         return self._retry("reading the cancel flag", self.sink.should_stop)
+
+    def check_owner(self) -> None:
+        self._retry("checking the lease", self.sink.check_owner)
 
     @property
     def preempted(self) -> bool:
