@@ -245,6 +245,9 @@ class StandInModel:
         self.fail_on: str | None = None  # always answer 500 to requests whose prompt contains this text
         self.lock = threading.Lock()
         self.calls: list[dict] = []
+        # a "hang" answers only once this is set (at teardown): the client's timeout, however short or
+        # long the machine makes it, always runs out first
+        self.release = threading.Event()
 
     def answer(self, content: str) -> str:
         """A toy judge that reads the judge prompt: the response containing "good" wins."""
@@ -285,7 +288,7 @@ def make_handler(model: StandInModel):
             if step == "500" or (model.fail_on and model.fail_on in content):
                 return self._send(500, {"error": {"message": "internal error"}})
             if step == "hang":
-                time.sleep(1.0)
+                model.release.wait(60)
             self._send(200, {
                 "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()),
                 "model": body["model"],
@@ -308,6 +311,7 @@ def stand_in():
     try:
         yield model, f"http://127.0.0.1:{server.server_address[1]}/v1"
     finally:
+        model.release.set()
         server.shutdown()
         server.server_close()
 
@@ -348,7 +352,8 @@ def test_openai_judge_retries_429_honouring_retry_after_then_succeeds(stand_in):
 def test_openai_judge_retries_500_and_timeouts_with_backoff(stand_in):
     model, url = stand_in
     model.plan = ["500", "hang", "500"]
-    judge, sleeps = openai_judge(url, max_retries=3, timeout=0.3)  # the "hang" answers after 1 s
+    # the "hang" never answers in time; 3 s is ample for the normal answers of a loaded machine
+    judge, sleeps = openai_judge(url, max_retries=3, timeout=3.0)
     outputs = judge.judge([JudgeRequest("q", "poor", "good", text=format_prompt(GENERIC, "q", "poor", "good"))])
     assert outputs == ["B"]
     assert judge.requests_sent == 4 and len(sleeps) == 3
