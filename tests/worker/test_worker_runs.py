@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 import zipfile
 from datetime import datetime, timedelta, timezone
 
@@ -19,6 +18,36 @@ from backend.models import Run
 
 pytestmark = pytest.mark.slow
 
+LONG = 100_000  # iterations of a run that only a cancel ends: it is still going whatever the machine's speed
+
+
+class LiveView:
+    """What a client polling the public API sees of a run while it is running: the metric steps (checked
+    gap-free at every look) and the sample steps."""
+
+    def __init__(self, client, run_id: int) -> None:
+        self.client, self.run_id = client, run_id
+        self.steps: list[int] = []  # the last metric step at each look while running
+        self.sample_steps: set[int] = set()
+
+    def look(self) -> dict:
+        client, run_id = self.client, self.run_id
+        keys = client.get(f"/runs/{run_id}/metrics/keys").json()
+        series = client.get(
+            "/metrics/series", params={"run_id": run_id, "key": "objective/scores", "max_points": 1000}
+        ).json()
+        samples = client.get(f"/runs/{run_id}/samples/steps").json()
+        run = client.get(f"/runs/{run_id}").json()
+        if run["status"] == "running":  # read after the data: the run was still running when it was taken
+            got = [step for s in series["series"] for step in s["steps"]]
+            last = max((k["last_step"] for k in keys if k["key"] == "objective/scores"), default=0)
+            assert last <= max(got, default=0)  # keys were read first; the series can only be newer
+            if got:
+                assert got == list(range(1, len(got) + 1))  # no gaps while it runs either
+                self.steps.append(got[-1])
+            self.sample_steps.update(s["step"] for s in samples)
+        return run
+
 
 def test_run_trains_live_and_succeeds(stack: Stack, client, main_worker) -> None:
     n = 12
@@ -27,35 +56,11 @@ def test_run_trains_live_and_succeeds(stack: Stack, client, main_worker) -> None
     run_id = created["id"]
     assert created["status"] == "queued" and created["queue"] == stack.queues["main"]
 
-    # While it runs: the metric step grows and samples appear, seen through the public API.
-    steps_while_running: list[int] = []
-    sample_steps_while_running: set[int] = set()
-    seen_running = False
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        keys = client.get(f"/runs/{run_id}/metrics/keys").json()
-        series = client.get(
-            "/metrics/series", params={"run_id": run_id, "key": "objective/scores", "max_points": 1000}
-        ).json()
-        samples = client.get(f"/runs/{run_id}/samples/steps").json()
-        run = client.get(f"/runs/{run_id}").json()
-        if run["status"] == "running":  # read after the data: the run was still running when it was taken
-            seen_running = True
-            got = [step for s in series["series"] for step in s["steps"]]
-            last = max((k["last_step"] for k in keys if k["key"] == "objective/scores"), default=0)
-            assert last <= max(got, default=0)  # keys were read first; the series can only be newer
-            if got:
-                assert got == list(range(1, len(got) + 1))  # no gaps while it runs either
-                steps_while_running.append(got[-1])
-            sample_steps_while_running.update(s["step"] for s in samples)
-        elif run["status"] not in ("queued", "running"):
-            break
-        time.sleep(0.15)
-    assert seen_running, stack.diagnostics(run_id)
-    assert len(set(steps_while_running)) >= 2, (steps_while_running, stack.diagnostics(run_id))
-    assert steps_while_running == sorted(steps_while_running)
-    assert min(steps_while_running) < n
-    assert sample_steps_while_running, "no samples were visible while the run was running"
+    # While it runs, whatever is seen is consistent (how much is seen of a 12-iteration run depends on the
+    # machine's speed: the growth itself is checked on a run that only a cancel ends: test_cancel_mid_run_...).
+    view = LiveView(client, run_id)
+    wait_for(lambda: view.look()["status"] not in ("queued", "running"), 300, f"run {run_id} to end", 0.15)
+    assert view.steps == sorted(view.steps)
 
     run = stack.wait_status(client, run_id, ("succeeded", "failed", "cancelled"), 120)
     assert run["status"] == "succeeded", (run["error"], stack.diagnostics(run_id))
@@ -136,30 +141,40 @@ def test_run_whose_worker_died_after_its_final_checkpoint_succeeds(stack: Stack,
 
 
 def test_cancel_mid_run_keeps_metrics_and_checkpoints(stack: Stack, client, main_worker) -> None:
-    run_id = stack.create_run(client, iterations=200, checkpoint_interval=2)["id"]
+    """A run that only a cancel ends: seen growing live through the API, then cancelled."""
+    run_id = stack.create_run(client, iterations=LONG, checkpoint_interval=2, eval_interval=2)["id"]
     worker = main_worker
+    view = LiveView(client, run_id)
 
     def progressed() -> bool:
-        run = client.get(f"/runs/{run_id}").json()
+        run = view.look()
         assert run["status"] in ("queued", "running"), (run, stack.diagnostics(run_id))
-        return run["iteration"] >= 3 and bool(client.get(f"/runs/{run_id}/checkpoints").json())
+        # seen growing and with samples while running, past iteration 3 with a checkpoint
+        return (
+            len(set(view.steps)) >= 2
+            and bool(view.sample_steps)
+            and run["iteration"] >= 3
+            and bool(client.get(f"/runs/{run_id}/checkpoints").json())
+        )
 
-    wait_for(progressed, 90, f"run {run_id} to pass iteration 3 with a checkpoint")
+    wait_for(progressed, 300, f"run {run_id} to be seen growing past iteration 3 with a checkpoint", 0.15)
+    assert view.steps == sorted(view.steps), view.steps
     children = worker.train_processes()
     assert len(children) == 1
 
-    asked = time.monotonic()
     r = client.post(f"/runs/{run_id}/cancel")
     assert r.status_code == 200 and r.json()["cancel_requested"]
-    run = stack.wait_status(client, run_id, ("cancelled", "succeeded", "failed"), 30)
-    took = time.monotonic() - asked
+    at_cancel = r.json()["iteration"]
+    run = stack.wait_status(client, run_id, ("cancelled", "succeeded", "failed"), 300)
     assert run["status"] == "cancelled", (run, stack.diagnostics(run_id))
-    assert took < 10, f"cancel took {took:.1f}s"
     assert run["finished_at"] and run["error"] is None
-    wait_for(lambda: process_gone(children[0]), 10, "the training process to exit")
+    wait_for(lambda: process_gone(children[0]), 60, "the training process to exit")
 
     stopped_at = run["iteration"]
-    assert 3 <= stopped_at < 200
+    # Prompt, counted in iterations rather than seconds (those depend on the machine): the training
+    # process checks the flag at every iteration boundary, so at most the iteration in flight when the
+    # cancel was stored ends, plus one whose progress was written just after the API read it.
+    assert 3 <= stopped_at <= at_cancel + 2, (at_cancel, stopped_at)
     keys = {k["key"]: k["last_step"] for k in client.get(f"/runs/{run_id}/metrics/keys").json()}
     assert keys["objective/scores"] == stopped_at
     series = client.get(
