@@ -84,7 +84,7 @@ def test_hung_training_is_killed_and_resumed_then_fails_after_max_attempts(
 ) -> None:
     worker = stack.start_worker("stall", env=STALL_ENV)
     extra_workers.append(worker)
-    run_id = stack.create_run(client, "stall", iterations=400, checkpoint_interval=2, eval_interval=2)["id"]
+    run_id = stack.create_run(client, "stall", iterations=100_000, checkpoint_interval=2, eval_interval=2)["id"]
     run_dir = stack.run_dir(run_id)
 
     def progressed(attempt: int, beyond: int = 0):
