@@ -150,10 +150,11 @@ def test_a_zombie_trainer_writes_nothing_once_its_run_was_taken_over(
         assert run_rows(stack, run_id) == before  # no metric, sample, checkpoint or progress written
         log = stack.train_log(run_id)
         # a refused write (LeaseLost), or a refused outcome if it was stopped mid-checkpoint and then
-        # failed on the files the new owner moved (the checkpoint files are not fenced; see README)
+        # failed on the files the new owner moved (its own step-N.tmp-PID was removed by the resume)
         refused = (
             f"run {run_id} is no longer leased by {owner!r}: write refused",
             f"run {run_id}: this worker no",
+            f"run {run_id} is now leased by ",  # seen first at an iteration boundary or before a checkpoint
         )
         assert any(line in log for line in refused), log[-3000:]
     finally:
