@@ -110,8 +110,9 @@ def test_sigterm_requeues_run_at_once_and_another_worker_resumes_it(stack: Stack
     assert run["status"] == "cancelled", (run, stack.diagnostics(run_id))
     n = run["iteration"]  # the steps trained, across the three workers
     # the preempted attempt made progress, so it is not counted; the killed one is
-    assert run["attempts"] == 2 and run["error"] is None, run
-    assert run["last_error"].startswith("attempt 1: its worker stopped sending heartbeats"), run
+    assert run["attempts"] == 2 and run["error"] is None, (run, stack.diagnostics(run_id))
+    assert run["last_error"].startswith("attempt 1: its worker stopped sending heartbeats"), (
+        run, stack.diagnostics(run_id))
     reaped = [w for w in stack.workers if f"run {run_id}: its worker stopped sending heartbeats" in w.log()]
     assert len(reaped) == 1, stack.diagnostics(run_id)  # once: after the SIGKILL, never after the SIGTERM
     log = stack.train_log(run_id)
