@@ -106,6 +106,12 @@ class RolloutConfig(_Strict):
         True, description="missing_eos_penalty also for a response that ended on a stop sequence (no EOS; the fork)"
     )
     eval_temperature: float = Field(0.0, ge=0, description="0 = greedy decoding for eval samples")
+    num_generations: int = Field(
+        1,
+        ge=1,
+        description="k responses sampled per training prompt (a group; adjacent rows): train.batch_size "
+        "counts responses, so an iteration has batch_size / k prompts; eval samples 1 per prompt",
+    )
 
 
 class TrainConfig(_Strict):
@@ -186,6 +192,17 @@ class RunConfig(_Strict):
             raise ValueError(
                 "convention 'paper' but every field it governs (" + ", ".join(PAPER_CONVENTION) + ") has "
                 "klq-lab's value: leave those fields out to take the paper's, or set convention: klq-lab"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _whole_groups(self) -> RunConfig:
+        """A batch holds whole groups of k responses. Minibatches need not: group baselines (RLOO, GRPO) are
+        computed over the whole batch before the update, and rows are then shuffled one by one."""
+        if self.train.batch_size % self.rollout.num_generations:
+            raise ValueError(
+                f"train.batch_size ({self.train.batch_size}) must be divisible by rollout.num_generations "
+                f"({self.rollout.num_generations}): each prompt of a batch is sampled num_generations times"
             )
         return self
 

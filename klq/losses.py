@@ -1,10 +1,12 @@
-"""Losses and statistics for KLQ and PPO: small pure functions over tensors.
+"""Losses and statistics for KLQ, PPO, RLOO and GRPO: small pure functions over tensors.
 
 Shapes: B = rollouts in the batch, T = response positions (the action axis; position t is token a_t of
 the response, whose log-prob and value come from the prefix s_t = (x, a_<t)). `mask` is a float or bool
 (B, T) tensor that is 1 for real response tokens (up to and including the stop token) and 0 for padding.
 Padded positions may hold anything (even inf/nan in logp); every function here gives results that do not
-depend on them. Equations and names follow docs/ALGORITHMS.md.
+depend on them. Sequence-level functions take (B,) tensors whose rows come in groups of k adjacent
+responses to the same prompt (`rollout.num_generations`; B divisible by k). Equations and names follow
+docs/ALGORITHMS.md.
 """
 
 from __future__ import annotations
@@ -295,6 +297,25 @@ def ppo_rewards(scores: Tensor, logp_old: Tensor, logp_ref: Tensor, mask: Tensor
     return _zeroed(-kl_coef * (logp_old - logp_ref), mask) + terminal_rewards(scores, mask if slots is None else slots)
 
 
+def clipped_surrogate(
+    logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, eps_low: float, eps_high: float
+) -> tuple[Tensor, Tensor]:
+    """Per-token clipped surrogate max(-A rho, -A clip(rho, 1-eps_low, 1+eps_high))
+    = -min(rho A, clip(rho) A), rho = exp(logp - logp_old): asymmetric clipping (DAPO's "clip-higher");
+    PPO's is eps_low = eps_high.
+
+    logp (with grad), logp_old, mask: (B, T); advantages: (B, T) per token or (B,) one per sequence (every
+    token of response i gets A_i). Returns (per-token loss (B, T), clipped (B, T) bool: where the clipped
+    term is the larger, i.e. carries no gradient), both zero/False at padding."""
+    if advantages.dim() == 1:
+        advantages = advantages[:, None].expand_as(logp)
+    advantages = _zeroed(advantages, mask)
+    ratio = torch.exp(_zeroed(logp - logp_old, mask))
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    return _zeroed(torch.maximum(unclipped, clipped), mask), (clipped > unclipped) & mask.bool()
+
+
 def ppo_policy_loss(
     logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, cliprange: float
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -302,17 +323,14 @@ def ppo_policy_loss(
 
     All inputs (B, T). Returns (loss, stats: clipfrac, approxkl = 0.5 mean (log rho)^2, ratio mean).
     """
-    log_ratio = _zeroed(logp - logp_old, mask)
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token, clipped = clipped_surrogate(logp, logp_old, advantages, mask, cliprange, cliprange)
+    log_ratio = _zeroed(logp - logp_old, mask).detach()
     stats = {
-        "clipfrac": masked_mean((clipped > unclipped).float(), mask),
-        "approxkl": 0.5 * masked_mean(log_ratio.detach() ** 2, mask),
-        "ratio": masked_mean(ratio.detach(), mask),
+        "clipfrac": masked_mean(clipped.float(), mask),
+        "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
+        "ratio": masked_mean(log_ratio.exp(), mask),
     }
-    return loss, stats
+    return aggregate_loss(per_token, mask, "token"), stats
 
 
 def ppo_value_loss(
@@ -328,3 +346,83 @@ def ppo_value_loss(
     clipped = (values_clipped - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
     return loss, {"clipfrac": masked_mean((clipped > unclipped).float(), mask)}
+
+
+# ----------------------------------------------------------------------------- RLOO and GRPO (groups)
+
+
+def _groups(x: Tensor, k: int) -> Tensor:
+    """(B,) -> (B/k, k): row g holds the k adjacent responses to prompt g."""
+    if k < 1 or x.shape[0] % k:
+        raise ValueError(f"batch of {x.shape[0]} responses is not a whole number of groups of {k}")
+    return x.reshape(-1, k)
+
+
+def sequence_rewards_with_kl(
+    scores: Tensor, logp_old: Tensor, logp_ref: Tensor, mask: Tensor, kl_coef: float
+) -> Tensor:
+    """RLOO's sequence reward R_i = R(x, y_i) - kl_coef * sum_t (logp_old_t - logp_ref_t) (KL in the reward).
+    scores: (B,); logp_old, logp_ref, mask: (B, T) -> (B,)."""
+    return scores - kl_coef * masked_sum(logp_old - logp_ref, mask, dim=1)
+
+
+def rloo_advantages(seq_rewards: Tensor, k: int) -> Tensor:
+    """Leave-one-out advantages A_i = R_i - (1/(k-1)) sum_{j != i} R_j within each group of k adjacent rows
+    (= k/(k-1) (R_i - mean_group R)). seq_rewards: (B,) -> (B,). Needs k >= 2 (no baseline otherwise)."""
+    if k < 2:
+        raise ValueError(f"RLOO needs at least 2 responses per prompt (rollout.num_generations), got {k}")
+    grouped = _groups(seq_rewards, k)
+    baseline = (grouped.sum(1, keepdim=True) - grouped) / (k - 1)
+    return (grouped - baseline).reshape(-1)
+
+
+def grpo_advantages(scores: Tensor, k: int, scale_rewards: str = "group", eps: float = 1e-4) -> Tensor:
+    """GRPO advantages A_i = (R_i - mean_group R) / (std + eps) over groups of k adjacent rows.
+
+    scale_rewards: "group" (std of the group), "batch" (std of all B raw rewards: TRL GRPOTrainer's
+    rewards.std(), group mean still subtracted), "none" (Dr. GRPO: centred only). Stds are Bessel-corrected
+    (torch.std, as TRL); a single value has std 0 (TRL's convention), so its advantage is 0 / eps = 0.
+    scores: (B,) -> (B,). The batch is this process's (TRL gathers all processes' rewards first).
+    """
+    grouped = _groups(scores, k)
+    centred = grouped - grouped.mean(1, keepdim=True)
+    if scale_rewards == "none":
+        return centred.reshape(-1)
+    if scale_rewards == "group":
+        std = grouped.std(1, keepdim=True) if k > 1 else torch.zeros_like(grouped)
+    elif scale_rewards == "batch":
+        std = scores.std() if scores.numel() > 1 else scores.new_zeros(())
+    else:
+        raise ValueError(f"unknown scale_rewards {scale_rewards!r} (expected 'group', 'batch' or 'none')")
+    return (centred / (std + eps)).reshape(-1)
+
+
+def kl_k3(logp: Tensor, logp_ref: Tensor, mask: Tensor) -> Tensor:
+    """Schulman's k3 estimate of KL(pi || pi_ref) per token: exp(d) - d - 1 with d = logp_ref - logp.
+
+    Computed as expm1(d) - d, which is >= 0 in floating point too (and 0 where logp = logp_ref), and whose
+    gradient 1 - exp(d) vanishes there. logp, logp_ref, mask: (B, T) -> (B, T), zero at padding."""
+    d = _zeroed(logp_ref - logp, mask)
+    return _zeroed(torch.expm1(d) - d, mask)
+
+
+LOSS_AGGREGATIONS = ("grpo", "token", "dr_grpo")
+
+
+def aggregate_loss(per_token: Tensor, mask: Tensor, mode: str, max_len: int | None = None) -> Tensor:
+    """Reduce a per-token loss (B, T) over the response tokens of `mask` (B, T) to a scalar.
+
+    "grpo": mean over each sequence's tokens, then over the B sequences (a sequence with no tokens counts 0);
+    "token": sum over all tokens / their number (DAPO; = masked_mean; PPO's reduction);
+    "dr_grpo": sum over all tokens / (B * max_len), max_len the configured response length
+    (`rollout.response_length`), not the tensor's width: extra right padding changes none of the three.
+    """
+    if mode == "grpo":
+        return masked_mean(per_token, mask, dim=1).mean()
+    if mode == "token":
+        return masked_mean(per_token, mask)
+    if mode == "dr_grpo":
+        if max_len is None:
+            raise ValueError("loss aggregation 'dr_grpo' needs max_len (the configured response length)")
+        return masked_sum(per_token, mask) / (per_token.shape[0] * max_len)
+    raise ValueError(f"unknown loss aggregation {mode!r} (expected one of {', '.join(LOSS_AGGREGATIONS)})")

@@ -21,9 +21,10 @@ from klq.tasks import Prompt
 
 @dataclass
 class Rollout:
-    """One batch of B rollouts. P = padded prompt length, T = response_length."""
+    """One batch of B rollouts. P = padded prompt length, T = response_length. Rows come in groups of
+    `num_generations` (k) adjacent responses to the same prompt: row i belongs to group i // k."""
 
-    prompts: list[Prompt]
+    prompts: list[Prompt]  # (B,) one per row: each prompt repeated k times, adjacent
     query_ids: Tensor  # (B, P) left-padded
     query_mask: Tensor  # (B, P)
     response_ids: Tensor  # (B, T) pad after the stop token
@@ -38,6 +39,12 @@ class Rollout:
     stopped_by: list[str] = field(default_factory=list)  # per row: "eos", the stop sequence, or "length"
     gold_scores: Tensor | None = None  # (B,) the task's ground-truth reward where it has one
     extras: dict[str, Tensor] = field(default_factory=dict)
+    num_generations: int = 1  # k: responses per prompt
+
+    @property
+    def group_ids(self) -> Tensor:
+        """(B,) long: the group (prompt) index of each row, 0 .. B/k - 1."""
+        return torch.arange(len(self), device=self.query_ids.device) // self.num_generations
 
     @property
     def input_ids(self) -> Tensor:
@@ -294,12 +301,15 @@ def generate_and_score(
     gold_reward: Callable[[list[str], list[str]], list[float] | None] | None = None,
     greedy: bool = False,
     generation_batch_size: int = 64,
+    num_generations: int = 1,
 ) -> Rollout:
-    """Sample responses for `prompts` and compute everything the algorithms need, in chunks of
+    """Sample `num_generations` responses for each of `prompts` (B = len(prompts) * num_generations rows,
+    the responses to a prompt adjacent) and compute everything the algorithms need, in chunks of
     `forward_batch_size` rows for the no-grad scoring passes. Sampling takes max(forward_batch_size,
     generation_batch_size) rows at a time (64: TRL's local_rollout_forward_batch_size): a decode step
     costs about the same for 16 rows as for 64 (it reads every weight once either way), so fewer,
     wider chunks mean fewer decode steps per batch."""
+    prompts = [p for p in prompts for _ in range(num_generations)]
     tok = models.tokenizer
     enc = tok([p.text for p in prompts], return_tensors="pt", padding=True, truncation=True,
               max_length=max_prompt_length)
@@ -355,4 +365,5 @@ def generate_and_score(
         responses=responses,
         stopped_by=cut.stopped_by,
         gold_scores=None if gold is None else torch.tensor(gold, dtype=torch.float32, device=device),
+        num_generations=num_generations,
     )

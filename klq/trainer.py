@@ -1,7 +1,8 @@
 """The on-policy loop shared by KLQ and PPO.
 
     for each iteration:
-        rollout   sample B responses (KV cache), score them: logp_old, logp_ref, V_old, R
+        rollout   sample B responses (KV cache; B/k prompts, k = num_generations each), score them:
+                  logp_old, logp_ref, V_old, R
         targets   the algorithm turns the batch into fixed per-token targets (no grad)
         update    E epochs of shuffled minibatches, gradient accumulation over micro-batches,
                   grad-norm clipping, one AdamW step per minibatch (policy and value as two groups)
@@ -117,14 +118,15 @@ def _restore_rng(rng: dict) -> None:
 # ---------------------------------------------------------------------------------------------- prompts
 
 
-def batch_prompts(prompts: list[Prompt], iteration: int, batch_size: int, rank: int, world: int,
+def batch_prompts(prompts: list[Prompt], iteration: int, num_prompts: int, rank: int, world: int,
                   seed: int) -> list[Prompt]:
-    """The prompts of one iteration: consecutive slices of seeded permutations of the prompt set, a new
-    permutation per pass. A pure function of the iteration, so a resumed run sees the same prompts."""
+    """The `num_prompts` prompts of one iteration (per process): consecutive slices of seeded permutations of
+    the prompt set, a new permutation per pass. A pure function of the iteration, so a resumed run sees the
+    same prompts."""
     n = len(prompts)
-    start = (iteration * world + rank) * batch_size
+    start = (iteration * world + rank) * num_prompts
     chosen = []
-    for index in range(start, start + batch_size):
+    for index in range(start, start + num_prompts):
         data_pass, offset = divmod(index, n)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + data_pass)
         chosen.append(prompts[int(torch.randperm(n, generator=generator)[offset])])
@@ -232,10 +234,11 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
                 stopped = True
                 break
             t0 = time.perf_counter()
-            prompts = batch_prompts(train_prompts, iteration, tc.batch_size, accelerator.process_index, world,
-                                    cfg.seed)
+            # batch_size responses: batch_size / k prompts, each sampled k = num_generations times
+            prompts = batch_prompts(train_prompts, iteration, tc.batch_size // rc.num_generations,
+                                    accelerator.process_index, world, cfg.seed)
             batch = generate_and_score(models, unwrapped_policy, prompts, rc, device, cfg.task.max_prompt_length,
-                                       tc.micro_batch_size, gold)
+                                       tc.micro_batch_size, gold, num_generations=rc.num_generations)
             if not torch.isfinite(batch.scores).all():
                 raise TrainingError(f"reward model returned non-finite scores at iteration {iteration + 1}")
             t1 = time.perf_counter()
@@ -311,7 +314,9 @@ def _checkpoint(out_dir, iteration, models, policy, value, optimizer, scheduler,
 
 def _update(cfg: RunConfig, algorithm, accelerator: Accelerator, policy, value, optimizer, scheduler,
             batch: Rollout, targets: dict[str, torch.Tensor], iteration: int, last_checkpoint) -> dict[str, float]:
-    """E epochs over shuffled minibatches; returns the mean of each statistic over micro-batches."""
+    """E epochs over shuffled minibatches; returns the mean of each statistic over micro-batches. Rows are
+    shuffled one by one, so a minibatch may split a group of num_generations responses: every target
+    (group baselines included) was computed over the whole batch before the first update."""
     tc = cfg.train
     T = cfg.rollout.response_length
     data = {"logp_old": batch.logp_old, "logp_ref": batch.logp_ref, "values_old": batch.values_old, **targets}

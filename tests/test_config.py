@@ -45,6 +45,13 @@ def test_yaml_and_json_round_trip(tmp_path):
         ({"model": {"value_init": "random"}}, "model.value_init", "'reward' or 'policy'"),
         ({"train": {"learning_rte": 1e-4}}, "train.learning_rte", "Extra inputs are not permitted"),
         ({"task": {"name": "prompts"}}, "task", "task.dataset is required"),
+        ({"rollout": {"num_generations": 0}}, "rollout.num_generations", "greater than or equal to 1"),
+        (
+            {"train": {"batch_size": 60, "minibatch_size": 12, "micro_batch_size": 12},
+             "rollout": {"num_generations": 8}},
+            "(config)",
+            "train.batch_size (60) must be divisible by rollout.num_generations (8)",
+        ),
     ],
 )
 def test_invalid_values_name_the_field(data, field, words):
@@ -53,6 +60,18 @@ def test_invalid_values_name_the_field(data, field, words):
     message = format_validation_error(info.value)
     assert message.split(":")[0] == field, message
     assert words in message
+
+
+def test_groups_need_not_fill_minibatches():
+    """batch_size counts responses and must hold whole groups; a minibatch may split one (group baselines are
+    computed over the whole batch before the update)."""
+    cfg = RunConfig.model_validate(
+        {"rollout": {"num_generations": 3}, "train": {"batch_size": 12, "minibatch_size": 4, "micro_batch_size": 2}}
+    )
+    assert (cfg.rollout.num_generations, cfg.train.minibatch_size) == (3, 4)
+    assert RunConfig().rollout.num_generations == 1
+    with pytest.raises(ValidationError, match=r"train.batch_size \(12\) must be divisible by rollout.num_generations"):
+        cfg.with_overrides({"rollout.num_generations": 5})
 
 
 def test_load_config_error_names_file_and_field(tmp_path):

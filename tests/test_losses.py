@@ -949,6 +949,36 @@ PAD_CASES = {
         True,
     ),
     "ppo_policy_loss": (_policy_case, ["logp"], True),
+    "clipped_surrogate_token_adv": (
+        lambda d: dict(
+            zip(
+                ("l", "c"),
+                L.clipped_surrogate(d["logp"], d["logp_old"], d["advantages"], d["mask"], 0.2, 0.28),
+            )
+        ),
+        ["logp"],
+        True,
+    ),
+    "clipped_surrogate_seq_adv": (
+        lambda d: dict(
+            zip(("l", "c"), L.clipped_surrogate(d["logp"], d["logp_old"], d["scores"], d["mask"], 0.1, 0.3))
+        ),
+        ["logp"],
+        True,
+    ),
+    "kl_k3": (lambda d: {"k3": L.kl_k3(d["logp"], d["logp_ref"], d["mask"])}, ["logp"], True),
+    "aggregate_loss": (
+        lambda d: {m: L.aggregate_loss(d["x"], d["mask"], m, max_len=9) for m in L.LOSS_AGGREGATIONS},
+        ["x"],
+        True,
+    ),
+    "sequence_rewards_with_kl": (
+        lambda d: {
+            "r": L.sequence_rewards_with_kl(d["scores"], d["logp_old"], d["logp_ref"], d["mask"], TAU)
+        },
+        ["logp_old", "scores"],
+        True,
+    ),
     "ppo_value_loss_clipped": (_value_case(0.2), ["values"], True),
     "ppo_value_loss_unclipped": (_value_case(None), ["values"], True),
     "klq_action_values": (

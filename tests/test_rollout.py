@@ -119,6 +119,28 @@ def test_each_model_runs_once_per_chunk_and_reward_is_retokenised(tiny):
     assert batch.logp_old[batch.response_mask == 0].eq(0).all()
 
 
+def test_groups_of_responses_share_their_prompt(tiny):
+    """num_generations k: k adjacent rows per prompt, the same prompt ids, each row sampled and scored on
+    its own (k = 1 is the plain batch)."""
+    tok = tiny["tok"]
+    m = Models(tok, tiny["lm"], tiny["lm"], tiny["value"], tiny["rm"], tiny["rm_tok"], same_tokenizer=False)
+    prompts = [Prompt("a", "w1 w2 w3"), Prompt("b", "w4"), Prompt("c", "w5 w6")]
+    cfg = RolloutConfig(response_length=6)
+    torch.manual_seed(0)
+    batch = generate_and_score(m, tiny["lm"], prompts, cfg, torch.device("cpu"), 16, forward_batch_size=4,
+                               num_generations=3)
+    assert len(batch) == 9 and batch.num_generations == 3
+    assert [p.id for p in batch.prompts] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    assert batch.group_ids.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for g in range(3):
+        rows = slice(3 * g, 3 * g + 3)
+        assert (batch.query_ids[rows] == batch.query_ids[3 * g]).all()
+        assert (batch.query_mask[rows] == batch.query_mask[3 * g]).all()
+    assert len({tuple(r) for r in batch.response_ids.tolist()}) > 3  # sampled independently, not copied
+    single = generate_and_score(m, tiny["lm"], prompts, cfg, torch.device("cpu"), 16, forward_batch_size=4)
+    assert len(single) == 3 and single.num_generations == 1 and single.group_ids.tolist() == [0, 1, 2]
+
+
 @pytest.mark.parametrize("vocab", [7, 300, 1000])
 def test_sampled_tokens_follow_the_softmax(vocab):
     """The sampler draws from softmax(logits / T) (checked against the exact probabilities), never draws a

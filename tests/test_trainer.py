@@ -110,6 +110,39 @@ def test_resumed_run_equals_uninterrupted(algorithm, builtin_assets, tmp_path):
     assert read_jsonl(tmp_path / "straight" / "samples.jsonl") == read_jsonl(tmp_path / "resumed" / "samples.jsonl")
 
 
+@pytest.mark.parametrize("algorithm", ["klq", "ppo"])
+def test_groups_of_two_responses_per_prompt(algorithm, builtin_assets, tmp_path, monkeypatch):
+    """rollout.num_generations 2: an iteration's 16 responses are 8 prompts sampled twice (adjacent rows),
+    KLQ and PPO train on them, and eval still samples one response per held-out prompt."""
+    from klq import trainer
+
+    batches = []
+    original = trainer.generate_and_score
+
+    def recording(*args, **kwargs):
+        batches.append(original(*args, **kwargs))
+        return batches[-1]
+
+    monkeypatch.setattr(trainer, "generate_and_score", recording)
+    cfg = config(algorithm, **{
+        "train.total_episodes": 16, "train.batch_size": 16, "train.minibatch_size": 4,
+        "train.micro_batch_size": 4, "train.num_epochs": 1, "rollout.num_generations": 2,
+        "eval_interval": 1, "task.num_eval_prompts": 3,
+    })  # fmt: skip
+    result = train(cfg, tmp_path)
+    assert result.iterations_done == 1
+    rollout, evaluation = batches
+    assert len(rollout) == 16 and rollout.num_generations == 2
+    ids = [p.id for p in rollout.prompts]
+    assert all(ids[2 * g] == ids[2 * g + 1] for g in range(8)) and len(set(ids)) == 8
+    assert torch.equal(rollout.query_ids[0::2], rollout.query_ids[1::2])
+    assert len(evaluation) == 3 and evaluation.num_generations == 1
+    (row,) = read_jsonl(tmp_path / "metrics.jsonl")
+    assert row["episode"] == 16 and all(math.isfinite(v) for v in row.values() if isinstance(v, float))
+    assert ("loss/q_avg" if algorithm == "klq" else "loss/policy_avg") in row
+    assert len(read_jsonl(tmp_path / "samples.jsonl")) == 3
+
+
 def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(builtin_assets, tmp_path, monkeypatch):
     cfg = config("klq", **{"train.total_episodes": 64 * 4, "checkpoint_interval": 2})
     calls = {"n": 0}
