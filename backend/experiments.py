@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from klq.config import RunConfig
+from klq.config import RunConfig, algorithm_names
 from klq.judge.stats import student_t_interval
 
 from .downsample import downsample
@@ -50,8 +50,11 @@ REWARD, KL, RLHF_REWARD, GOLD = (
 )
 FINAL_KEYS = (REWARD, KL, RLHF_REWARD, GOLD)
 ITERATION_S = "timing/iteration_s"
-KINDS = ("klq_vs_ppo", "vs_sft")
-ALGORITHMS = ("klq", "ppo")
+# judgement kinds: KLQ's run against each other algorithm's run of the same (tau, seed), "klq_vs_<other>"
+# (klq_vs_ppo, ...), and every run against its SFT policy
+ANCHOR = "klq"
+PAIR_PREFIX = f"{ANCHOR}_vs_"
+VS_SFT = "vs_sft"
 MAX_ERROR_CHARS = 300  # of each run's or judgement's error quoted in the experiment's error
 MAX_PROBLEMS = 5  # failed runs and judgements named in the experiment's error
 
@@ -103,6 +106,24 @@ class PlannedJudgement:
     run_b: int | None  # None: run A's reference (SFT) policy
 
 
+def pair_kind(vs: str) -> str:
+    """The kind of KLQ's judgement against algorithm ``vs``: 'klq_vs_ppo'."""
+    return PAIR_PREFIX + vs
+
+
+def vs_of(kind: str) -> str | None:
+    """The algorithm a pairing kind judges KLQ against ('klq_vs_ppo' -> 'ppo'); None for vs_sft."""
+    return kind[len(PAIR_PREFIX) :] if kind.startswith(PAIR_PREFIX) else None
+
+
+def opponents(algorithms: Iterable[str]) -> list[str]:
+    """The algorithms among ``algorithms`` that KLQ is judged against: every one but KLQ, in the registry's
+    order (then any no longer registered, by name)."""
+    present = set(algorithms) - {ANCHOR}
+    known = [a for a in algorithm_names() if a in present]
+    return known + sorted(present - set(known))
+
+
 # --- expansion -------------------------------------------------------------------------------------------
 
 
@@ -135,9 +156,10 @@ def plan_runs(name: str, base: RunConfig, grid: ExperimentGrid) -> list[PlannedR
 
 
 def judgements_if_all_succeed(grid: ExperimentGrid) -> int:
-    """Judgements queued when every run succeeds: one vs_sft per run, one klq_vs_ppo per (tau, seed)."""
-    pairs = len(grid.kl_coefs) * len(grid.seeds) if set(grid.algorithms) == set(ALGORITHMS) else 0
-    return grid.size + pairs
+    """Judgements queued when every run succeeds: one vs_sft per run, and if KLQ is in the grid one
+    klq_vs_<other> per (tau, seed) and other algorithm of the grid."""
+    others = len(opponents(grid.algorithms)) if ANCHOR in grid.algorithms else 0
+    return grid.size + len(grid.kl_coefs) * len(grid.seeds) * others
 
 
 def _why(run: RunRow) -> str:
@@ -153,29 +175,31 @@ def plan_judgements(runs: Sequence[RunRow]) -> tuple[list[PlannedJudgement], lis
     for run in sorted(runs, key=lambda r: (r.kl_coef, r.seed, r.algorithm)):
         cells[(run.kl_coef, run.seed)][run.algorithm] = run
     for (kl_coef, seed), by_alg in cells.items():
-        klq, ppo = by_alg.get("klq"), by_alg.get("ppo")
-        if klq is not None and ppo is not None:
-            if klq.status == ppo.status == "succeeded":
-                planned.append(PlannedJudgement("klq_vs_ppo", klq.id, ppo.id))
+        klq = by_alg.get(ANCHOR)
+        for vs in opponents(by_alg) if klq is not None else ():
+            other = by_alg[vs]
+            if klq.status == other.status == "succeeded":
+                planned.append(PlannedJudgement(pair_kind(vs), klq.id, other.id))
             else:
-                bad = [_why(r) for r in (klq, ppo) if r.status in ("failed", "cancelled")]
+                bad = [_why(r) for r in (klq, other) if r.status in ("failed", "cancelled")]
                 if bad:
                     skipped.append(
                         NotJudged(
-                            kind="klq_vs_ppo",
+                            kind=pair_kind(vs),
                             kl_coef=kl_coef,
                             seed=seed,
                             algorithm=None,
+                            vs=vs,
                             reason=" and ".join(bad),
                         )
                     )
         for run in by_alg.values():
             if run.status == "succeeded":
-                planned.append(PlannedJudgement("vs_sft", run.id, None))
+                planned.append(PlannedJudgement(VS_SFT, run.id, None))
             elif run.status in ("failed", "cancelled"):
                 skipped.append(
                     NotJudged(
-                        kind="vs_sft", kl_coef=kl_coef, seed=seed, algorithm=run.algorithm, reason=_why(run)
+                        kind=VS_SFT, kl_coef=kl_coef, seed=seed, algorithm=run.algorithm, reason=_why(run)
                     )
                 )
     return planned, skipped
@@ -271,7 +295,7 @@ def judgement_out(j: JudgementRow, runs_by_id: Mapping[int, RunRow]) -> Experime
         return None
     return ExperimentJudgementOut(
         judgement_id=j.id, kind=j.kind, kl_coef=a.kl_coef, seed=a.seed,
-        algorithm=a.algorithm if j.kind == "vs_sft" else None, run_a=j.run_a, run_b=j.run_b,
+        algorithm=a.algorithm if j.kind == VS_SFT else None, vs=vs_of(j.kind), run_a=j.run_a, run_b=j.run_b,
         status=j.status, completed=j.completed, total=j.total, error=j.error,
     )  # fmt: skip
 
@@ -320,7 +344,7 @@ def _pooled(
     rows = [((j.id, pid), order, verdict) for j in group for pid, order, verdict in verdicts.get(j.id, ())]
     s = summarize_rows(rows)
     return PooledWinRate(
-        kind=kind, kl_coef=kl_coef, algorithm=algorithm, judgements=sorted(j.id for j in group),
+        kind=kind, kl_coef=kl_coef, algorithm=algorithm, vs=vs_of(kind), judgements=sorted(j.id for j in group),
         pending=sum(j.status not in TERMINAL_STATUSES for j in group), prompts=s.n, wins=s.wins_a,
         losses=s.wins_b, ties=s.ties, invalid=s.invalid, win_rate=s.win_rate, ci_low=s.ci_low,
         ci_high=s.ci_high,
@@ -332,14 +356,16 @@ def win_rates(
     judgements: Sequence[JudgementRow],
     verdicts: Mapping[int, list[tuple[str, str, str]]],
 ) -> list[PooledWinRate]:
-    """klq_vs_ppo pooled over seeds per tau, vs_sft per (tau, algorithm); groups with no judgement are
-    left out. ``verdicts``: judgement id -> [(prompt_id, order, verdict)]."""
+    """Each klq_vs_<other> pooled over seeds per tau (the others in the registry's order), then vs_sft per
+    (tau, algorithm); groups with no judgement are left out. ``verdicts``: judgement id -> [(prompt_id,
+    order, verdict)]."""
     groups: dict[tuple[str, float, str | None], list[JudgementRow]] = defaultdict(list)
     for j in judgements:
         a = runs_by_id.get(j.run_a)
-        if a is not None and j.kind in KINDS:
-            groups[(j.kind, a.kl_coef, a.algorithm if j.kind == "vs_sft" else None)].append(j)
-    order = sorted(groups, key=lambda k: (KINDS.index(k[0]), k[1], k[2] or ""))
+        if a is not None and j.kind is not None and (j.kind == VS_SFT or vs_of(j.kind)):
+            groups[(j.kind, a.kl_coef, a.algorithm if j.kind == VS_SFT else None)].append(j)
+    kinds = [pair_kind(vs) for vs in opponents(vs_of(k) for k, _, _ in groups if k != VS_SFT)] + [VS_SFT]
+    order = sorted(groups, key=lambda k: (kinds.index(k[0]), k[1], k[2] or ""))
     return [_pooled(kind, tau, alg, groups[(kind, tau, alg)], verdicts) for kind, tau, alg in order]
 
 
@@ -444,7 +470,8 @@ def _cancelled(p: PlannedJudgement, a: RunRow) -> NotJudged:
         kind=p.kind,
         kl_coef=a.kl_coef,
         seed=a.seed,
-        algorithm=a.algorithm if p.kind == "vs_sft" else None,
+        algorithm=a.algorithm if p.kind == VS_SFT else None,
+        vs=vs_of(p.kind),
         reason="the experiment was cancelled before judging",
     )
 
@@ -499,11 +526,14 @@ def _num(value: float | None) -> str:
 
 def results_csv(res: ExperimentResults) -> str:
     """One line per (tau, algorithm) row: counts, each metric's mean/CI/n, and the row's pooled win-rates
-    (vs_sft of its algorithm; klq_vs_ppo of its tau, from KLQ's side, on both algorithms' lines)."""
+    (vs_sft of its algorithm; each klq_vs_<other> of its tau, from KLQ's side, on every line of that tau).
+    The pairing columns are those of every registered algorithm but KLQ (and of any other in the rows),
+    so the columns do not depend on the grid."""
     header = ["kl_coef", "algorithm", "runs", "succeeded", "failed", "pending"]
     for m in CSV_METRICS:
         header += [f"{m}_mean", f"{m}_ci_low", f"{m}_ci_high", f"{m}_n"]
-    for kind in ("vs_sft", "klq_vs_ppo"):
+    pairs = [pair_kind(vs) for vs in opponents([*algorithm_names(), *(row.algorithm for row in res.rows)])]
+    for kind in (VS_SFT, *pairs):
         header += [f"{kind}_win_rate", f"{kind}_ci_low", f"{kind}_ci_high", f"{kind}_prompts"]
     rates: dict[tuple[str, float, str | None], PooledWinRate] = {
         (w.kind, w.kl_coef, w.algorithm): w for w in res.win_rates
@@ -525,7 +555,7 @@ def results_csv(res: ExperimentResults) -> str:
             line += (
                 ["", "", "", 0] if iv is None else [_num(iv.mean), _num(iv.ci_low), _num(iv.ci_high), iv.n]
             )
-        for key in (("vs_sft", row.kl_coef, row.algorithm), ("klq_vs_ppo", row.kl_coef, None)):
+        for key in ((VS_SFT, row.kl_coef, row.algorithm), *((kind, row.kl_coef, None) for kind in pairs)):
             w = rates.get(key)
             line += (
                 ["", "", "", ""]

@@ -23,7 +23,18 @@ from .db import Database
 from .errors import install_error_handlers
 from .migrate import check_migrated
 from .observability import Observability, ObservabilityMiddleware
-from .routers import checkpoints, experiments, health, judgements, logs, metrics, runs, samples, tokens
+from .routers import (
+    algorithms,
+    checkpoints,
+    experiments,
+    health,
+    judgements,
+    logs,
+    metrics,
+    runs,
+    samples,
+    tokens,
+)
 from .settings import Settings, get_settings
 
 log = logging.getLogger("klq.backend")
@@ -84,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in (
         health.router,
+        algorithms.router,
         runs.tags_router,
         runs.router,
         metrics.router,

@@ -35,7 +35,9 @@ TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 VERDICTS = ("A", "B", "tie", "invalid")
 ORDERS = ("ab", "ba")
 SCOPES = ("read", "write", "admin")
-JUDGEMENT_KINDS = ("klq_vs_ppo", "vs_sft")  # of an experiment's judgements (docs/EXPERIMENTS.md)
+# of an experiment's judgements (docs/EXPERIMENTS.md): vs_sft, or klq_vs_<algorithm> for each algorithm KLQ is
+# judged against (the registry's names, at most 16 characters; the application checks them)
+JUDGEMENT_KIND_CHECK = "kind IS NULL OR kind = 'vs_sft' OR kind LIKE 'klq_vs_%'"
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -222,7 +224,7 @@ class Judgement(Base):
     __tablename__ = "judgements"
     __table_args__ = (
         CheckConstraint(_in("status", RUN_STATUSES), name="status"),
-        CheckConstraint(f"kind IS NULL OR {_in('kind', JUDGEMENT_KINDS)}", name="kind"),
+        CheckConstraint(JUDGEMENT_KIND_CHECK, name="kind"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -240,7 +242,7 @@ class Judgement(Base):
     experiment_id: Mapped[int | None] = mapped_column(
         ForeignKey("experiments.id", ondelete="CASCADE"), index=True
     )
-    kind: Mapped[str | None] = mapped_column(String(16))  # JUDGEMENT_KINDS
+    kind: Mapped[str | None] = mapped_column(String(32))  # JUDGEMENT_KIND_CHECK
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from klq.config import RunConfig
+from klq.config import AlgorithmName, RunConfig, algorithm_names
 
 from .validation import text_problem
 
@@ -409,12 +409,40 @@ class VerdictPage(BaseModel):
 # --- experiments (docs/EXPERIMENTS.md) -------------------------------------------------------------------
 
 ExperimentStatus = Literal["queued", "running", "judging", "succeeded", "failed", "cancelled"]
-Algorithm = Literal["klq", "ppo"]
+# outputs name algorithms as plain strings: a stored run of an algorithm no longer registered still lists
+JudgementKind = Annotated[
+    str,
+    Field(
+        pattern=r"^(vs_sft|klq_vs_[a-z][a-z0-9]*)$",
+        description="vs_sft: a run against its SFT policy; klq_vs_<algorithm>: KLQ's run against that "
+        "algorithm's run of the same tau and seed (klq_vs_ppo, ...)",
+    ),
+]
+Vs = Annotated[
+    str | None,
+    Field(description="klq_vs_<algorithm>: the algorithm KLQ is judged against; vs_sft: None"),
+]
 MAX_EXPERIMENT_RUNS = 128
 
 
+class AlgorithmOut(BaseModel):
+    """A registered algorithm (klq.algorithms): what a form or a filter needs to offer it."""
+
+    name: str = Field(description="the config's `algorithm`")
+    label: str = Field(description="display name")
+    description: str = Field(description="the first line of the class's docstring")
+    params: dict[str, Any] | None = Field(
+        description="JSON schema of its parameter group (the config section `<name>:`); None: it has none"
+    )
+
+
 class ExperimentGrid(_In):
-    algorithms: list[Algorithm] = Field(default_factory=lambda: ["klq", "ppo"], min_length=1, max_length=2)
+    algorithms: list[AlgorithmName] = Field(
+        default_factory=algorithm_names,
+        min_length=1,
+        description="any of the registered algorithms (GET /algorithms); default: all of them. KLQ is judged "
+        "against each other one",
+    )
     kl_coefs: list[Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]] = Field(
         min_length=1, max_length=8, description="tau values (kl_coef), distinct"
     )
@@ -471,7 +499,7 @@ class ExperimentCreate(_In):
 
 class PlannedRun(BaseModel):
     name: str
-    algorithm: Algorithm
+    algorithm: str
     kl_coef: float
     seed: int
     config: dict[str, Any]
@@ -485,7 +513,7 @@ class ExperimentPreview(BaseModel):
 class ExperimentRunOut(BaseModel):
     run_id: int
     name: str
-    algorithm: Algorithm
+    algorithm: str
     kl_coef: float
     seed: int
     status: RunStatus
@@ -498,10 +526,11 @@ class ExperimentRunOut(BaseModel):
 
 class ExperimentJudgementOut(BaseModel):
     judgement_id: int
-    kind: Literal["klq_vs_ppo", "vs_sft"]
+    kind: JudgementKind
     kl_coef: float
     seed: int
-    algorithm: Algorithm | None = Field(description="vs_sft: the run's algorithm; klq_vs_ppo: None")
+    algorithm: str | None = Field(description="vs_sft: the run's algorithm; klq_vs_<algorithm>: None")
+    vs: Vs = None
     run_a: int
     run_b: int | None
     status: RunStatus
@@ -572,7 +601,7 @@ class FailedRun(BaseModel):
 
 class ResultRow(BaseModel):
     kl_coef: float
-    algorithm: Algorithm
+    algorithm: str
     runs: int
     succeeded: int
     failed: list[FailedRun] = Field(description="failed or cancelled runs (never silently dropped)")
@@ -586,9 +615,12 @@ class ResultRow(BaseModel):
 
 
 class PooledWinRate(BaseModel):
-    kind: Literal["klq_vs_ppo", "vs_sft"]
+    kind: JudgementKind
     kl_coef: float
-    algorithm: Algorithm | None = Field(description="vs_sft: whose policy is A; klq_vs_ppo: None (A is KLQ)")
+    algorithm: str | None = Field(
+        description="vs_sft: whose policy is A; klq_vs_<algorithm>: None (A is KLQ)"
+    )
+    vs: Vs = None
     judgements: list[int]
     pending: int = Field(description="judgements not finished")
     prompts: int = Field(description="judged prompts pooled over seeds")
@@ -602,16 +634,17 @@ class PooledWinRate(BaseModel):
 
 
 class NotJudged(BaseModel):
-    kind: Literal["klq_vs_ppo", "vs_sft"]
+    kind: JudgementKind
     kl_coef: float
     seed: int
-    algorithm: Algorithm | None
+    algorithm: str | None
+    vs: Vs = None
     reason: str
 
 
 class RunPoint(BaseModel):
     run_id: int
-    algorithm: Algorithm
+    algorithm: str
     kl_coef: float
     seed: int
     status: RunStatus
@@ -635,7 +668,7 @@ class ExperimentResults(BaseModel):
 
 
 class CurveBand(BaseModel):
-    algorithm: Algorithm
+    algorithm: str
     kl_coef: float
     runs: list[int]
     steps: list[int]

@@ -48,7 +48,6 @@ DESCRIPTIONS = {
     "judge_max_retries": "retries of a failed judge request (429/5xx, with backoff)",
     "name": "display name (default: the config file's stem for `klq train`, `<algorithm>-<time>` on the server)",
     "task.name": "which task: the offline built-in one, TL;DR, Anthropic HH, or a prompts file",
-    "algorithm": "`klq` (KL-regularised Q-learning) or `ppo` (TRL's PPOTrainer)",
     "gamma": "discount",
     "seed": "seeds sampling, data order and initialisation",
     "model.policy": "the SFT policy, which also initialises the trained one",
@@ -78,6 +77,9 @@ OTHER_ENV = [
     ("KLQ_API_URL", "`klq.client`, `klq ui`", "the API's base URL (default `http://127.0.0.1:8000`)"),
     ("KLQ_API_TOKEN", "`klq.client`, `klq ui`",
      "API token; default: the file `<KLQ_DATA_DIR>/api_token` the API writes at its first start"),
+    ("KLQ_PLUGINS", "API, workers, `klq` CLI",
+     "comma-separated Python modules imported at start whose `@register`ed algorithms join the registry "
+     "(`klq/algorithms.py`); set it alike for the API and every worker"),
     ("HF_HOME", "transformers, datasets", "Hugging Face cache (models and datasets from the hub)"),
 ]
 
@@ -158,25 +160,50 @@ def settings_table() -> list[str]:
 
 
 def run_config_rows(model: type[BaseModel], prefix: str = "") -> list[str]:
+    from klq.config import _RegisteredAlgorithm, algorithm_names
+
     rows = []
     for name, info in model.model_fields.items():
         annotation = info.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             continue  # sections are listed after the top-level fields
-        rows.append(f"| `{prefix}{name}` | {type_name(annotation)} | {default_text(info)} | {meaning(name, info, prefix)} |")
+        if _RegisteredAlgorithm in info.metadata:  # a registered algorithm's name
+            kind = " \\| ".join(algorithm_names())
+        else:
+            kind = type_name(annotation)
+        rows.append(f"| `{prefix}{name}` | {kind} | {default_text(info)} | {meaning(name, info, prefix)} |")
     return rows
 
 
+def algorithm_text() -> str:
+    """The `algorithm` field's meaning: the registered algorithms, each with its docstring's first line."""
+    from klq.algorithms import ALGORITHMS
+
+    doc = {name: (cls.__doc__ or "").strip().splitlines()[0].rstrip(".") for name, cls in ALGORITHMS.items()}
+    return "one of the registered algorithms (`klq/algorithms.py`, plugins via `KLQ_PLUGINS`): " + "; ".join(
+        f"`{name}`: {text}" for name, text in doc.items()
+    )
+
+
 def run_config_tables() -> list[str]:
+    from klq.algorithms import ALGORITHMS
     from klq.config import RunConfig
 
+    DESCRIPTIONS["algorithm"] = algorithm_text()
     header = ["| field | type | default | meaning |", "| --- | --- | --- | --- |"]
     lines = ["### Top level", "", *header, *run_config_rows(RunConfig)]
-    for name, info in RunConfig.model_fields.items():
-        section = info.annotation
+    sections = [(name, info.annotation, "") for name, info in RunConfig.model_fields.items()]
+    sections += [  # the registered algorithms' parameter groups
+        (name, cls.params, f"Parameters of `algorithm: {name}` ({cls.label}); the other algorithms ignore them.")
+        for name, cls in ALGORITHMS.items()
+        if cls.params is not None
+    ]
+    for name, section, intro in sections:
         if isinstance(section, type) and issubclass(section, BaseModel):
             doc = " ".join((section.__doc__ or "").split())
             lines += ["", f"### `{name}`", ""]
+            if intro:
+                lines += [intro, ""]
             if doc and "Usage docs:" not in doc:
                 lines += [doc, ""]
             lines += [*header, *run_config_rows(section, f"{name}.")]

@@ -237,6 +237,15 @@ class VerdictPage(TypedDict):
 # experiments (docs/EXPERIMENTS.md)
 
 ExperimentStatus = Literal["queued", "running", "judging", "succeeded", "failed", "cancelled"]
+# "vs_sft", or "klq_vs_<algorithm>" (klq_vs_ppo, ...): KLQ's run against that algorithm's; ``vs`` names it
+JudgementKind = str
+
+
+class Algorithm(TypedDict):
+    name: str
+    label: str
+    description: str
+    params: dict[str, Any] | None  # JSON schema of its config section ``<name>:``; None: it has none
 
 
 class ExperimentGrid(TypedDict):
@@ -274,10 +283,11 @@ class ExperimentRun(TypedDict):
 
 class ExperimentJudgement(TypedDict):
     judgement_id: int
-    kind: Literal["klq_vs_ppo", "vs_sft"]
+    kind: JudgementKind
     kl_coef: float
     seed: int
     algorithm: str | None
+    vs: str | None
     run_a: int
     run_b: int | None
     status: RunStatus
@@ -362,9 +372,10 @@ class ResultRow(TypedDict):
 
 
 class PooledWinRate(TypedDict):
-    kind: Literal["klq_vs_ppo", "vs_sft"]
+    kind: JudgementKind
     kl_coef: float
     algorithm: str | None
+    vs: str | None
     judgements: list[int]
     pending: int
     prompts: int
@@ -378,10 +389,11 @@ class PooledWinRate(TypedDict):
 
 
 class NotJudged(TypedDict):
-    kind: Literal["klq_vs_ppo", "vs_sft"]
+    kind: JudgementKind
     kl_coef: float
     seed: int
     algorithm: str | None
+    vs: str | None
     reason: str
 
 
@@ -637,6 +649,10 @@ class Client:
     def openapi(self) -> dict[str, Any]:
         """The server's OpenAPI document (its RunConfig schema drives the launch form)."""
         return self._get("/openapi.json")
+
+    def algorithms(self) -> list[Algorithm]:
+        """The server's registered algorithms (plugins included): name, label, parameter-group schema."""
+        return self._get("/algorithms")
 
     def me(self) -> dict[str, Any]:
         """The token in use: name, scopes."""

@@ -123,8 +123,10 @@ def runs_frame(
     runs: Sequence[Mapping[str, Any]],
     configs: Mapping[int, Mapping[str, Any]] | None = None,
     now: datetime | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
-    """The runs table: one row per run (task and tau come from the run's config when known)."""
+    """The runs table: one row per run (task and tau come from the run's config when known; the algorithm
+    as ``labels`` names it, see algorithm_label)."""
     configs = configs or {}
     rows = []
     for r in runs:
@@ -136,7 +138,7 @@ def runs_frame(
                 "name": r["name"],
                 "status": r["status"]
                 + (" (cancelling)" if r.get("cancel_requested") and r["status"] in ACTIVE else ""),
-                "algorithm": r["algorithm"].upper(),
+                "algorithm": algorithm_label(r["algorithm"], labels),
                 "task": (cfg.get("task") or {}).get("name"),
                 "tau": cfg.get("kl_coef"),
                 "reward": latest_value(r, REWARD_KEY),
@@ -718,7 +720,6 @@ def errors_for_form(field_errors: Mapping[str, Sequence[str]], paths: Iterable[s
 # --- experiments (docs/EXPERIMENTS.md) -------------------------------------------------------------------
 
 EXPERIMENT_ACTIVE = frozenset({"queued", "running", "judging"})
-ALGORITHMS = {"klq": "KLQ", "ppo": "PPO"}
 # the results' per-(tau, algorithm) intervals, in table order: (field, column label)
 RESULT_METRICS = (
     ("reward", "reward"),
@@ -728,19 +729,38 @@ RESULT_METRICS = (
     ("wall_clock_s", "wall-clock (s)"),
     ("iteration_s", "s/iteration"),
 )
-COMPARISONS = {"klq_vs_ppo": "KLQ vs PPO", "vs_sft": "vs SFT"}
+PAIR_PREFIX = (
+    "klq_vs_"  # judgement kinds klq_vs_<algorithm>: KLQ against that algorithm (docs/EXPERIMENTS.md)
+)
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 MAX_SEED_RANGE = 1000  # a typo such as 1-1000000 is refused here rather than expanded
 
 
-def algorithm_label(algorithm: str | None) -> str:
-    return ALGORITHMS.get(algorithm or "", str(algorithm or "").upper())
+def algorithm_labels(algorithms: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """name -> display label of the server's algorithms (GET /algorithms)."""
+    return {a["name"]: a.get("label") or a["name"].upper() for a in algorithms}
 
 
-def series_label(algorithm: str, kl_coef: float) -> str:
+def algorithm_label(algorithm: str | None, labels: Mapping[str, str] | None = None) -> str:
+    """The display label of an algorithm: the server's (``labels``, from algorithm_labels), else its name
+    in capitals (an algorithm the server no longer has)."""
+    return (labels or {}).get(algorithm or "", str(algorithm or "").upper())
+
+
+def comparison_label(item: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> str:
+    """'KLQ vs PPO' for a pairing (kind klq_vs_<vs>), 'PPO vs SFT' for vs_sft: of a pooled win-rate, a
+    judgement or a pair not judged."""
+    kind = item.get("kind") or ""
+    vs = item.get("vs") or (kind[len(PAIR_PREFIX) :] if kind.startswith(PAIR_PREFIX) else None)
+    if vs:
+        return f"{algorithm_label('klq', labels)} vs {algorithm_label(vs, labels)}"
+    return f"{algorithm_label(item.get('algorithm'), labels)} vs SFT"
+
+
+def series_label(algorithm: str, kl_coef: float, labels: Mapping[str, str] | None = None) -> str:
     """'KLQ τ=0.05': one (algorithm, tau) cell of an experiment's grid."""
-    return f"{algorithm_label(algorithm)} τ={kl_coef:g}"
+    return f"{algorithm_label(algorithm, labels)} τ={kl_coef:g}"
 
 
 def parse_kl_coefs(text: str) -> tuple[list[float], list[str]]:
@@ -810,7 +830,9 @@ def format_hours(hours: float | None) -> str:
     return f"{hours:.2f} h" if hours < 100 else f"{hours:.0f} h"
 
 
-def experiments_frame(items: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def experiments_frame(
+    items: Sequence[Mapping[str, Any]], labels: Mapping[str, str] | None = None
+) -> pd.DataFrame:
     """The experiments table: one row per experiment with its grid, progress and compute."""
     rows = []
     for e in items:
@@ -830,7 +852,7 @@ def experiments_frame(items: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                 "progress": experiment_progress(p),
                 "runs": runs,
                 "judgements": judged,
-                "algorithms": ", ".join(algorithm_label(a) for a in grid["algorithms"]),
+                "algorithms": ", ".join(algorithm_label(a, labels) for a in grid["algorithms"]),
                 "tau": ", ".join(f"{t:g}" for t in grid["kl_coefs"]),
                 "seeds": len(grid["seeds"]),
                 "run-hours": compute.get("run_hours"),
@@ -844,7 +866,7 @@ def experiments_frame(items: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def preview_frame(preview: Mapping[str, Any]) -> pd.DataFrame:
+def preview_frame(preview: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """The runs an experiment would queue (POST /experiments/preview): name, grid values, and the
     size of each run (identical for all, which is the point)."""
     rows = []
@@ -855,7 +877,7 @@ def preview_frame(preview: Mapping[str, Any]) -> pd.DataFrame:
         rows.append(
             {
                 "name": r["name"],
-                "algorithm": algorithm_label(r["algorithm"]),
+                "algorithm": algorithm_label(r["algorithm"], labels),
                 "tau": r["kl_coef"],
                 "seed": r["seed"],
                 "task": (cfg.get("task") or {}).get("name"),
@@ -890,14 +912,14 @@ def failed_text(failed: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def results_frame(results: Mapping[str, Any]) -> pd.DataFrame:
+def results_frame(results: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """The results table: one row per (tau, algorithm) with the run counts, each metric's mean over the
     succeeded seeds and its 95% CI (text), and the failed runs with their reasons (never dropped)."""
     rows = []
     for r in results.get("rows") or []:
         row: dict[str, Any] = {
             "tau": r["kl_coef"],
-            "algorithm": algorithm_label(r["algorithm"]),
+            "algorithm": algorithm_label(r["algorithm"], labels),
             "seeds": f"{r['succeeded']}/{r['runs']} succeeded"
             + (f", {r['pending']} pending" if r.get("pending") else ""),
         }
@@ -913,15 +935,13 @@ def results_frame(results: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*columns, "failed"])
 
 
-def win_rates_frame(results: Mapping[str, Any]) -> pd.DataFrame:
-    """Pooled win-rates: per tau, KLQ against PPO and each algorithm against its SFT policy, with the
+def win_rates_frame(results: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Pooled win-rates: per tau, KLQ against each other algorithm and each algorithm against its SFT policy, with the
     95% Wilson interval and the counts; a comparison with nothing judged (a failed run) is listed by
     ``not_judged_frame``."""
     rows = []
     for w in results.get("win_rates") or []:
-        comparison = (
-            "KLQ vs PPO" if w["kind"] == "klq_vs_ppo" else f"{algorithm_label(w.get('algorithm'))} vs SFT"
-        )
+        comparison = comparison_label(w, labels)
         rows.append(
             {
                 "tau": w["kl_coef"],
@@ -947,14 +967,12 @@ def win_rates_frame(results: Mapping[str, Any]) -> pd.DataFrame:
     return df.sort_values(["tau", "comparison"], kind="stable").reset_index(drop=True)
 
 
-def not_judged_frame(results: Mapping[str, Any]) -> pd.DataFrame:
+def not_judged_frame(results: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """The pairs that were not judged (a failed or cancelled run) with the reason."""
     rows = [
         {
             "tau": n["kl_coef"],
-            "comparison": COMPARISONS[n["kind"]]
-            if n["kind"] == "klq_vs_ppo"
-            else f"{algorithm_label(n.get('algorithm'))} vs SFT",
+            "comparison": comparison_label(n, labels),
             "seed": n["seed"],
             "reason": n["reason"],
         }
@@ -963,7 +981,9 @@ def not_judged_frame(results: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["tau", "comparison", "seed", "reason"])
 
 
-def experiment_points_frame(results: Mapping[str, Any]) -> pd.DataFrame:
+def experiment_points_frame(
+    results: Mapping[str, Any], labels: Mapping[str, str] | None = None
+) -> pd.DataFrame:
     """Every run of an experiment as a reward-vs-KL point (tradeoff_frame's columns plus seed and
     rlhf_reward); ``on_frontier``: on its algorithm's Pareto frontier as the server computed it."""
     on_frontier = {rid for ids in (results.get("frontier") or {}).values() for rid in ids}
@@ -972,7 +992,7 @@ def experiment_points_frame(results: Mapping[str, Any]) -> pd.DataFrame:
             "run_id": p["run_id"],
             "run": f"#{p['run_id']} s{p['seed']}"
             + ("" if p["status"] == "succeeded" else f" ({p['status']})"),
-            "algorithm": algorithm_label(p["algorithm"]),
+            "algorithm": algorithm_label(p["algorithm"], labels),
             "tau": p["kl_coef"],
             "seed": p["seed"],
             "status": p["status"],
@@ -991,7 +1011,7 @@ def experiment_points_frame(results: Mapping[str, Any]) -> pd.DataFrame:
     return df
 
 
-def frontier_lines(results: Mapping[str, Any]) -> pd.DataFrame:
+def frontier_lines(results: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """The Pareto frontier of each algorithm as a line: its runs' (kl, reward) in the server's order
     (by KL); columns algorithm, order, run_id, kl, reward. Runs without both values are skipped."""
     points = {p["run_id"]: p for p in results.get("points") or []}
@@ -1004,7 +1024,7 @@ def frontier_lines(results: Mapping[str, Any]) -> pd.DataFrame:
                 continue
             rows.append(
                 {
-                    "algorithm": algorithm_label(algorithm),
+                    "algorithm": algorithm_label(algorithm, labels),
                     "order": order,
                     "run_id": rid,
                     "kl": float(p["kl"]),
@@ -1015,7 +1035,7 @@ def frontier_lines(results: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["algorithm", "order", "run_id", "kl", "reward"])
 
 
-def curves_frame(curves: Mapping[str, Any]) -> pd.DataFrame:
+def curves_frame(curves: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Seed-averaged curves (GET /experiments/{id}/curves) in long form: one row per (series, step)
     with the mean, the min-max band over seeds and how many seeds reached the step."""
     frames = []
@@ -1026,8 +1046,8 @@ def curves_frame(curves: Mapping[str, Any]) -> pd.DataFrame:
         frames.append(
             pd.DataFrame(
                 {
-                    "series": series_label(c["algorithm"], c["kl_coef"]),
-                    "algorithm": algorithm_label(c["algorithm"]),
+                    "series": series_label(c["algorithm"], c["kl_coef"], labels),
+                    "algorithm": algorithm_label(c["algorithm"], labels),
                     "tau": c["kl_coef"],
                     "step": c["steps"],
                     "mean": pd.array(c["mean"], dtype="Float64"),
@@ -1046,7 +1066,7 @@ def curves_frame(curves: Mapping[str, Any]) -> pd.DataFrame:
     return df[columns]
 
 
-def experiment_runs_frame(detail: Mapping[str, Any]) -> pd.DataFrame:
+def experiment_runs_frame(detail: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """An experiment's runs: grid cell, status, progress and, for a failed run, its reason."""
     rows = []
     for r in detail.get("runs") or []:
@@ -1055,7 +1075,7 @@ def experiment_runs_frame(detail: Mapping[str, Any]) -> pd.DataFrame:
             {
                 "id": r["run_id"],
                 "name": r["name"],
-                "algorithm": algorithm_label(r["algorithm"]),
+                "algorithm": algorithm_label(r["algorithm"], labels),
                 "tau": r["kl_coef"],
                 "seed": r["seed"],
                 "status": r["status"],

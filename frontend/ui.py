@@ -201,6 +201,12 @@ def verdicts(api: Client, judgement_id: int, completed: int) -> list[dict]:
 
 
 @st.cache_data(ttl=600, hash_funcs=_HASH, show_spinner=False)
+def algorithms(api: Client) -> list[dict]:
+    """The server's registered algorithms (GET /algorithms): name, label, parameter-group schema."""
+    return [dict(a) for a in api.algorithms()]
+
+
+@st.cache_data(ttl=600, hash_funcs=_HASH, show_spinner=False)
 def config_schema(api: Client) -> dict:
     """The RunConfig JSON schema definitions: the server's (its OpenAPI document), else the local klq's."""
     try:

@@ -4,18 +4,23 @@ One `RunConfig` describes a training run completely: it is what the CLI reads fr
 backend stores as a run's config and validates on `POST /runs`, and what the worker hands to the trainer.
 Defaults are the KLQ paper's (arXiv 2508.17000) and TRL's PPOTrainer's; see docs/ALGORITHMS.md.
 Unknown keys are rejected (typos must not silently fall back to a default).
+
+The algorithms are not listed here: `algorithm` is checked against the registry of klq.algorithms, and each
+registered algorithm's parameter group (`klq:`, `ppo:`, ...) is a section of the config, looked up from the
+registry when a config is validated (klq.algorithms imports this module; this module imports it lazily).
 """
 
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError, core_schema
 
-Algorithm = Literal["klq", "ppo"]
 Convention = Literal["klq-lab", "paper"]
 
 # The numerical conventions where KLQ Lab and the KLQ authors' TRL fork differ (docs/ALGORITHMS-CONVENTIONS.md):
@@ -33,6 +38,51 @@ PAPER_CONVENTION: dict[str, Any] = {
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _registry() -> Any:
+    from klq import algorithms  # lazily: klq.algorithms imports this module
+
+    return algorithms
+
+
+def algorithm_names() -> list[str]:
+    """The registered algorithms' names, in registration order (klq, ppo, then plugins)."""
+    return list(_registry().ALGORITHMS)
+
+
+def _or_list(names: list[str]) -> str:
+    """Names as pydantic words a Literal's choices: 'a', 'b' or 'c'."""
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def check_algorithm(name: str) -> str:
+    """``name`` if it is a registered algorithm; else a validation error listing the known ones."""
+    known = algorithm_names()
+    if name not in known:
+        raise PydanticCustomError(
+            "unknown_algorithm",
+            "unknown algorithm {name}: expected {known}",
+            {"name": repr(name), "known": _or_list(known)},
+        )
+    return name
+
+
+class _RegisteredAlgorithm:
+    """Annotation of a registered algorithm's name: validated against the registry when a value is, and
+    shown as an enum of the names registered when a JSON schema (OpenAPI) is generated."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(check_algorithm, handler(source))
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
+        return {"type": "string", "enum": algorithm_names()}
+
+
+AlgorithmName = Annotated[str, _RegisteredAlgorithm]
 
 
 class TaskConfig(_Strict):
@@ -150,8 +200,14 @@ class TrainConfig(_Strict):
 
 
 class RunConfig(_Strict):
+    """A run. Besides these fields, one section per registered algorithm with parameters (``cfg.klq``,
+    ``cfg.ppo``, a plugin's): extra keys are allowed only as those sections, each validated by its
+    algorithm's model and filled with its defaults when left out (see ``_validate``)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
     name: str | None = Field(None, max_length=200)
-    algorithm: Algorithm = "klq"
+    algorithm: AlgorithmName = "klq"
     convention: Convention = Field(
         "klq-lab", description="paper: the KLQ authors' fork's numerical conventions for every field not set "
         "explicitly (docs/ALGORITHMS-CONVENTIONS.md)"
@@ -171,29 +227,70 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    klq: KLQParams = Field(default_factory=KLQParams)
-    ppo: PPOParams = Field(default_factory=PPOParams)
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _apply_convention(cls, data: Any) -> Any:
-        """Fill the convention's values into the fields the input leaves out (the stored config is explicit)."""
-        if isinstance(data, dict) and data.get("convention") == "paper":
+    def _validate(cls, data: Any, handler: Any) -> RunConfig:
+        """Fill the convention's values into the fields the input leaves out (the stored config is
+        explicit); validate the fields, and each registered algorithm's section with its parameter model
+        (errors located at ``<name>.<field>``, unknown keys refused as ``extra_forbidden``); then check
+        that the convention is in force."""
+        if not isinstance(data, dict):
+            return handler(data)
+        if data.get("convention") == "paper":
             data = apply_convention(data, PAPER_CONVENTION)
-        return data
-
-    @model_validator(mode="after")
-    def _convention_in_force(self) -> RunConfig:
-        """`convention: paper` with every field it governs at klq-lab's default is a config whose fields were
-        all sent explicitly (a form does that), not the paper's conventions: say so rather than run ours."""
-        if self.convention == "paper" and all(
-            _dotted_get(self, key) == _dotted_get(_KLQ_LAB, key) for key in PAPER_CONVENTION
+        groups = _registry().param_groups()
+        errors: list[dict[str, Any]] = []
+        sections: dict[str, BaseModel] = {}
+        for name, model in groups.items():
+            try:
+                sections[name] = model.model_validate(data.get(name, {}))
+            except ValidationError as err:
+                errors += [{**e, "loc": (name, *e["loc"])} for e in err.errors()]
+        errors += [
+            {
+                "type": "extra_forbidden",
+                "loc": (key,),
+                "msg": "Extra inputs are not permitted",
+                "input": value,
+            }
+            for key, value in data.items()
+            if key not in cls.model_fields and key not in groups
+        ]
+        try:
+            cfg = handler({k: v for k, v in data.items() if k in cls.model_fields})
+        except ValidationError as err:
+            errors = [*err.errors(), *errors]
+        if errors:
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    {"type": PydanticCustomError(e["type"], e["msg"]), "loc": e["loc"], "input": e["input"]}
+                    for e in errors
+                ],
+            )
+        cfg.__pydantic_extra__.update(sections)
+        # `convention: paper` with every field it governs at klq-lab's default is a config whose fields were
+        # all sent explicitly (a form does that), not the paper's conventions: say so rather than run ours.
+        if cfg.convention == "paper" and all(
+            _dotted_get(cfg, key) == _dotted_get(_klq_lab(), key) for key in PAPER_CONVENTION
         ):
             raise ValueError(
                 "convention 'paper' but every field it governs (" + ", ".join(PAPER_CONVENTION) + ") has "
                 "klq-lab's value: leave those fields out to take the paper's, or set convention: klq-lab"
             )
-        return self
+        return cfg
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
+        """The fields' schema plus one property per registered algorithm's section (a $ref to its model,
+        generated now: the registry's sections at the time, plugins included); no other keys."""
+        json_schema = handler(schema)
+        target = handler.resolve_ref_schema(json_schema)
+        for name, model in _registry().param_groups().items():
+            target.setdefault("properties", {})[name] = handler(model.__pydantic_core_schema__)
+        target["additionalProperties"] = False
+        return json_schema
 
     @model_validator(mode="after")
     def _whole_groups(self) -> RunConfig:
@@ -231,7 +328,10 @@ def _dotted_get(cfg: BaseModel, dotted: str) -> Any:
     return cfg
 
 
-_KLQ_LAB = RunConfig()  # klq-lab's values of the convention fields
+@cache
+def _klq_lab() -> RunConfig:
+    """klq-lab's values of the convention fields (made on first use: it reads the registry)."""
+    return RunConfig(convention="klq-lab")
 
 
 def apply_convention(data: dict[str, Any], convention: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from klq.config import RunConfig
+from klq.config import AlgorithmName, RunConfig
 
 from .. import dispatch, store
 from ..deps import AppSettings, CanRead, CanWrite, ReadSession, WriteSession
@@ -73,7 +73,9 @@ def create_run(body: RunCreate, session: WriteSession, settings: AppSettings) ->
 def list_runs(
     session: ReadSession,
     status: Annotated[list[RunStatus] | None, Query(description="any of these statuses")] = None,
-    algorithm: Annotated[list[Literal["klq", "ppo"]] | None, Query()] = None,
+    algorithm: Annotated[
+        list[AlgorithmName] | None, Query(description="any of these algorithms (GET /algorithms)")
+    ] = None,
     tag: Annotated[list[Tag] | None, Query(description="runs having all these tags", max_length=20)] = None,
     q: Annotated[QueryText | None, Query(max_length=200, description="text in the name or notes")] = None,
     experiment_id: Annotated[

@@ -15,6 +15,7 @@ KL_KEYS = (logic.KL_KEY, "eval/kl")
 FRONTIER_SCOPE_LIMIT = 200
 
 api = ui.client()
+labels = logic.algorithm_labels(ui.call(ui.algorithms, api, what="algorithms") or [])  # GET /algorithms
 st.title("Compare runs")
 run_ids = ui.pick_runs(api, key="compare.runs", max_selections=20)
 if not run_ids:
@@ -115,7 +116,7 @@ with tab_tradeoff:
             {
                 "run_id": r["id"],
                 "run": f"#{r['id']} {r['name']}",
-                "algorithm": r["algorithm"].upper(),
+                "algorithm": logic.algorithm_label(r["algorithm"], labels),
                 "tau": (configs.get(r["id"]) or {}).get("kl_coef"),
                 "status": r["status"],
                 "kl": values[kl_key].get(r["id"]),

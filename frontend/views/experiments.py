@@ -1,4 +1,4 @@
-"""Experiments: KLQ against PPO as one action (docs/EXPERIMENTS.md). The experiments with their status and
+"""Experiments: KLQ against the other algorithms as one action (docs/EXPERIMENTS.md). The experiments with their status and
 progress; a form for a new one (a base run configuration from a preset, edited as YAML; the grid of
 algorithms x tau x seeds; the judge) with a preview of the runs it will queue; and an experiment's page
 (``?experiment=ID``): status, progress, compute, the results per tau with 95% CIs (failed runs listed
@@ -28,7 +28,6 @@ FORM_DEFAULTS = {
     "experiments.notes": "",
     "experiments.queue": DEFAULT_QUEUE,
     "experiments.base_yaml": "",
-    "experiments.algorithms": ["klq", "ppo"],
     "experiments.kl_coefs": "0.02, 0.05",
     "experiments.seeds": "1, 2",
     "experiments.judge_enabled": True,
@@ -39,6 +38,10 @@ FORM_DEFAULTS = {
 }
 
 api = ui.client()
+ALGORITHMS = ui.call(ui.algorithms, api, what="algorithms") or []  # the server's (GET /algorithms)
+LABELS = logic.algorithm_labels(ALGORITHMS)
+# the grid's default: every algorithm the server has (KLQ is judged against each other one)
+FORM_DEFAULTS["experiments.algorithms"] = [a["name"] for a in ALGORITHMS]
 
 
 def open_experiment(experiment_id: int | None) -> None:
@@ -61,7 +64,7 @@ def experiment_list() -> None:
     if not items:
         st.info("No experiments yet: create one in the 'New experiment' tab.")
         return
-    frame = logic.experiments_frame(items)
+    frame = logic.experiments_frame(items, LABELS)
     st.session_state["experiments.ids"] = list(frame["id"])
 
     def selected() -> None:
@@ -222,7 +225,12 @@ def new_experiment() -> None:
     with st.container(border=True):
         st.subheader("Grid and judge")
         c = st.columns(3)
-        c[0].multiselect("algorithms", ["klq", "ppo"], key="experiments.algorithms", format_func=str.upper)
+        c[0].multiselect(
+            "algorithms",
+            list(LABELS),
+            key="experiments.algorithms",
+            format_func=lambda name: logic.algorithm_label(name, LABELS),
+        )
         c[1].text_input(
             "tau values (kl_coef)",
             key="experiments.kl_coefs",
@@ -235,7 +243,7 @@ def new_experiment() -> None:
         c[0].checkbox(
             "judge when the runs finish",
             key="experiments.judge_enabled",
-            help="KLQ against PPO per tau and seed, and each run against its SFT policy",
+            help="KLQ against each other algorithm per tau and seed, and each run against its SFT policy",
         )
         c[1].selectbox(
             "judge backend",
@@ -267,7 +275,7 @@ def new_experiment() -> None:
         judged = f"then {preview['judgements']} judgement(s)" if body["judge"]["enabled"] else "no judging"
         st.caption(f"{len(preview['runs'])} run(s) will be queued, {judged} once they have all finished.")
         st.dataframe(
-            logic.preview_frame(preview),
+            logic.preview_frame(preview, LABELS),
             hide_index=True,
             width="stretch",
             column_config={
@@ -327,7 +335,7 @@ def status_header(e: dict) -> None:
 
 
 def results_section(eid: int, results: dict) -> None:
-    table = logic.results_frame(results)
+    table = logic.results_frame(results, LABELS)
     if table.empty:
         st.info("No results yet.")
         return
@@ -351,17 +359,18 @@ def results_section(eid: int, results: dict) -> None:
             )
 
     st.subheader("Win-rates")
-    rates = logic.win_rates_frame(results)
+    rates = logic.win_rates_frame(results, LABELS)
     if rates.empty:
         st.caption("No judgements yet: they are queued once every run has finished.")
     else:
-        headline = rates[rates["comparison"] == "KLQ vs PPO"].to_dict("records")
+        pairings = {logic.comparison_label(w, LABELS) for w in results["win_rates"] if w["kind"] != "vs_sft"}
+        headline = rates[rates["comparison"].isin(pairings)].to_dict("records")
         cols = st.columns(max(4, len(headline))) if headline else []
         for col, w in zip(cols, headline):
             col.metric(
-                f"KLQ vs PPO, τ = {w['tau']:g}",
+                f"{w['comparison']}, τ = {w['tau']:g}",
                 "–" if pd.isna(w["win rate"]) else f"{100 * w['win rate']:.1f}%",
-                help="KLQ's win-rate against PPO at this tau, pooled over seeds (ties count half)",
+                help="KLQ's win-rate against the other algorithm at this tau, pooled over seeds (ties count half)",
             )
             col.caption(
                 f"95% CI {w['95% CI']} · {w['wins']} wins, {w['losses']} losses, {w['ties']} ties"
@@ -381,15 +390,16 @@ def results_section(eid: int, results: dict) -> None:
             },
         )
         st.caption(
-            "Pooled over seeds: KLQ against PPO at the same tau, and each policy against its SFT policy."
+            "Pooled over seeds: KLQ against each other algorithm at the same tau, and each policy against its "
+            "SFT policy."
         )
-    skipped = logic.not_judged_frame(results)
+    skipped = logic.not_judged_frame(results, LABELS)
     if not skipped.empty:
         st.caption(f"Not judged ({len(skipped)}): a run of the pair failed or was cancelled.")
         st.dataframe(skipped, hide_index=True, width="stretch")
 
     st.subheader("Reward vs KL")
-    points = logic.experiment_points_frame(results)
+    points = logic.experiment_points_frame(results, LABELS)
     plotted = points.dropna(subset=["kl", "reward"])
     if plotted.empty:
         st.caption("No run has a final reward and KL yet.")
@@ -399,7 +409,7 @@ def results_section(eid: int, results: dict) -> None:
                 points,
                 reward_label=f"reward ({logic.REWARD_KEY}, final)",
                 kl_label=f"KL ({logic.KL_KEY}, final)",
-                frontier=logic.frontier_lines(results),
+                frontier=logic.frontier_lines(results, LABELS),
             ),
             width="stretch",
         )
@@ -442,7 +452,7 @@ def curves_section(eid: int) -> None:
     for i, key in enumerate(keys):
         with cols[i % 2], st.container(border=True):
             curves = ui.call(ui.experiment_curves, api, eid, key, max_points, what=key)
-            df = logic.curves_frame(curves or {})
+            df = logic.curves_frame(curves or {}, LABELS)
             if df.empty:
                 st.caption(f"{key}: no points yet")
                 continue
@@ -451,7 +461,7 @@ def curves_section(eid: int) -> None:
 
 def runs_section(e: dict) -> None:
     st.dataframe(
-        logic.experiment_runs_frame(e),
+        logic.experiment_runs_frame(e, LABELS),
         hide_index=True,
         width="stretch",
         column_config={"tau": st.column_config.NumberColumn("tau", format="%g")},
@@ -471,9 +481,7 @@ def runs_section(e: dict) -> None:
         rows = [
             {
                 "id": j["judgement_id"],
-                "comparison": "KLQ vs PPO"
-                if j["kind"] == "klq_vs_ppo"
-                else f"{logic.algorithm_label(j['algorithm'])} vs SFT",
+                "comparison": logic.comparison_label(j, LABELS),
                 "tau": j["kl_coef"],
                 "seed": j["seed"],
                 "A": j["run_a"],
@@ -498,7 +506,7 @@ def runs_section(e: dict) -> None:
 def config_section(e: dict) -> None:
     g = e["grid"]
     st.caption(
-        f"Grid: {', '.join(logic.algorithm_label(a) for a in g['algorithms'])} x tau "
+        f"Grid: {', '.join(logic.algorithm_label(a, LABELS) for a in g['algorithms'])} x tau "
         f"{', '.join(f'{t:g}' for t in g['kl_coefs'])} x seeds {', '.join(map(str, g['seeds']))} · "
         f"queue `{e['queue']}` · created {e['created_at']}"
     )

@@ -21,9 +21,7 @@ SECTIONS = {
     "model": "Models",
     "rollout": "Rollout (generation)",
     "train": "Training",
-    "klq": "KLQ",
-    "ppo": "PPO",
-}
+}  # then one per algorithm with parameters, from the server (GET /algorithms)
 LABELS = {"kl_coef": "kl_coef (tau)", "lam": "lam (lambda)"}
 MODEL_HELP = (
     "builtin:sft / builtin:reward (the built-in task), an absolute path under the server's model "
@@ -31,6 +29,9 @@ MODEL_HELP = (
 )
 
 api = ui.client()
+ALGORITHMS = ui.call(ui.algorithms, api, what="algorithms") or []
+ALGORITHM_LABELS = logic.algorithm_labels(ALGORITHMS)
+SECTIONS.update({a["name"]: a["label"] for a in ALGORITHMS if a.get("params")})
 fields = [f for f in logic.form_fields(ui.config_schema(api)) if f.path != "name"]
 paths = [f.path for f in fields]
 by_path = {f.path: f for f in fields}
@@ -276,9 +277,9 @@ for section, title in SECTIONS.items():
     items = [f for f in fields if f.section == section]
     if not items:
         continue
-    unused = section in ("klq", "ppo") and section != algorithm
+    unused = section in ALGORITHM_LABELS and section != algorithm
     has_errors = bool(errors.get(section)) or any(errors.get(f.path) for f in items)
-    label = title + (f" (not used by {algorithm.upper()})" if unused else "")
+    label = title + (f" (not used by {logic.algorithm_label(algorithm, ALGORITHM_LABELS)})" if unused else "")
     expanded = has_errors or (section in ("task", "model", "train") or section == algorithm)
     with st.expander(label, expanded=expanded):
         draw_section(section, items)

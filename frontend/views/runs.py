@@ -12,6 +12,7 @@ PAGE_SIZE = 50
 STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 
 api = ui.client()
+labels = logic.algorithm_labels(ui.call(ui.algorithms, api, what="algorithms") or [])  # GET /algorithms
 st.title("Runs")
 if notice := st.session_state.pop("runs.notice", None):
     st.success(notice)
@@ -22,7 +23,11 @@ if st.session_state.pop("runs.reset", False):  # after a delete: nothing selecte
 with st.container(horizontal=True, vertical_alignment="bottom"):
     status = st.multiselect("Status", STATUSES, key="runs.status", width=300)
     algorithm = st.multiselect(
-        "Algorithm", ["klq", "ppo"], key="runs.algorithm", format_func=str.upper, width=200
+        "Algorithm",
+        list(labels),
+        key="runs.algorithm",
+        format_func=lambda name: logic.algorithm_label(name, labels),
+        width=200,
     )
     tags = st.multiselect("Tags (all of)", ui.call(ui.list_tags, api) or [], key="runs.tags", width=250)
     q = st.text_input("Search name or notes", key="runs.q", width=250)
@@ -53,7 +58,7 @@ total = data["total"]
 pages = max(1, -(-total // PAGE_SIZE))
 runs = data["items"]
 by_id = {r["id"]: r for r in runs}
-frame = logic.runs_frame(runs, ui.run_configs(api, runs))
+frame = logic.runs_frame(runs, ui.run_configs(api, runs), labels=labels)
 st.session_state["runs.ids"] = list(frame["id"])
 
 
