@@ -209,7 +209,7 @@ class Stack:
                 [
                     sys.executable,
                     "-m",
-                    "klq.cli",
+                    "klqlab.cli",
                     "worker",
                     "--queues",
                     queue,
