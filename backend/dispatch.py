@@ -1,4 +1,5 @@
-"""Sending work to the Celery workers, by task name (the API does not import the worker's code).
+"""Sending work to the Celery workers, by task name on backend/broker.py's app (the API does not import
+the worker's code).
 
 Call these only after the row they name is committed: a worker may pick the task up at once.
 """
@@ -15,10 +16,10 @@ class DispatchError(RuntimeError):
 
 
 def _send(task: str, object_id: int, queue: str) -> str:
-    from worker.celery_app import app  # imported lazily: Celery is only needed when something is queued
+    from backend.broker import get_app  # imported lazily: Celery is only needed when something is queued
 
     try:
-        result = app.send_task(task, args=[object_id], queue=queue)
+        result = get_app().send_task(task, args=[object_id], queue=queue)
     except Exception as err:  # kombu raises transport-specific errors (OperationalError, OSError, ...)
         log.exception("could not queue %s(%s) on %r", task, object_id, queue)
         raise DispatchError(f"could not queue the task on '{queue}': {err}") from err
@@ -27,14 +28,14 @@ def _send(task: str, object_id: int, queue: str) -> str:
 
 def send_train_run(run_id: int, queue: str) -> str:
     """Queue ``klq.train_run(run_id)``; returns the Celery task id."""
-    from worker.celery_app import TRAIN_TASK
+    from backend.broker import TRAIN_TASK
 
     return _send(TRAIN_TASK, run_id, queue)
 
 
 def send_judgement(judgement_id: int, queue: str) -> str:
     """Queue ``klq.run_judgement(judgement_id)``; returns the Celery task id."""
-    from worker.celery_app import JUDGE_TASK
+    from backend.broker import JUDGE_TASK
 
     return _send(JUDGE_TASK, judgement_id, queue)
 
@@ -45,10 +46,10 @@ def waiting_messages(queue: str) -> int | None:
     None if the broker cannot be asked. A queue the broker does not know holds 0."""
     from kombu.exceptions import ChannelError
 
-    from worker.celery_app import app
+    from backend.broker import get_app
 
     try:
-        with app.connection_for_read() as conn:
+        with get_app().connection_for_read() as conn:
             channel = conn.default_channel
             if hasattr(channel, "_size"):
                 # kombu's virtual transports (Redis, filesystem) count directly: their passive declare

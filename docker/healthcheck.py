@@ -31,7 +31,7 @@ def check_http(url: str, timeout: float = 5.0) -> int:
 
 
 def worker_pattern(queues: str, host: str | None = None) -> re.Pattern[str]:
-    """Celery node names that `klq worker --queues QUEUES` on this host gives itself (klq/cli.py):
+    """Celery node names that `klq worker --queues QUEUES` on this host gives itself (klqlab/cli.py):
     ``klq-<queues joined by '-'>[-<pid>]@<hostname>``."""
     tag = re.escape(queues.replace(",", "-"))
     return re.compile(rf"^klq-{tag}(-\d+)?@{re.escape(host or socket.gethostname())}$")

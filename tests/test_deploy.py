@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import json
 import os
 import re
 import shutil
@@ -177,6 +179,27 @@ def test_gpu_worker_reserves_nvidia_gpus_and_queues_are_split(resolved: dict) ->
     assert services["flower"]["command"][:4] == ["celery", "-A", "worker.celery_app:app", "flower"]
 
 
+def test_klq_commands_of_the_services_and_the_image_parse(resolved: dict) -> None:
+    """Every `klq ...` that a service or the image's CMD runs names a sub-command, with flags, of the
+    console script that pyproject.toml installs as `klq`."""
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["klq"]
+    module, _, function = target.partition(":")
+    cli = importlib.import_module(module)
+    assert callable(getattr(cli, function)), target
+    services = resolved["services"]
+    commands = {name: s["command"] for name, s in services.items() if (s.get("command") or [""])[0] == "klq"}
+    assert {"migrate", "api", "worker-gpu", "worker-cpu", "ui"} <= set(commands), commands
+    cmd = re.search(r"^CMD (\[.*\])$", DOCKERFILE.read_text(), re.M)
+    commands["Dockerfile CMD"] = json.loads(cmd.group(1))
+    for name, command in commands.items():
+        assert command[0] == "klq", (name, command)
+        try:
+            args = cli.build_parser().parse_args(command[1:])
+        except SystemExit:
+            raise AssertionError(f"{name}: `{' '.join(command)}` is not a valid klq command") from None
+        assert args.command == command[1], (name, command)
+
+
 def test_startup_order(resolved: dict) -> None:
     services = resolved["services"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -270,7 +293,7 @@ def test_dockerfile_variants_and_files() -> None:
     pattern = healthcheck.worker_pattern("gpu,cpu", "host-1")
     assert pattern.match("klq-gpu-cpu@host-1") and pattern.match("klq-gpu-cpu-4242@host-1")
     assert not pattern.match("klq-gpu-4242@host-1") and not pattern.match("klq-gpu-cpu-1@host-2")
-    assert "klq-{args.queues.replace(',', '-')}" in (REPO / "klq" / "cli.py").read_text()
+    assert "klq-{args.queues.replace(',', '-')}" in (REPO / "klqlab" / "cli.py").read_text()
     reqs = install_deps.requirements(str(REPO / "pyproject.toml"), default_extras)
     assert any(r.startswith("torch") for r in reqs) and any(r.startswith("flower") for r in reqs)
     assert any(r.startswith("flower") for r in extras["ops"])
@@ -310,7 +333,7 @@ def local_services(tmp_path: Path) -> Iterator[dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KLQ_", "CUDA_"))}
     env.update(KLQ_DATA_DIR=str(tmp_path / "data"), KLQ_WORKER_GPUS="", PYTHONUNBUFFERED="1",
                KLQ_PRINT_INITIAL_TOKEN="false")
-    subprocess.run([sys.executable, "-m", "klq.cli", "migrate"], cwd=REPO, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "klqlab.cli", "migrate"], cwd=REPO, env=env, check=True,
                    capture_output=True, timeout=120)
     api_port, ui_port = _free_port(), _free_port()
     commands = {
@@ -321,8 +344,8 @@ def local_services(tmp_path: Path) -> Iterator[dict]:
     procs = {}
     for name, args in commands.items():
         log = (tmp_path / f"{name}.log").open("wb")
-        procs[name] = subprocess.Popen([sys.executable, "-m", "klq.cli", *args], cwd=REPO, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+        procs[name] = subprocess.Popen([sys.executable, "-m", "klqlab.cli", *args], cwd=REPO, env=env,
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield {"env": env, "api_port": api_port, "ui_port": ui_port, "procs": procs, "logs": tmp_path}
     finally:

@@ -117,7 +117,7 @@ def test_klq_up_demo_trains_judges_and_stops_cleanly(builtin_assets: Path, tmp_p
 
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "klq.cli", "up", "--demo", "--api-port", str(api_port), "--ui-port", str(ui_port)],
+        [sys.executable, "-m", "klqlab.cli", "up", "--demo", "--api-port", str(api_port), "--ui-port", str(ui_port)],
         cwd=tmp_path,  # a user's directory, not the checkout
         env=env,
         stdout=subprocess.PIPE,

@@ -58,7 +58,7 @@ class Up:
         self.stderr_path = cwd / f"klq-up-{api_port}.stderr"
         with self.stderr_path.open("w") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "klq.cli", "up", "--api-port", str(api_port), "--ui-port", str(ui_port)],
+                [sys.executable, "-m", "klqlab.cli", "up", "--api-port", str(api_port), "--ui-port", str(ui_port)],
                 cwd=cwd, env=env, stdout=write_fd, stderr=stderr,
                 start_new_session=True,  # its own process group, as a terminal's foreground job
             )
@@ -157,7 +157,7 @@ def test_signal_stops_every_process_and_frees_the_ports(data_dir: Path, tmp_path
         _wait(lambda: _answers(f"http://127.0.0.1:{ui_port}/_stcore/health"), START_TIMEOUT, "the dashboard", up)
 
         # while it runs, a second `klq up` on the same ports is refused, naming the port, starting nothing
-        second = subprocess.run([sys.executable, "-m", "klq.cli", "up", "--api-port", str(api_port),
+        second = subprocess.run([sys.executable, "-m", "klqlab.cli", "up", "--api-port", str(api_port),
                                  "--ui-port", str(ui_port)], cwd=tmp_path, capture_output=True, text=True,
                                 env=dict(os.environ, KLQ_DATA_DIR=str(data_dir)), timeout=120)
         assert second.returncode != 0, second.stdout + second.stderr
@@ -186,7 +186,7 @@ def test_signal_stops_every_process_and_frees_the_ports(data_dir: Path, tmp_path
         assert _port_is_free(api_port) and _port_is_free(ui_port), up.output()
         assert code == 0, f"exit status {code}\n{up.output()}"
         # the clean-up itself never failed (the children may report their own writes to a closed pipe)
-        assert "backend/launch.py" not in up.stderr_path.read_text(errors="replace"), up.output()
+        assert "klqlab/up.py" not in up.stderr_path.read_text(errors="replace"), up.output()
         print(f"\n{signal.Signals(signum).name}: {len(family)} processes gone {took:.1f}s after the signal")
     finally:
         up.kill()
@@ -204,7 +204,7 @@ def test_busy_port_is_refused_naming_it_before_anything_starts(busy: str, tmp_pa
         holder.listen()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KLQ_", "CUDA_"))}
         result = subprocess.run(
-            [sys.executable, "-m", "klq.cli", "up", "--api-port", str(ports["api"]), "--ui-port", str(ports["ui"])],
+            [sys.executable, "-m", "klqlab.cli", "up", "--api-port", str(ports["api"]), "--ui-port", str(ports["ui"])],
             cwd=tmp_path, env=dict(env, KLQ_DATA_DIR=str(data_dir)), capture_output=True, text=True, timeout=120,
         )
     assert result.returncode != 0, result.stdout + result.stderr

@@ -71,7 +71,7 @@ class Stack:
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "klq.cli", *args],
+        [sys.executable, "-m", "klqlab.cli", *args],
         cwd=REPO,
         env=env,
         stdout=log.open("w"),

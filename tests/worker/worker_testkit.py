@@ -212,7 +212,7 @@ class Stack:
                 [
                     sys.executable,
                     "-m",
-                    "klq.cli",
+                    "klqlab.cli",
                     "worker",
                     "--queues",
                     queue,

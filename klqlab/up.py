@@ -1,6 +1,6 @@
-"""`klq up`: KLQ Lab on one machine with the embedded defaults (SQLite + filesystem broker under the
-data directory): the API, one worker and the UI as child processes, stopped together on Ctrl-C, SIGTERM or
-SIGHUP (a closed terminal), leaving no process behind."""
+"""`klq up` (klqlab/cli.py): KLQ Lab on one machine with the embedded defaults (SQLite + filesystem broker
+under the data directory): the API, one worker and the UI as child processes, stopped together on Ctrl-C,
+SIGTERM or SIGHUP (a closed terminal), leaving no process behind."""
 
 from __future__ import annotations
 
@@ -150,34 +150,32 @@ def _token(settings) -> str | None:
 
 
 def queue_demo(api: str, token: str, log=print) -> list[int]:
-    """Queue a KLQ and a PPO run on the built-in task; once both succeed, judge KLQ against PPO."""
-    import yaml
+    """Queue a KLQ and a PPO run on the built-in task through the REST client; once both succeed, judge KLQ
+    against PPO (a daemon thread polls the runs). Returns the two run ids."""
+    from klq.client import Client
 
-    headers = {"Authorization": f"Bearer {token}"}
-    run_ids = []
-    for name in DEMO_CONFIGS:
-        config = yaml.safe_load((ROOT / "configs" / name).read_text())
-        response = httpx.post(f"{api}/api/v1/runs", json={"config": config, "queue": "cpu", "tags": ["demo"]},
-                              headers=headers, timeout=30)
-        response.raise_for_status()
-        run_ids.append(response.json()["id"])
+    client = Client(api, token, timeout=30)
+    try:
+        run_ids = [client.create_run(ROOT / "configs" / name, queue="cpu", tags=["demo"])["id"]
+                   for name in DEMO_CONFIGS]
+    except BaseException:
+        client.close()
+        raise
     log(f"demo: queued runs {run_ids[0]} (KLQ) and {run_ids[1]} (PPO); a judgement follows when both finish")
 
     def judge_when_done() -> None:
-        while True:
-            statuses = [httpx.get(f"{api}/api/v1/runs/{i}", headers=headers, timeout=30).json()["status"]
-                        for i in run_ids]
-            if all(s == "succeeded" for s in statuses):
-                break
-            if any(s in ("failed", "cancelled") for s in statuses):
-                log(f"demo: a run ended {statuses}; no judgement")
-                return
-            time.sleep(2)
-        body = {"run_a": run_ids[0], "run_b": run_ids[1], "num_prompts": 32, "queue": "cpu",
-                "judge": {"backend": "gold"}}
-        response = httpx.post(f"{api}/api/v1/judgements", json=body, headers=headers, timeout=30)
-        response.raise_for_status()
-        log(f"demo: judgement {response.json()['id']} queued (gold judge, KLQ vs PPO, 32 prompts)")
+        with client:
+            while True:
+                statuses = [client.get_run(i)["status"] for i in run_ids]
+                if all(s == "succeeded" for s in statuses):
+                    break
+                if any(s in ("failed", "cancelled") for s in statuses):
+                    log(f"demo: a run ended {statuses}; no judgement")
+                    return
+                time.sleep(2)
+            judgement = client.create_judgement(run_ids[0], run_ids[1], num_prompts=32, queue="cpu",
+                                                judge={"backend": "gold"})
+            log(f"demo: judgement {judgement['id']} queued (gold judge, KLQ vs PPO, 32 prompts)")
 
     threading.Thread(target=judge_when_done, daemon=True, name="demo-judge").start()
     return run_ids
@@ -202,12 +200,12 @@ def up(host: str = "127.0.0.1", api_port: int = 8000, ui_port: int = 8501, demo:
     api = f"http://{host}:{api_port}"
     env = dict(os.environ, KLQ_DATA_DIR=str(settings.data_dir), KLQ_PRINT_INITIAL_TOKEN="false")
     commands = {
-        "api": [sys.executable, "-m", "klq.cli", "api", "--host", host, "--port", str(api_port),
+        "api": [sys.executable, "-m", "klqlab.cli", "api", "--host", host, "--port", str(api_port),
                 "--log-level", "warning"],
-        "worker": [sys.executable, "-m", "klq.cli", "worker", "--queues", "gpu,cpu", "--loglevel", "WARNING"],
+        "worker": [sys.executable, "-m", "klqlab.cli", "worker", "--queues", "gpu,cpu", "--loglevel", "WARNING"],
     }
     if with_ui:
-        commands["ui"] = [sys.executable, "-m", "klq.cli", "ui", "--host", host, "--port", str(ui_port),
+        commands["ui"] = [sys.executable, "-m", "klqlab.cli", "ui", "--host", host, "--port", str(ui_port),
                           "--api-url", api]
     stopping, hurry = threading.Event(), threading.Event()
 
