@@ -18,7 +18,7 @@ import streamlit as st
 import yaml
 
 from frontend import logic
-from frontend.client import DEFAULT_API_URL, APIConnectionError, APIError, Client, resolve_token
+from klq.client import DEFAULT_API_URL, APIConnectionError, APIError, Client, resolve_token
 
 PAGE_FILES = {
     "runs": "views/runs.py",

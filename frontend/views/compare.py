@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from frontend import logic, ui
-from frontend.client import APIError
+from klq.client import APIError
 
 DEFAULT_KEYS = (logic.REWARD_KEY, logic.GOLD_KEY, logic.KL_KEY, logic.RLHF_KEY)
 REWARD_KEYS = (logic.REWARD_KEY, logic.GOLD_KEY, "eval/scores", "eval/gold_scores", logic.RLHF_KEY)

@@ -15,7 +15,7 @@ import streamlit as st
 import yaml
 
 from frontend import logic, ui
-from frontend.client import APIError, Client
+from klq.client import APIError, Client
 
 PAGE_SIZE = 50
 REFRESH_S = 5

@@ -10,7 +10,7 @@ from typing import Any
 import streamlit as st
 
 from frontend import logic, ui
-from frontend.client import APIError
+from klq.client import APIError
 
 PREFIX = "launch.f."
 META = ("launch.name", "launch.tags", "launch.notes", "launch.queue")

@@ -12,7 +12,7 @@ import streamlit as st
 import yaml
 
 from frontend import logic, ui
-from frontend.client import APIError, Client
+from klq.client import APIError, Client
 
 REFRESH_S = 3
 MAX_POINTS = [500, 1000, 2000, 5000]

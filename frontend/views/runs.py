@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from frontend import logic, ui
-from frontend.client import APIError
+from klq.client import APIError
 
 PAGE_SIZE = 50
 STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from frontend import logic, ui
-from frontend.client import APIError, Client
+from klq.client import APIError, Client
 
 PAGE_SIZE = 10
 JUDGE_BACKENDS = ["gold", "reward_model", "local_hf", "openai"]

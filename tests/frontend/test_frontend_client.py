@@ -1,19 +1,23 @@
-"""frontend.client against a real API server: every method, errors (401/404/409/422 field errors, no
-server), tokens from the environment and the data directory."""
+"""klq.client, the REST client of scripts and of the dashboard, against a real API server: every method,
+every response against its klq.api_types type, errors (401/404/409/422 field errors, no server), tokens
+from the environment and the data directory."""
 
 from __future__ import annotations
 
 import io
 import pickle
 import sys
+import types
 import zipfile
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
 
 import pytest
 from backend_testkit import free_port
 from frontend_testkit import PROMPTS, seed_config
 
 from backend import store
-from frontend.client import APIConnectionError, APIError, Client, resolve_token
+from klq.api_types import SampleStep
+from klq.client import APIConnectionError, APIError, Client, ExperimentFailedError, WaitTimeout, resolve_token
 
 
 @pytest.fixture
@@ -22,11 +26,93 @@ def api(server):
         yield c
 
 
-def test_no_streamlit_import():
+def test_client_imports_no_dashboard_server_or_worker():
+    """The library's client stands alone: the dashboard imports it, never the other way round, and a
+    script or the dashboard gets neither the server, the worker nor torch with it."""
     import subprocess
 
-    code = "import sys, frontend.client; assert 'streamlit' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    code = (
+        "import sys, klq.client, klq.api_types; "
+        "print(sorted(m for m in ('streamlit', 'frontend', 'backend', 'worker', 'torch') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert done.stdout.strip() == "[]"
+
+
+def _problems(value: Any, tp: Any, where: str) -> list[str]:
+    """How ``value`` (decoded JSON) differs from the annotation ``tp``: keys of a TypedDict exactly, then
+    each value's type, recursively ([] if it conforms)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return []
+    if is_typeddict(tp):
+        if not isinstance(value, dict):
+            return [f"{where}: {type(value).__name__}, not an object ({tp.__name__})"]
+        hints = get_type_hints(tp)
+        if set(value) != set(hints):
+            return [
+                f"{where}: keys {sorted(set(value) ^ set(hints))} differ between {tp.__name__} and the answer"
+            ]
+        return [p for key, hint in hints.items() for p in _problems(value[key], hint, f"{where}.{key}")]
+    if origin in (Union, types.UnionType):
+        each = [_problems(value, a, where) for a in args]
+        return [] if any(not p for p in each) else [f"{where}: {value!r:.60} is none of {tp}: {each}"]
+    if origin is Literal:
+        return [] if value in args else [f"{where}: {value!r} not in {args}"]
+    if origin is list:
+        if not isinstance(value, list):
+            return [f"{where}: {type(value).__name__}, not a list"]
+        return [p for i, item in enumerate(value) for p in _problems(item, args[0], f"{where}[{i}]")]
+    if origin is dict:
+        if not isinstance(value, dict):
+            return [f"{where}: {type(value).__name__}, not an object"]
+        return [p for k, v in value.items() for p in _problems(v, args[1], f"{where}[{k!r}]")]
+    expected = {type(None): (type(None),), float: (int, float), int: (int,), str: (str,), bool: (bool,)}[tp]
+    if isinstance(value, bool) and tp is not bool or not isinstance(value, expected):
+        return [f"{where}: {value!r:.60} is not {tp.__name__}"]
+    return []
+
+
+def _conforms(api: Client, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call ``api.<method>`` and check the answer against the method's return annotation."""
+    answer = getattr(api, method)(*args, **kwargs)
+    expected = get_type_hints(getattr(Client, method))["return"]
+    problems = _problems(answer, expected, method)
+    assert not problems, "\n".join(problems)
+    return answer
+
+
+def test_every_response_has_the_shape_of_its_type(api, seeded, experiment):
+    """Each read's answer has exactly the keys of the klq.api_types type its method returns (generated
+    from the server's schema; a field with a default is sent too) with values of their types."""
+    assert _problems({"step": 1}, SampleStep, "s") == [
+        "s: keys ['count'] differ between SampleStep and the answer"
+    ]
+    assert _problems([{"step": 1, "count": "2"}], list[SampleStep], "s") == ["s[0].count: '2' is not int"]
+    for method, args, kwargs in [
+        ("health", (), {}),
+        ("me", (), {}),
+        ("get_run", (seeded.klq,), {}),
+        ("get_run", (seeded.failed,), {}),
+        ("list_runs", (), {"limit": 5}),
+        ("list_tags", (), {}),
+        ("metric_keys", (seeded.klq,), {}),
+        ("series", ([seeded.klq],), {"max_points": 10, "include_wall_time": True}),
+        ("list_samples", (seeded.klq,), {}),
+        ("sample_steps", (seeded.klq,), {}),
+        ("compare_samples", ([seeded.klq, seeded.ppo],), {"mode": "union"}),
+        ("list_checkpoints", (seeded.klq,), {}),
+        ("get_judgement", (seeded.judgement,), {}),
+        ("get_judgement", (seeded.queued_judgement,), {"include_verdicts": False}),
+        ("list_judgements", (), {}),
+        ("list_verdicts", (seeded.judgement,), {}),
+        ("list_experiments", (), {}),
+        ("get_experiment", (experiment.id,), {}),
+        ("experiment_results", (experiment.id,), {}),
+        ("experiment_curves", (experiment.id,), {}),
+    ]:
+        answer = _conforms(api, method, *args, **kwargs)
+        assert answer, f"{method}: empty answer checks nothing"
 
 
 def test_base_url_forms_and_health(server):
@@ -41,8 +127,14 @@ def test_base_url_forms_and_health(server):
 
 
 def test_runs_crud(api, seeded):
-    run = api.create_run(
-        seed_config("ppo", kl_coef=0.2), name="client-run", tags=["client", "x"], notes="n", queue="cpu"
+    run = _conforms(
+        api,
+        "create_run",
+        seed_config("ppo", kl_coef=0.2),
+        name="client-run",
+        tags=["client", "x"],
+        notes="n",
+        queue="cpu",
     )
     assert run["status"] == "queued" and run["config"]["kl_coef"] == 0.2 and run["queue"] == "cpu"
     rid = run["id"]
@@ -163,7 +255,9 @@ def test_judgements(api, server, seeded):
     assert len(list(api.iter_verdicts(seeded.judgement, page_size=3))) == 8
     ids = [x["id"] for x in api.list_judgements(run_id=seeded.klq)["items"]]
     assert seeded.judgement in ids and seeded.queued_judgement in ids
-    new = api.create_judgement(seeded.klq, seeded.ppo, num_prompts=2, judge={"backend": "gold"}, queue="cpu")
+    new = _conforms(
+        api, "create_judgement", seeded.klq, seeded.ppo, num_prompts=2, judge={"backend": "gold"}, queue="cpu"
+    )
     assert new["status"] == "queued" and new["judge"]["backend"] == "gold"
     with pytest.raises(APIError) as err:
         api.create_judgement(seeded.klq, 999_999, judge={"backend": "gold", "model": "x"})
@@ -189,7 +283,7 @@ def test_logs(api, server, seeded):
     path = server.data_dir / "runs" / str(rid) / "train.log"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"".join(b"step %d\n" % i for i in range(10)) + b"half")
-    page = api.run_log(rid, tail=2)
+    page = _conforms(api, "run_log", rid, tail=2)
     assert page["lines"] == ["step 8", "step 9"] and page["offset"] == page["size"] - 4
     assert api.run_log(rid)["lines"] == [f"step {i}" for i in range(10)]  # the default tail: 200 lines
     with path.open("ab") as f:
@@ -249,8 +343,8 @@ def test_experiment_reads(api, experiment):
 def test_experiment_preview_create_cancel_delete(api):
     base = seed_config(iterations=4)
     grid = {"algorithms": ["klq", "ppo"], "kl_coefs": [0.02, 0.05], "seeds": [1, 2]}
-    preview = api.preview_experiment(
-        base, grid, name="client-exp", judge={"backend": "gold", "num_prompts": 4}
+    preview = _conforms(
+        api, "preview_experiment", base, grid, name="client-exp", judge={"backend": "gold", "num_prompts": 4}
     )
     assert len(preview["runs"]) == 8 and preview["judgements"] == 4 + 8
     resolved = preview["runs"][0]["config"]  # the full config, defaults filled in
@@ -258,7 +352,7 @@ def test_experiment_preview_create_cancel_delete(api):
     before = api.list_experiments()["total"]
     assert api.list_experiments()["total"] == before  # a preview creates nothing
 
-    created = api.create_experiment(base, grid, name="client-exp", tags=["client"], queue="cpu")
+    created = _conforms(api, "create_experiment", base, grid, name="client-exp", tags=["client"], queue="cpu")
     assert created["status"] == "queued" and created["queue"] == "cpu" and len(created["runs"]) == 8
     assert {(r["algorithm"], r["kl_coef"], r["seed"]) for r in created["runs"]} == {
         (a, t, s) for a in ("klq", "ppo") for t in (0.02, 0.05) for s in (1, 2)
@@ -282,10 +376,7 @@ def test_experiment_preview_create_cancel_delete(api):
 
 
 def test_wait_experiment(server, experiment):
-    from klq.client import Client as ScriptClient
-    from klq.client import ExperimentFailedError, WaitTimeout
-
-    with ScriptClient(server.url, server.token) as c:
+    with Client(server.url, server.token) as c:
         seen = []
         done = c.wait_experiment(experiment.id, poll_interval=0.1, on_update=seen.append)
         assert done["status"] == "failed" and len(seen) == 1  # finished: one read
@@ -300,12 +391,10 @@ def test_wait_experiment(server, experiment):
 def test_script_client_takes_an_experiment_base_from_a_file(server, tmp_path):
     import yaml
 
-    from klq.client import Client as ScriptClient
-
     path = tmp_path / "base.yaml"
     path.write_text(yaml.safe_dump(seed_config("ppo", kl_coef=9.0, seed=5)))
     grid = {"algorithms": ["klq"], "kl_coefs": [0.1], "seeds": [3]}
-    with ScriptClient(server.url, server.token) as c:
+    with Client(server.url, server.token) as c:
         preview = c.preview_experiment(path, grid, overrides={"train.num_epochs": 2}, name="from-file")
     (run,) = preview["runs"]
     assert run["name"] == "from-file/klq-tau0.1-s3" and run["config"]["train"]["num_epochs"] == 2

@@ -13,7 +13,7 @@ import pytest
 from frontend_testkit import EXPERIMENT_ERROR, all_text, experiment_final, page, seed_config, walk, widget
 
 from frontend import ui
-from frontend.client import Client
+from klq.client import Client
 
 
 def charts(at):

@@ -21,7 +21,7 @@ from frontend_testkit import (
 )
 
 from backend import store
-from frontend.client import Client
+from klq.client import Client
 
 
 def charts(at):

@@ -18,7 +18,7 @@ from backend_testkit import Server, fresh_database, start_server, stop_server
 from frontend_testkit import all_text, page, seed_config, widget
 
 from backend import migrate, store
-from frontend.client import Client
+from klq.client import Client
 
 N_RUNS = 200
 N_POINTS = 100_000
