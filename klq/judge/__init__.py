@@ -3,6 +3,8 @@
 - `klq.judge.core`: the protocol (both presentation orders per prompt, seeded) and `run_judgement`;
 - `klq.judge.templates`: judge prompt templates, their validation, and the strict answer parser;
 - `klq.judge.stats`: win-rate with Wilson / bootstrap intervals, position consistency, counts;
+  length-controlled win-rate (AlpacaEval 2's GLM), Bradley-Terry ratings on the Elo scale, and the
+  agreement (Cohen's kappa) of two raters;
 - `klq.judge.backends`: OpenAI-compatible endpoint, local HF causal LM, reward model, gold reward, and
   `make_judge(spec, settings)`;
 - `klq.judge.generate`: responses of a policy (or a run directory's latest checkpoint) to judge;
@@ -21,7 +23,15 @@ from klq.judge.core import (
     run_judgement,
     summarize_records,
 )
-from klq.judge.stats import JudgementSummary, bootstrap_interval, summarize, wilson_interval
+from klq.judge.stats import (
+    JudgementSummary,
+    bootstrap_interval,
+    bradley_terry,
+    length_controlled_win_rate,
+    rater_agreement,
+    summarize,
+    wilson_interval,
+)
 from klq.judge.templates import TEMPLATES, format_prompt, parse_verdict, resolve_template, validate_template
 
 __all__ = [
@@ -34,8 +44,11 @@ __all__ = [
     "JudgementSummary",
     "OrderResult",
     "bootstrap_interval",
+    "bradley_terry",
     "format_prompt",
+    "length_controlled_win_rate",
     "parse_verdict",
+    "rater_agreement",
     "resolve_template",
     "run_judgement",
     "summarize",
