@@ -74,3 +74,13 @@ def test_a_wrong_way_import_breaks_the_lint(tree_copy: Path, module: str, line: 
         path.write_text(original)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "BROKEN" in result.stdout and complaint in result.stdout, result.stdout
+
+
+def test_every_klq_help_renders() -> None:
+    """argparse formats help lazily: a stray '%' in any sub-command's help only fails at `klq --help`."""
+    import subprocess
+    import sys
+
+    for args in ([], ["train"], ["judge"], ["up"], ["worker"]):
+        done = subprocess.run([sys.executable, "-m", "klqlab.cli", *args, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0, (args, done.stderr)

@@ -22,7 +22,7 @@ from klq.judge.stats import JudgementSummary
 
 def add_judge_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `judge` sub-command to an argparse sub-parsers object (sets func=main)."""
-    p = subparsers.add_parser("judge", help="pairwise judgement of two policies: win-rate with a 95% CI",
+    p = subparsers.add_parser("judge", help="pairwise judgement of two policies: win-rate with a 95%% CI",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     p.set_defaults(func=main)
