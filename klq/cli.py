@@ -27,6 +27,7 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from klq.config import ConfigError, load_config
+    from klq.tasks import ensure_builtin_assets_if_used, run_model_names
     from klq.trainer import TrainingError, load_run_config, train
 
     if args.resume:
@@ -43,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         out_dir = Path(args.out or Path("runs") / (cfg.name or f"{Path(args.config).stem}"))
-    _ensure_builtin_assets(cfg)
+    ensure_builtin_assets_if_used(cfg.task.name, run_model_names(cfg))
     try:
         result = train(cfg, out_dir, resume=bool(args.resume), progress=True)
     except TrainingError as err:
@@ -55,14 +56,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     state = "stopped" if result.stopped else "finished"
     print(f"{state} after {result.iterations_done} iterations: {summary}\noutput: {out_dir.resolve()}")
     return 0
-
-
-def _ensure_builtin_assets(cfg) -> None:
-    names = [cfg.model.policy, cfg.model.reward, cfg.model.reference or "", cfg.model.value or ""]
-    if cfg.task.name == "builtin" or any(n.startswith("builtin:") for n in names):
-        from klq.tasks.builtin import ensure_assets
-
-        ensure_assets()
 
 
 def cmd_build_assets(args: argparse.Namespace) -> int:

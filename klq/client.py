@@ -67,6 +67,7 @@ from klq.api_types import (
     Verdict,
     VerdictPage,
 )
+from klq.config import apply_overrides
 from klq.paths import data_dir as default_data_dir
 
 if TYPE_CHECKING:
@@ -1040,18 +1041,4 @@ def _base_config(
     """A run configuration from a dict or a YAML/JSON file, with dotted ``overrides`` applied."""
     if isinstance(config, (str, os.PathLike)):
         config = _load_config_file(Path(config))
-    return _apply_overrides(dict(config or {}), overrides or {})
-
-
-def _apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``train.batch_size``) in a nested config dict (copied where it is changed)."""
-    for dotted, value in overrides.items():
-        *parents, leaf = str(dotted).split(".")
-        node = config
-        for part in parents:
-            child = node.get(part)
-            child = dict(child) if isinstance(child, Mapping) else {}
-            node[part] = child
-            node = child
-        node[leaf] = value
-    return config
+    return apply_overrides(config or {}, overrides)

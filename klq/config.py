@@ -13,6 +13,7 @@ registry when a config is validated (klq.algorithms imports this module; this mo
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -310,16 +311,15 @@ class RunConfig(_Strict):
     def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
         """A new validated config with `overrides` (nested dicts or dotted keys) merged in. Overrides that
         change `convention` reset the convention's fields to the new one's values unless they set them too."""
-        update = expand_dotted(overrides)
         base = self.model_dump()
-        if update.get("convention", self.convention) != self.convention:
+        if expand_dotted(overrides).get("convention", self.convention) != self.convention:
             for dotted in PAPER_CONVENTION:
                 *parents, leaf = dotted.split(".")
                 node = base
                 for part in parents:
                     node = node[part]
                 node.pop(leaf, None)  # refilled by the new convention (or the field defaults)
-        return RunConfig.model_validate(deep_merge(base, update))
+        return RunConfig.model_validate(apply_overrides(base, overrides))
 
 
 def _dotted_get(cfg: BaseModel, dotted: str) -> Any:
@@ -349,6 +349,13 @@ def apply_convention(data: dict[str, Any], convention: dict[str, Any]) -> dict[s
                 value = node.get("batch_size", TrainConfig.model_fields["batch_size"].default)
             node[leaf] = value
     return out
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``config`` (a nested dict) with ``overrides`` merged in: dotted keys (``{"train.batch_size": 8}``) or
+    nested dicts, merged key by key (a new dict; ``config`` is not changed). The one override expander: the
+    CLI's ``--set``, ``load_config``, ``RunConfig.with_overrides`` and ``klq.client`` all use it."""
+    return deep_merge(dict(config), expand_dotted(dict(overrides or {})))
 
 
 def expand_dotted(flat: dict[str, Any]) -> dict[str, Any]:
@@ -382,7 +389,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return RunConfig.model_validate(deep_merge(data, expand_dotted(overrides or {})))
+        return RunConfig.model_validate(apply_overrides(data, overrides))
     except ValidationError as err:
         raise ConfigError(f"{path}: invalid run configuration\n{format_validation_error(err)}") from err
 

@@ -87,3 +87,22 @@ def test_with_overrides_validates():
     assert cfg.algorithm == "ppo" and cfg.train.total_episodes == 640 and cfg.train.num_iterations == 10
     with pytest.raises(ValidationError):
         RunConfig().with_overrides({"rollout.response_length": -3})
+
+
+def test_apply_overrides_is_the_one_expander() -> None:
+    """Dotted keys and nested dicts merge key by key into a copy (the CLI's --set, load_config,
+    RunConfig.with_overrides and klq.client share it)."""
+    from klq.client import _base_config
+    from klq.config import apply_overrides
+
+    base = {"train": {"batch_size": 8, "lr": 1e-3}, "algorithm": "klq"}
+    merged = apply_overrides(base, {"train.batch_size": 4, "rollout": {"temperature": 0.7}, "kl_coef": 0.1})
+    assert merged == {
+        "train": {"batch_size": 4, "lr": 1e-3},
+        "algorithm": "klq",
+        "rollout": {"temperature": 0.7},
+        "kl_coef": 0.1,
+    }
+    assert base == {"train": {"batch_size": 8, "lr": 1e-3}, "algorithm": "klq"}  # not changed
+    assert apply_overrides(base, {"train": {"lr": 2e-3}})["train"] == {"batch_size": 8, "lr": 2e-3}
+    assert _base_config(base, {"train.lr": 2e-3}) == apply_overrides(base, {"train.lr": 2e-3})

@@ -18,6 +18,7 @@ from backend import store
 from backend.db import Database, DatabaseUnavailable, retry_while_unavailable
 from backend.settings import get_settings
 from klq.config import RunConfig
+from klq.tasks import ensure_builtin_assets_if_used, run_model_names
 
 log = logging.getLogger("klq.worker.runner")
 
@@ -48,11 +49,6 @@ def explain_failure(err: BaseException) -> str:
     if isinstance(err, FileNotFoundError):
         return f"file not found: {err}"
     return f"{type(err).__name__}: {err}"
-
-
-def _uses_builtin(cfg: RunConfig) -> bool:
-    names = [cfg.model.policy, cfg.model.reward, cfg.model.reference or "", cfg.model.value or ""]
-    return cfg.task.name == "builtin" or any(n.startswith("builtin:") for n in names)
 
 
 def _record_checkpoints(db: Database, run_id: int, out_dir: Path, num_iterations: int, owner: str) -> bool:
@@ -123,10 +119,8 @@ def train_main(run_id: int, owner: str) -> int:
         else None
     )
     try:
-        if _uses_builtin(cfg) and state.is_main_process:
-            from klq.tasks.builtin import ensure_assets
-
-            ensure_assets(log=log.info)
+        if state.is_main_process:
+            ensure_builtin_assets_if_used(cfg.task.name, run_model_names(cfg), log=log.info)
         state.wait_for_everyone()
         if state.is_main_process:
             with db.write_session() as session:
@@ -200,10 +194,7 @@ def judge_main(judgement_id: int, owner: str) -> int:
                 policy_b = cfg.model.reference or cfg.model.policy
             spec, seed, num_prompts = dict(j.judge), j.seed, j.num_prompts
             done, _ = store.list_verdicts(session, judgement_id, limit=2 * num_prompts)
-        if _uses_builtin(cfg):
-            from klq.tasks.builtin import ensure_assets
-
-            ensure_assets(log=log.info)
+        ensure_builtin_assets_if_used(cfg.task.name, run_model_names(cfg), log=log.info)
         task = load_task(cfg.task)
         prompts = task.prompts("eval")[:num_prompts]
         decoding = spec.pop("decoding", "greedy")

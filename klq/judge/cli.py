@@ -109,7 +109,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
     from klq.judge.backends import JudgeAPIError, make_judge
     from klq.judge.core import Comparison, run_judgement
     from klq.judge.generate import generate_responses, is_run_dir, read_run_config, resolve_policy
-    from klq.tasks import load_task
+    from klq.tasks import ensure_builtin_assets_if_used, load_task
 
     if args.n < 1:
         print("error: --n must be at least 1", file=sys.stderr)
@@ -126,10 +126,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
         names = [policy_a.model, policy_b.model, policy_a.tokenizer, policy_b.tokenizer, args.judge_model or ""]
         if args.judge == "reward_model" and not args.judge_model:
             names.append(run_cfg.model.reward if run_cfg else "builtin:reward")
-        if task_cfg.name == "builtin" or any(n.startswith("builtin:") for n in names):
-            from klq.tasks.builtin import ensure_assets
-
-            ensure_assets(log=lambda msg: print(msg, file=sys.stderr))
+        ensure_builtin_assets_if_used(task_cfg.name, names, log=lambda msg: print(msg, file=sys.stderr))
         task = load_task(task_cfg)
         prompts = task.prompts("eval")[: args.n]
         if len(prompts) < args.n:

@@ -12,6 +12,7 @@ Importing this package is cheap: torch, transformers and datasets are imported o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,15 +20,17 @@ from typing import TYPE_CHECKING
 from klq.paths import assets_dir
 
 if TYPE_CHECKING:  # pragma: no cover
-    from klq.config import TaskConfig
+    from klq.config import RunConfig, TaskConfig
 
 __all__ = [
     "BUILTIN_MODELS",
     "Prompt",
     "Task",
     "builtin_assets_dir",
+    "ensure_builtin_assets_if_used",
     "filter_prompts_by_length",
     "load_task",
+    "run_model_names",
     "resolve_model_path",
 ]
 
@@ -90,6 +93,23 @@ def load_task(cfg: TaskConfig) -> Task:
 
 BUILTIN_MODELS = {"sft": "sft", "reward": "reward", "judge": "judge", "tokenizer": "tokenizer"}
 BUILTIN_PREFIX = "builtin:"
+
+
+def ensure_builtin_assets_if_used(
+    task_name: str, model_names: Iterable[str | None], log: Callable[[str], None] = print
+) -> None:
+    """Build (once) the built-in task's assets if the task is the built-in one or any model name is
+    ``builtin:*``: the one such check, for ``klq train``, ``klq judge`` and the worker's runs and
+    judgements. Imports the asset builder (torch) only when it is needed."""
+    if task_name == "builtin" or any((n or "").startswith(BUILTIN_PREFIX) for n in model_names):
+        from klq.tasks.builtin import ensure_assets
+
+        ensure_assets(log=log)
+
+
+def run_model_names(cfg: RunConfig) -> list[str | None]:
+    """The model names a run config refers to (policy, reward, reference, value)."""
+    return [cfg.model.policy, cfg.model.reward, cfg.model.reference, cfg.model.value]
 
 
 def builtin_assets_dir() -> Path:
