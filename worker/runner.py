@@ -173,8 +173,8 @@ def _policy_of(session, run_id: int, step: int | None) -> tuple[str, str]:
 
 def judge_main(judgement_id: int, owner: str) -> int:
     from klq.judge.backends import make_judge
-    from klq.judge.core import Comparison, JudgementRecord, run_judgement
-    from klq.judge.generate import generate_responses
+    from klq.judge.core import JudgementRecord
+    from klq.judge.pipeline import judge_two_policies
     from klq.judge.templates import resolve_template, template_for_task
     from klq.tasks import load_task
 
@@ -203,21 +203,6 @@ def judge_main(judgement_id: int, owner: str) -> int:
         template = None
         if spec["backend"] in ("openai", "local_hf"):
             template = resolve_template(template_text) if template_text else template_for_task(cfg.task.name)
-        texts = [p.text for p in prompts]
-        responses = [
-            generate_responses(
-                path,
-                cfg.model.policy,
-                texts,
-                cfg.rollout.response_length,
-                greedy=decoding == "greedy",
-                temperature=cfg.rollout.temperature,
-                seed=seed,
-                stop_sequences=cfg.rollout.stop_sequences,
-            )
-            for path in (policy_a, policy_b)
-        ]
-        comparisons = [Comparison(p.id, p.text, a, b) for p, a, b in zip(prompts, *responses)]
         orders_done: dict[str, set[str]] = {}
         for v in done:
             orders_done.setdefault(v.prompt_id, set()).add(v.order)
@@ -240,7 +225,12 @@ def judge_main(judgement_id: int, owner: str) -> int:
             with db.write_session() as session:
                 store.record_verdicts(session, judgement_id, rows, owner=owner)
 
-        run_judgement(comparisons, judge, template, seed=seed, on_progress=save, done_ids=done_ids)
+        judge_two_policies(
+            prompts, (policy_a, cfg.model.policy), (policy_b, cfg.model.policy), judge, template,
+            response_length=cfg.rollout.response_length, greedy=decoding == "greedy",
+            temperature=cfg.rollout.temperature, seed=seed, stop_sequences=cfg.rollout.stop_sequences,
+            done_ids=done_ids, on_progress=save,
+        )
     except store.LeaseLost:
         return _lease_lost("judgement", judgement_id)
     except Exception as err:

@@ -107,8 +107,8 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
     if not isinstance(args, argparse.Namespace):
         args = build_parser().parse_args(args)
     from klq.judge.backends import JudgeAPIError, make_judge
-    from klq.judge.core import Comparison, run_judgement
-    from klq.judge.generate import generate_responses, is_run_dir, read_run_config, resolve_policy
+    from klq.judge.generate import is_run_dir, read_run_config, resolve_policy
+    from klq.judge.pipeline import judge_two_policies
     from klq.tasks import ensure_builtin_assets_if_used, load_task
 
     if args.n < 1:
@@ -157,23 +157,21 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
 
         response_length = RolloutConfig().response_length
     stops = run_cfg.rollout.stop_sequences if run_cfg else []
-    texts = [p.text for p in prompts]
-    responses = {}
-    for side, policy in (("A", policy_a), ("B", policy_b)):
-        print(f"generating {len(texts)} responses of {side}: {policy.description or policy.model}", file=sys.stderr)
-        responses[side] = generate_responses(
-            policy.model, policy.tokenizer, texts, response_length, greedy=not args.sample,
-            temperature=args.temperature, seed=args.seed, device=args.device, batch_size=args.batch_size,
-            stop_sequences=stops,
-        )
-    comparisons = [Comparison(p.id, p.text, a, b) for p, a, b in zip(prompts, responses["A"], responses["B"])]
 
     def progress(done: int, total: int, _records: list) -> None:
         print(f"\rjudged {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
+    def generating(side: str, model: str) -> None:
+        policy = policy_a if side == "A" else policy_b
+        print(f"generating {len(prompts)} responses of {side}: {policy.description or model}", file=sys.stderr)
+
     try:
-        result = run_judgement(comparisons, judge, template, seed=args.seed, on_progress=progress,
-                               ci_method=args.ci)
+        result = judge_two_policies(
+            prompts, (policy_a.model, policy_a.tokenizer), (policy_b.model, policy_b.tokenizer), judge, template,
+            response_length=response_length, greedy=not args.sample, temperature=args.temperature,
+            seed=args.seed, stop_sequences=stops, device=args.device, batch_size=args.batch_size,
+            on_progress=progress, on_generate=generating, ci_method=args.ci,
+        )
     except JudgeAPIError as err:
         print(f"\njudgement failed: {err}", file=sys.stderr)
         return 1
@@ -182,7 +180,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
         if close is not None:
             close()
     print(f"judge: {args.judge}{' (' + spec['model'] + ')' if spec.get('model') else ''}   task: {task_cfg.name}"
-          f"   prompts: {len(comparisons)}   decoding: {'sampled' if args.sample else 'greedy'}   seed: {args.seed}")
+          f"   prompts: {len(prompts)}   decoding: {'sampled' if args.sample else 'greedy'}   seed: {args.seed}")
     print(f"A: {policy_a.description or policy_a.model}")
     print(f"B: {policy_b.description or policy_b.model}")
     print(format_table(result.summary))
