@@ -62,7 +62,7 @@ def test_unreachable_api(app_env, monkeypatch):
 
 
 def test_klq_ui_passes_url_and_token(tmp_path, monkeypatch):
-    from klq import cli
+    from klqlab import cli
 
     calls = []
     monkeypatch.setattr("os.execve", lambda path, cmd, env: calls.append((cmd, env)))
