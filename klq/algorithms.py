@@ -229,8 +229,10 @@ def _surrogate_stats(per_token_clipped: Tensor, advantages: Tensor, mask: Tensor
 
 @register("rloo")
 class RLOO(Algorithm):
-    """REINFORCE leave-one-out (TRL RLOOTrainer): KL in the sequence reward, the mean of the other k - 1
-    responses' rewards as baseline, a clipped per-token surrogate. No value model."""
+    """RLOO (TRL RLOOTrainer): KL in the sequence reward, leave-one-out group baseline, no value model.
+
+    A_i = R_i - mean of the other k - 1 responses' R_j, the same for every token of response i; a clipped
+    per-token surrogate, mean over all response tokens."""
 
     label = "RLOO"
     params = RLOOParams
@@ -259,8 +261,10 @@ class RLOO(Algorithm):
 
 @register("grpo")
 class GRPO(Algorithm):
-    """Group-relative policy optimisation (TRL GRPOTrainer): group-normalised advantages, asymmetric clip,
-    kl_coef * k3(pi || pi_ref) in the per-token loss. No value model."""
+    """GRPO (TRL GRPOTrainer): group-normalised advantages, kl_coef * k3 in the loss, no value model.
+
+    A_i = (R_i - mean_group R) / (std + 1e-4) (grpo.scale_rewards), asymmetric clip eps_low/eps_high, the
+    per-token loss aggregated as grpo.loss_aggregation says."""
 
     label = "GRPO"
     params = GRPOParams
