@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
 
-from klq.config import KLQParams, PPOParams
+from klq.config import GRPOParams, KLQParams, PPOParams, RLOOParams
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -87,6 +87,10 @@ class Algorithm:
     name: ClassVar[str]
     label: ClassVar[str]  # display name (default: the name in capitals)
     params: ClassVar[type[BaseModel] | None] = None  # the parameter group, ``cfg.<name>``
+    # False: no value network is built, trained or checkpointed, the rollout has no V_old (values_old None)
+    # and ``loss`` gets values None
+    uses_value_model: ClassVar[bool] = True
+    min_generations: ClassVar[int] = 1  # rollout.num_generations at least this (a config validation error)
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -105,7 +109,8 @@ class Algorithm:
     def loss(
         self, logp: Tensor, values: Tensor, mb: dict[str, Tensor], mask: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Minibatch loss from current log-probs and values (B_mb, T) and the minibatch's targets."""
+        """Minibatch loss from current log-probs and values (B_mb, T; values None without a value model)
+        and the minibatch's targets."""
         raise NotImplementedError
 
 
@@ -198,6 +203,97 @@ class PPO(Algorithm):
             "loss/value": vf_loss.detach(),
             "policy/clipfrac": pg["clipfrac"],
             "val/clipfrac": vf["clipfrac"],
+        }
+
+
+def _group_metrics(scores: Tensor, k: int) -> dict[str, float]:
+    """TRL GRPOTrainer's group statistics of the raw scores (B,): mean std within groups, and the fraction
+    of groups whose k scores are all equal (advantage 0 for every response: no learning signal)."""
+    std = scores.reshape(-1, k).std(1)
+    return {"reward_std": std.mean().item(), "frac_reward_zero_std": (std < 1e-6).float().mean().item()}
+
+
+def _surrogate_stats(per_token_clipped: Tensor, advantages: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Clip fractions over response tokens: all, low (rho < 1 - eps_low with A < 0) and high (rho > 1 + eps_high
+    with A > 0). clipped, mask: (B, T); advantages: (B,)."""
+    from klq import losses
+
+    negative = (advantages < 0)[:, None].expand_as(per_token_clipped)
+    clipped = per_token_clipped.float()
+    return {
+        "policy/clipfrac": losses.masked_mean(clipped, mask),
+        "policy/clipfrac_low": losses.masked_mean(clipped * negative, mask),
+        "policy/clipfrac_high": losses.masked_mean(clipped * ~negative, mask),
+    }
+
+
+@register("rloo")
+class RLOO(Algorithm):
+    """RLOO (TRL RLOOTrainer): KL in the sequence reward, leave-one-out group baseline, no value model.
+
+    A_i = R_i - mean of the other k - 1 responses' R_j, the same for every token of response i; a clipped
+    per-token surrogate, mean over all response tokens."""
+
+    label = "RLOO"
+    params = RLOOParams
+    uses_value_model = False
+    min_generations = 2
+
+    def targets(self, batch: Rollout) -> tuple[dict[str, Tensor], dict[str, float]]:
+        from klq import losses
+
+        k = batch.num_generations
+        rewards = losses.sequence_rewards_with_kl(batch.scores, batch.logp_old, batch.logp_ref,
+                                                  batch.response_mask, self.cfg.kl_coef)
+        advantages = losses.rloo_advantages(rewards, k)
+        metrics = {**_group_metrics(batch.scores, k), "rloo/advantages_avg": advantages.mean().item(),
+                   "rloo/advantages_abs_avg": advantages.abs().mean().item()}
+        return {"advantages": advantages}, metrics
+
+    def loss(self, logp, values, mb, mask):
+        from klq import losses
+
+        eps = self.cfg.rloo.cliprange
+        per_token, clipped = losses.clipped_surrogate(logp, mb["logp_old"], mb["advantages"], mask, eps, eps)
+        loss = losses.aggregate_loss(per_token, mask, "token")
+        return loss, {"loss/policy": loss.detach(), **_surrogate_stats(clipped, mb["advantages"], mask)}
+
+
+@register("grpo")
+class GRPO(Algorithm):
+    """GRPO (TRL GRPOTrainer): group-normalised advantages, kl_coef * k3 in the loss, no value model.
+
+    A_i = (R_i - mean_group R) / (std + 1e-4) (grpo.scale_rewards), asymmetric clip eps_low/eps_high, the
+    per-token loss aggregated as grpo.loss_aggregation says."""
+
+    label = "GRPO"
+    params = GRPOParams
+    uses_value_model = False
+    min_generations = 2
+
+    def targets(self, batch: Rollout) -> tuple[dict[str, Tensor], dict[str, float]]:
+        from klq import losses
+
+        k = batch.num_generations
+        advantages = losses.grpo_advantages(batch.scores, k, self.cfg.grpo.scale_rewards)
+        metrics = {**_group_metrics(batch.scores, k), "grpo/advantages_abs_avg": advantages.abs().mean().item()}
+        return {"advantages": advantages}, metrics
+
+    def loss(self, logp, values, mb, mask):
+        from klq import losses
+
+        p = self.cfg.grpo
+        surrogate, clipped = losses.clipped_surrogate(logp, mb["logp_old"], mb["advantages"], mask,
+                                                      p.eps_low, p.eps_high)
+        k3 = losses.kl_k3(logp, mb["logp_ref"], mask)
+        max_len = self.cfg.rollout.response_length
+        policy_loss = losses.aggregate_loss(surrogate, mask, p.loss_aggregation, max_len)
+        kl = losses.aggregate_loss(k3, mask, p.loss_aggregation, max_len)
+        loss = policy_loss + self.cfg.kl_coef * kl  # = aggregate(surrogate + kl_coef * k3): both are linear
+        return loss, {
+            "loss/policy": policy_loss.detach(),
+            "loss/kl": kl.detach(),
+            **_surrogate_stats(clipped, mb["advantages"], mask),
         }
 
 

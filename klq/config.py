@@ -143,6 +143,27 @@ class PPOParams(_Strict):
     whiten_advantages: bool = True
 
 
+class RLOOParams(_Strict):
+    """RLOO (TRL RLOOTrainer): the PPO-style ratio clip; the KL (kl_coef) goes into the sequence reward."""
+
+    cliprange: float = Field(0.2, gt=0, description="clip rho = pi/pi_old to 1 +- cliprange (TRL's 0.2)")
+
+
+class GRPOParams(_Strict):
+    """GRPO; defaults as TRL's GRPOConfig (epsilon 0.2, epsilon_high = epsilon, scale_rewards "group",
+    loss_type "dapo" = token-level aggregation). The KL (kl_coef * k3) goes into the per-token loss."""
+
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="divide centred rewards by the group's std, the batch's, or not at all (Dr. GRPO)"
+    )
+    eps_low: float = Field(0.2, gt=0, lt=1, description="clip rho below at 1 - eps_low (TRL epsilon)")
+    eps_high: float = Field(0.2, gt=0, description="clip rho above at 1 + eps_high (TRL epsilon_high; DAPO 0.28)")
+    loss_aggregation: Literal["grpo", "token", "dr_grpo"] = Field(
+        "token", description="per-sequence means then mean (grpo), mean over all tokens (token, DAPO; TRL's "
+        "default), sum / (B * rollout.response_length) (dr_grpo)"
+    )
+
+
 class RolloutConfig(_Strict):
     response_length: int = Field(53, ge=1, le=4096)
     temperature: float = Field(1.0, gt=0)
@@ -216,7 +237,9 @@ class RunConfig(_Strict):
     terminal_slot: Literal["last_token", "after_eos"] = Field(
         "last_token", description="R and the last value at the last response token, or one slot after EOS (TRL)"
     )
-    kl_coef: float = Field(0.05, gt=0, description="tau for KLQ, kl_coef for PPO")
+    kl_coef: float = Field(
+        0.05, gt=0, description="tau for KLQ; kl_coef for PPO and RLOO (KL in the reward), GRPO's beta (k3 in the loss)"
+    )
     gamma: float = Field(1.0, gt=0, le=1)
     lam: float = Field(0.95, ge=0, le=1, description="lambda of the lambda-returns / GAE")
     seed: int = Field(0, ge=0)
@@ -296,11 +319,18 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _whole_groups(self) -> RunConfig:
         """A batch holds whole groups of k responses. Minibatches need not: group baselines (RLOO, GRPO) are
-        computed over the whole batch before the update, and rows are then shuffled one by one."""
+        computed over the whole batch before the update, and rows are then shuffled one by one. And at least the
+        algorithm's ``min_generations`` responses per prompt (RLOO, GRPO: 2)."""
         if self.train.batch_size % self.rollout.num_generations:
             raise ValueError(
                 f"train.batch_size ({self.train.batch_size}) must be divisible by rollout.num_generations "
                 f"({self.rollout.num_generations}): each prompt of a batch is sampled num_generations times"
+            )
+        need = _registry().ALGORITHMS[self.algorithm].min_generations
+        if self.rollout.num_generations < need:
+            raise ValueError(
+                f"rollout.num_generations ({self.rollout.num_generations}) must be at least {need} for algorithm "
+                f"{self.algorithm!r}: its baseline compares the responses to the same prompt"
             )
         return self
 

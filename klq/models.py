@@ -101,15 +101,16 @@ class Models:
     tokenizer: PreTrainedTokenizerBase
     policy: PreTrainedModel
     reference: PreTrainedModel
-    value: ValueModel
+    value: ValueModel | None  # None: the algorithm needs no value model (RLOO, GRPO), so none is loaded
     reward: PreTrainedModel
     reward_tokenizer: PreTrainedTokenizerBase
     same_tokenizer: bool  # reward model reads the policy's token ids directly (no re-tokenising)
 
 
 def load_models(cfg: ModelConfig, device: torch.device, policy_dir: str | None = None,
-                value_dir: str | None = None) -> Models:
-    """Load the four models. policy_dir / value_dir override the configured ones (resuming a checkpoint).
+                value_dir: str | None = None, with_value: bool = True) -> Models:
+    """Load the four models (three with `with_value` False: no value network is built, for algorithms
+    without one). policy_dir / value_dir override the configured ones (resuming a checkpoint).
 
     The frozen reference and reward models run in the configured dtype (bf16 on GPU); the trained policy
     and value keep float32 master weights, and bf16 compute comes from mixed-precision autocast, so that
@@ -122,18 +123,22 @@ def load_models(cfg: ModelConfig, device: torch.device, policy_dir: str | None =
     reference = _load("model.reference", cfg.reference or cfg.policy, load_causal_lm, frozen_dtype)
     reward_tokenizer = _load("model.reward", cfg.reward, load_tokenizer)
     reward = _load("model.reward", cfg.reward, load_scorer, frozen_dtype, reward_tokenizer.pad_token_id)
-    value_field = "model.value" if cfg.value else f"model.{cfg.value_init} (value_init)"
-    value_source = value_dir or cfg.value or (cfg.reward if cfg.value_init == "reward" else cfg.policy)
-    value = _load(value_field, value_source, load_scorer, dtype, tokenizer.pad_token_id)
+    value = None
+    if with_value:
+        value_field = "model.value" if cfg.value else f"model.{cfg.value_init} (value_init)"
+        value_source = value_dir or cfg.value or (cfg.reward if cfg.value_init == "reward" else cfg.policy)
+        value = _load(value_field, value_source, load_scorer, dtype, tokenizer.pad_token_id)
+        value.train()
     for frozen in (reference, reward):
         frozen.requires_grad_(False).eval()
     policy.train()
-    value.train()
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
-        value.gradient_checkpointing_enable()
+        if value is not None:
+            value.gradient_checkpointing_enable()
     same = tokenizer.get_vocab() == reward_tokenizer.get_vocab()
-    return Models(tokenizer, policy, reference, ValueModel(value), reward, reward_tokenizer, same)
+    return Models(tokenizer, policy, reference, None if value is None else ValueModel(value), reward,
+                  reward_tokenizer, same)
 
 
 def position_ids_from(mask: Tensor) -> Tensor:

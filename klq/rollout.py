@@ -2,7 +2,8 @@
 
 Per batch: one incremental generation pass of the policy (its temperature-scaled log-probs are kept from
 sampling time, so the policy is not run again), one no-grad pass of the reference for log pi_ref, one of
-the value network for V_old, one of the reward model for R.
+the value network for V_old (none when the models have no value network: RLOO, GRPO), one of the reward
+model for R.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Rollout:
     response_mask: Tensor  # (B, T) float, 1 up to and including the stop token
     logp_old: Tensor  # (B, T) log pi_old(a_t | s_t) at sampling temperature
     logp_ref: Tensor  # (B, T)
-    values_old: Tensor  # (B, T) V_old(s_t)
+    values_old: Tensor | None  # (B, T) V_old(s_t); None without a value network (RLOO, GRPO)
     raw_scores: Tensor  # (B,) reward-model score
     scores: Tensor  # (B,) after the missing-EOS penalty: the R the algorithms use
     ended: Tensor  # (B,) bool: response stopped at EOS or a stop sequence
@@ -338,7 +339,8 @@ def generate_and_score(
         ids, am = input_ids[rows], attention_mask[rows]
         logits = response_logits(models.reference, ids, am, T)
         logp_ref.append(logprobs_and_entropy(logits, response_ids[rows], cfg.temperature)[0])
-        values_old.append(models.value(ids, am, T))
+        if models.value is not None:
+            values_old.append(models.value(ids, am, T))
         r_ids, r_mask = _reward_inputs(models, query_ids, query_mask, cut, rows, texts[rows])
         raw_scores.append(sequence_scores(models.reward, r_ids, r_mask))
     raw = torch.cat(raw_scores)
@@ -358,7 +360,8 @@ def generate_and_score(
         logp_ref=torch.where(response_mask.bool(), torch.cat(logp_ref), 0.0),
         # V_old is kept one slot past the end too: the value of the state that ends with EOS, which the
         # terminal_slot "after_eos" convention trains (the default masks it away).
-        values_old=torch.where(after_end_mask(response_mask), torch.cat(values_old), 0.0),
+        values_old=torch.where(after_end_mask(response_mask), torch.cat(values_old), 0.0)
+        if models.value is not None else None,
         raw_scores=raw,
         scores=scores,
         ended=ended,

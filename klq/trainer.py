@@ -2,10 +2,11 @@
 
     for each iteration:
         rollout   sample B responses (KV cache; B/k prompts, k = num_generations each), score them:
-                  logp_old, logp_ref, V_old, R
+                  logp_old, logp_ref, V_old (algorithms with a value model), R
         targets   the algorithm turns the batch into fixed per-token targets (no grad)
         update    E epochs of shuffled minibatches, gradient accumulation over micro-batches,
-                  grad-norm clipping, one AdamW step per minibatch (policy and value as two groups)
+                  grad-norm clipping, one AdamW step per minibatch (policy and value as two groups;
+                  the policy alone for algorithms without a value model, which is then never built)
         report    metrics to the sink; held-out samples every eval_interval; checkpoints every
                   checkpoint_interval and at the end
 """
@@ -74,7 +75,7 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 def save_checkpoint(out_dir: Path, iteration: int, models: Models, policy, value, optimizer, scheduler,
                     cfg: RunConfig, final: bool, before_publish: Callable[[], None] | None = None) -> Path:
-    """policy/ and value/ in HF layout (safetensors), then trainer_state.pt. Written to a temp directory and
+    """policy/ and value/ (value None: no value model, no value/) in HF layout (safetensors), then trainer_state.pt. Written to a temp directory and
     renamed, so a crash mid-write never leaves a checkpoint that looks complete. The temp directory is this
     process's own, and ``before_publish`` (Sink.check_owner) may refuse the rename, so that a worker whose
     run was taken over never replaces the new owner's checkpoint."""
@@ -83,7 +84,8 @@ def save_checkpoint(out_dir: Path, iteration: int, models: Models, policy, value
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp / "policy")
     models.tokenizer.save_pretrained(tmp / "policy")
-    value.model.save_pretrained(tmp / "value")
+    if value is not None:
+        value.model.save_pretrained(tmp / "value")
     state = {
         "iteration": iteration,
         "final": final,
@@ -174,10 +176,13 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
     random.seed(cfg.seed + accelerator.process_index)
     torch.manual_seed(cfg.seed + accelerator.process_index)
     task: Task = load_task(cfg.task)
+    algorithm = make_algorithm(cfg)
+    with_value = algorithm.uses_value_model
     models = load_models(
         cfg.model, device,
         policy_dir=str(checkpoint / "policy") if checkpoint else None,
-        value_dir=str(checkpoint / "value") if checkpoint else None,
+        value_dir=str(checkpoint / "value") if checkpoint and with_value else None,
+        with_value=with_value,
     )
     for module in (models.reference, models.reward):
         module.to(device)
@@ -190,12 +195,12 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
 
     num_iterations = tc.num_iterations
     updates_per_iteration = tc.num_epochs * (tc.batch_size // tc.minibatch_size)
+    param_groups = [{"params": [p for p in models.policy.parameters() if p.requires_grad], "lr": tc.learning_rate}]
+    if models.value is not None:
+        param_groups.append({"params": [p for p in models.value.parameters() if p.requires_grad],
+                             "lr": tc.value_learning_rate or tc.learning_rate})
     optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in models.policy.parameters() if p.requires_grad], "lr": tc.learning_rate},
-            {"params": [p for p in models.value.parameters() if p.requires_grad],
-             "lr": tc.value_learning_rate or tc.learning_rate},
-        ],
+        param_groups,
         eps=tc.adam_eps, weight_decay=tc.weight_decay,
         # One fused kernel per step instead of a loop of per-parameter ops (fp32 master weights on CPU and GPU).
         fused=device.type in ("cpu", "cuda"),
@@ -204,14 +209,16 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
     schedule_steps = num_iterations * (updates_per_iteration if tc.lr_schedule_unit == "update" else 1)
     scheduler = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=tc.warmup_steps,
                               num_training_steps=schedule_steps)
-    policy, value, optimizer = accelerator.prepare(models.policy, models.value, optimizer)
+    if models.value is not None:
+        policy, value, optimizer = accelerator.prepare(models.policy, models.value, optimizer)
+    else:
+        (policy, optimizer), value = accelerator.prepare(models.policy, optimizer), None
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _restore_rng(state["rng"])
-    algorithm = make_algorithm(cfg)
     unwrapped_policy = accelerator.unwrap_model(policy)
-    unwrapped_value = accelerator.unwrap_model(value)
+    unwrapped_value = accelerator.unwrap_model(value) if value is not None else None
     # No-grad passes use the unwrapped modules (models.policy/value are the same objects).
     gold = getattr(task, "gold_reward", None)
     world = accelerator.num_processes
@@ -316,10 +323,14 @@ def _update(cfg: RunConfig, algorithm, accelerator: Accelerator, policy, value, 
             batch: Rollout, targets: dict[str, torch.Tensor], iteration: int, last_checkpoint) -> dict[str, float]:
     """E epochs over shuffled minibatches; returns the mean of each statistic over micro-batches. Rows are
     shuffled one by one, so a minibatch may split a group of num_generations responses: every target
-    (group baselines included) was computed over the whole batch before the first update."""
+    (group baselines included) was computed over the whole batch before the first upda. `value` None (an
+    algorithm without a value model): no value forward, and the algorithm's loss gets values None."""
     tc = cfg.train
     T = cfg.rollout.response_length
-    data = {"logp_old": batch.logp_old, "logp_ref": batch.logp_ref, "values_old": batch.values_old, **targets}
+    data = {"logp_old": batch.logp_old, "logp_ref": batch.logp_ref, **targets}
+    if value is not None:
+        data["values_old"] = batch.values_old
+    trained = (policy,) if value is None else (policy, value)
     input_ids, attention_mask = batch.input_ids, batch.attention_mask
     sums: dict[str, float] = defaultdict(float)
     count = 0
@@ -330,11 +341,11 @@ def _update(cfg: RunConfig, algorithm, accelerator: Accelerator, policy, value, 
             for micro_start in range(0, tc.minibatch_size, tc.micro_batch_size):
                 rows = mb_rows[micro_start : micro_start + tc.micro_batch_size]
                 mask = batch.response_mask[rows]
-                with accelerator.accumulate(policy, value):
+                with accelerator.accumulate(*trained):
                     logits = response_logits(policy, input_ids[rows], attention_mask[rows], T)
                     logp, entropy = losses.logprobs_and_entropy(logits, batch.response_ids[rows],
                                                                 cfg.rollout.temperature)
-                    values = value(input_ids[rows], attention_mask[rows], T)
+                    values = None if value is None else value(input_ids[rows], attention_mask[rows], T)
                     mb = {k: v[rows] for k, v in data.items()}
                     loss, stats = algorithm.loss(logp, values, mb, mask)
                     if not torch.isfinite(loss):
