@@ -18,12 +18,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
+from klq import algorithms
 from klq.config import RunConfig, algorithm_names
 from klq.judge.stats import student_t_interval
 
 from .downsample import downsample
 from .models import TERMINAL_STATUSES
 from .schemas import (
+    DEFAULT_GROUP_SIZE,
     CurveBand,
     ExperimentCompute,
     ExperimentGrid,
@@ -134,6 +138,50 @@ def run_name(experiment: str, algorithm: str, kl_coef: float, seed: int) -> str:
     return experiment[: 200 - len(suffix)] + suffix
 
 
+def group_size(base: RunConfig, grid: ExperimentGrid, algorithm: str) -> int:
+    """rollout.num_generations of the grid's runs of ``algorithm``: the base's, except for an algorithm whose
+    baseline needs a group (min_generations >= 2: RLOO, GRPO), which takes grid.num_generations, or the base's
+    if that is enough, or DEFAULT_GROUP_SIZE. batch_size counts responses, so each algorithm of the grid
+    trains on as many responses per iteration; only how they are spread over prompts differs."""
+    need = algorithms.ALGORITHMS[algorithm].min_generations
+    own = base.rollout.num_generations
+    if need < 2:
+        return own
+    if grid.num_generations is not None:
+        return grid.num_generations
+    return own if own >= need else max(need, DEFAULT_GROUP_SIZE)
+
+
+def run_config(base: RunConfig, grid: ExperimentGrid, algorithm: str, kl_coef: float, seed: int) -> RunConfig:
+    """The base with the grid's algorithm, kl_coef, seed and group size (raises pydantic's ValidationError,
+    e.g. a batch_size the group size does not divide; `config_problems` turns that into field errors)."""
+    return base.with_overrides(
+        {
+            "algorithm": algorithm,
+            "kl_coef": kl_coef,
+            "seed": seed,
+            "rollout.num_generations": group_size(base, grid, algorithm),
+        }
+    )
+
+
+def grid_problems(base: RunConfig, grid: ExperimentGrid) -> list[tuple[tuple[str, ...], str]]:
+    """Why some run of the grid would not be a valid configuration, as (loc relative to the body, message):
+    checked once per algorithm (kl_coef and seed are valid whatever the base, by the grid's own schema)."""
+    problems = []
+    for algorithm in grid.algorithms:
+        try:
+            run_config(base, grid, algorithm, grid.kl_coefs[0], grid.seeds[0])
+        except ValidationError as err:
+            # a group size the grid chose is the grid's num_generations' fault; otherwise the algorithm's
+            regrouped = group_size(base, grid, algorithm) != base.rollout.num_generations
+            field = "num_generations" if regrouped else "algorithms"
+            for e in err.errors():
+                where = ".".join(str(x) for x in e["loc"]) or "config"
+                problems.append((("grid", field), f"the {algorithm} runs: {where}: {e['msg']}"))
+    return problems
+
+
 def plan_runs(name: str, base: RunConfig, grid: ExperimentGrid) -> list[PlannedRun]:
     """The runs of a grid, seed-major (every cell's first seed is queued before any cell's second, so a
     partly done experiment already covers the whole grid), each the base with algorithm, kl_coef and seed
@@ -142,7 +190,7 @@ def plan_runs(name: str, base: RunConfig, grid: ExperimentGrid) -> list[PlannedR
     for seed in grid.seeds:
         for kl_coef in grid.kl_coefs:
             for algorithm in grid.algorithms:
-                cfg = base.with_overrides({"algorithm": algorithm, "kl_coef": kl_coef, "seed": seed})
+                cfg = run_config(base, grid, algorithm, kl_coef, seed)
                 planned.append(
                     PlannedRun(
                         name=run_name(name, algorithm, kl_coef, seed),

@@ -423,6 +423,7 @@ Vs = Annotated[
     Field(description="klq_vs_<algorithm>: the algorithm KLQ is judged against; vs_sft: None"),
 ]
 MAX_EXPERIMENT_RUNS = 128
+DEFAULT_GROUP_SIZE = 4  # responses per prompt of a grid's group-baseline runs when the base has too few
 
 
 class AlgorithmOut(BaseModel):
@@ -433,6 +434,11 @@ class AlgorithmOut(BaseModel):
     description: str = Field(description="the first line of the class's docstring")
     params: dict[str, Any] | None = Field(
         description="JSON schema of its parameter group (the config section `<name>:`); None: it has none"
+    )
+    uses_value_model: bool = Field(description="it trains a value model (a second network beside the policy)")
+    min_generations: int = Field(
+        description="rollout.num_generations must be at least this (2 or more: a baseline over the responses "
+        "to the same prompt)"
     )
 
 
@@ -448,6 +454,15 @@ class ExperimentGrid(_In):
     )
     seeds: list[Annotated[int, Field(ge=0, le=INT32_MAX)]] = Field(
         default_factory=lambda: [1], min_length=1, max_length=16, description="distinct seeds"
+    )
+    num_generations: int | None = Field(
+        None,
+        ge=2,
+        le=64,
+        description="rollout.num_generations of the runs of algorithms whose baseline compares responses to the "
+        "same prompt (GET /algorithms: min_generations of 2 or more, e.g. RLOO, GRPO); the others keep the "
+        f"base's. Default: the base's value if it is enough, else {DEFAULT_GROUP_SIZE}. train.batch_size counts "
+        "responses, so every algorithm of the grid trains on as many responses per iteration",
     )
 
     @field_validator("algorithms", "kl_coefs", "seeds")

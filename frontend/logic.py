@@ -868,7 +868,8 @@ def experiments_frame(
 
 def preview_frame(preview: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """The runs an experiment would queue (POST /experiments/preview): name, grid values, and the
-    size of each run (identical for all, which is the point)."""
+    size of each run (identical for all, which is the point; group-baseline algorithms spread the same
+    responses over fewer prompts: responses/prompt)."""
     rows = []
     for r in preview.get("runs") or []:
         cfg = r.get("config") or {}
@@ -883,10 +884,13 @@ def preview_frame(preview: Mapping[str, Any], labels: Mapping[str, str] | None =
                 "task": (cfg.get("task") or {}).get("name"),
                 "episodes": episodes,
                 "iterations": episodes // batch if episodes and batch else None,
+                "responses/prompt": (cfg.get("rollout") or {}).get("num_generations"),
                 "learning_rate": train.get("learning_rate"),
             }
         )
-    columns = ["name", "algorithm", "tau", "seed", "task", "episodes", "iterations", "learning_rate"]
+    columns = [
+        "name", "algorithm", "tau", "seed", "task", "episodes", "iterations", "responses/prompt", "learning_rate"
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -71,6 +71,11 @@ class Algorithm(TypedDict):
     description: str
     # JSON schema of its parameter group (the config section `<name>:`); None: it has none
     params: dict[str, Any] | None
+    # it trains a value model (a second network beside the policy)
+    uses_value_model: bool
+    # rollout.num_generations must be at least this (2 or more: a baseline over the responses to the
+    # same prompt)
+    min_generations: int
 
 
 class Checkpoint(TypedDict):
@@ -163,11 +168,16 @@ class ExperimentGrid(TypedDict):
 
     # any of the registered algorithms (GET /algorithms); default: all of them. KLQ is judged against
     # each other one
-    algorithms: list[Literal["klq", "ppo"]]
+    algorithms: list[Literal["klq", "ppo", "rloo", "grpo"]]
     # tau values (kl_coef), distinct
     kl_coefs: list[float]
     # distinct seeds
     seeds: list[int]
+    # rollout.num_generations of the runs of algorithms whose baseline compares responses to the same
+    # prompt (GET /algorithms: min_generations of 2 or more, e.g. RLOO, GRPO); the others keep the
+    # base's. Default: the base's value if it is enough, else 4. train.batch_size counts responses, so
+    # every algorithm of the grid trains on as many responses per iteration
+    num_generations: int | None
 
 
 class ExperimentJudgement(TypedDict):

@@ -35,7 +35,7 @@ def test_yaml_and_json_round_trip(tmp_path):
     "data, field, words",
     [
         ({"kl_coef": -1}, "kl_coef", "greater than 0"),
-        ({"algorithm": "dpo"}, "algorithm", "'klq' or 'ppo'"),
+        ({"algorithm": "dpo"}, "algorithm", "expected 'klq', 'ppo', 'rloo' or 'grpo'"),
         ({"train": {"batch_size": 0}}, "train.batch_size", "greater than or equal to 1"),
         ({"train": {"batch_size": 64, "minibatch_size": 24}}, "train", "train.minibatch_size (24) must divide"),
         ({"train": {"minibatch_size": 16, "micro_batch_size": 5}}, "train", "train.micro_batch_size (5)"),

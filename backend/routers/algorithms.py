@@ -26,6 +26,8 @@ def list_algorithms() -> list[AlgorithmOut]:
             label=cls.label,
             description=(cls.__doc__ or "").strip().splitlines()[0] if (cls.__doc__ or "").strip() else "",
             params=None if cls.params is None else cls.params.model_json_schema(),
+            uses_value_model=cls.uses_value_model,
+            min_generations=cls.min_generations,
         )
         for name, cls in registry.ALGORITHMS.items()
     ]

@@ -40,7 +40,8 @@ def _validated(body: ExperimentCreate, settings: Settings) -> str:
     """Checks beyond the schema (model and dataset references, the queue, the judge's model), each
     problem naming its field; returns the queue."""
     check_config(body.base, settings, ("body", "base"))
-    problems = judge_problems(body.judge, settings, ("body", "judge"))
+    problems = [(("body", *loc), msg) for loc, msg in ex.grid_problems(body.base, body.grid)]
+    problems += judge_problems(body.judge, settings, ("body", "judge"))
     if problems:
         raise FieldErrors(problems, "invalid judge")
     return check_queue(settings, body.queue)

@@ -30,6 +30,7 @@ FORM_DEFAULTS = {
     "experiments.base_yaml": "",
     "experiments.kl_coefs": "0.02, 0.05",
     "experiments.seeds": "1, 2",
+    "experiments.num_generations": None,
     "experiments.judge_enabled": True,
     "experiments.judge_backend": "gold",
     "experiments.judge_prompts": 32,
@@ -149,7 +150,12 @@ def request() -> tuple[dict | None, list[str]]:
     queue = state["experiments.queue"] or DEFAULT_QUEUE
     body = {
         "base": base,
-        "grid": {"algorithms": list(state["experiments.algorithms"]), "kl_coefs": kl_coefs, "seeds": seeds},
+        "grid": {
+            "algorithms": list(state["experiments.algorithms"]),
+            "kl_coefs": kl_coefs,
+            "seeds": seeds,
+            "num_generations": state["experiments.num_generations"],
+        },
         "judge": judge,
         "name": (state["experiments.name"] or "").strip() or None,
         "tags": [t.strip() for t in (state["experiments.tags"] or "").split(",") if t.strip()],
@@ -239,6 +245,18 @@ def new_experiment() -> None:
         c[2].text_input(
             "seeds", key="experiments.seeds", help="1-16 distinct integers: '1, 2, 3' or a range '1-3'"
         )
+        grouped = [a["label"] for a in ALGORITHMS if a.get("min_generations", 1) >= 2]
+        if grouped:
+            st.number_input(
+                f"responses per prompt for {', '.join(grouped)}",
+                min_value=2,
+                max_value=64,
+                step=1,
+                key="experiments.num_generations",
+                placeholder="(default: the base's rollout.num_generations if at least 2, else 4)",
+                help="These algorithms' baselines compare the responses to the same prompt. train.batch_size "
+                "counts responses, so every run of the grid trains on as many responses per iteration.",
+            )
         c = st.columns(4)
         c[0].checkbox(
             "judge when the runs finish",

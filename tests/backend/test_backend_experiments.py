@@ -131,6 +131,36 @@ def test_preview_resolves_every_run_and_creates_nothing(client) -> None:
     assert client.get("/experiments").json()["total"] == exps_before
 
 
+def test_group_baseline_runs_sample_groups_of_the_grids_size(client) -> None:
+    """RLOO and GRPO need >= 2 responses per prompt: their runs take grid.num_generations (default: the
+    base's if enough, else 4); KLQ and PPO keep the base's; batch_size (responses) is the same for all."""
+
+    def sizes(grid: dict, **base) -> dict[str, int]:
+        b = body("g", grid={"kl_coefs": [0.1], **grid})
+        b["base"] = small_config(**base)
+        r = client.post("/experiments/preview", json=b)
+        assert r.status_code == 200, r.text
+        runs = r.json()["runs"]
+        assert {p["config"]["train"]["batch_size"] for p in runs} == {b["base"]["train"]["batch_size"]}
+        return {p["algorithm"]: p["config"]["rollout"]["num_generations"] for p in runs}
+
+    everything = client.get("/algorithms").json()
+    grouped = {a["name"] for a in everything if a["min_generations"] >= 2}
+    assert {"rloo", "grpo"} <= grouped and not {"klq", "ppo"} & grouped
+    assert sizes({}) == {a["name"]: 4 if a["name"] in grouped else 1 for a in everything}  # the default: all
+    assert sizes({"algorithms": ["klq", "rloo", "grpo"], "num_generations": 2}) == {"klq": 1, "rloo": 2, "grpo": 2}
+    got = sizes({"algorithms": ["ppo", "grpo"]}, rollout={"num_generations": 8})
+    assert got == {"ppo": 8, "grpo": 8}  # the base's 8 is enough: kept
+
+    b = body("g", grid={"algorithms": ["klq", "rloo"], "kl_coefs": [0.1], "num_generations": 3})
+    r = client.post("/experiments/preview", json=b)  # batch_size 8 is not a whole number of groups of 3
+    assert fields(r) == {"grid.num_generations"} and "must be divisible" in r.text and "rloo" in r.text
+    assert fields(client.post("/experiments", json=b)) == {"grid.num_generations"}
+    assert fields(client.post("/experiments/preview", json={**b, "grid": {**b["grid"], "num_generations": 1}})) == {
+        "grid.num_generations"
+    }
+
+
 def test_writes_need_a_write_token_and_unknown_ids_are_404(client, anon) -> None:
     assert anon.post("/experiments", json=body()).status_code == 401
     assert anon.get("/experiments").status_code == 401
@@ -155,7 +185,9 @@ def test_create_queues_every_run_with_its_coordinates(server: Server, client) ->
     sent_before = Counter(train_messages(server))  # ids repeat when an earlier module reset the database
     exp = create(client, name="grid")
     assert exp["status"] == "queued" and exp["error"] is None and exp["tags"] == ["study"]
-    assert exp["grid"] == {"algorithms": ["klq", "ppo"], "kl_coefs": [0.02, 0.05], "seeds": [1, 2]}
+    assert exp["grid"] == {
+        "algorithms": ["klq", "ppo"], "kl_coefs": [0.02, 0.05], "seeds": [1, 2], "num_generations": None
+    }  # fmt: skip
     assert exp["judge"] == {"backend": "gold", "decoding": "greedy", "enabled": True, "num_prompts": 4}
     assert exp["progress"] == {
         "runs_total": 8, "runs_finished": 0, "runs_failed": 0,

@@ -67,7 +67,7 @@ def test_config_validates_the_plugin_and_its_loss_is_real(registered) -> None:
         RunConfig.model_validate({"reinforce": {"vf_coef": -1, "typo": 1}, "algorithm": "trpo"})
     lines = format_validation_error(info.value).splitlines()
     assert lines == [
-        "algorithm: unknown algorithm 'trpo': expected 'klq', 'ppo' or 'reinforce'",
+        "algorithm: unknown algorithm 'trpo': expected 'klq', 'ppo', 'rloo', 'grpo' or 'reinforce'",
         "reinforce.vf_coef: Input should be greater than or equal to 0",
         "reinforce.typo: Extra inputs are not permitted",
     ]
@@ -111,10 +111,12 @@ def test_the_server_and_the_dashboard_offer_a_plugin_algorithm(plugin_server: Se
         assert [(a["name"], a["label"]) for a in listed] == [
             ("klq", "KLQ"),
             ("ppo", "PPO"),
+            ("rloo", "RLOO"),
+            ("grpo", "GRPO"),
             ("reinforce", "Reinforce"),
-        ]
-        assert set(listed[2]["params"]["properties"]) == {"baseline", "vf_coef"}
-        assert listed[2]["description"].startswith("REINFORCE:")
+        ]  # the built-ins in the registry's order, then the plugin
+        assert set(listed[4]["params"]["properties"]) == {"baseline", "vf_coef"}
+        assert listed[4]["description"].startswith("REINFORCE:")
 
         run = create_run(client, config=small_config(algorithm="reinforce", reinforce={"baseline": "none"}))
         assert run["algorithm"] == "reinforce" and run["config"]["reinforce"] == {
@@ -138,7 +140,7 @@ def test_the_server_and_the_dashboard_offer_a_plugin_algorithm(plugin_server: Se
         default = client.post(
             "/experiments/preview", json={"base": small_config(), "grid": {"kl_coefs": [0.1]}}
         )
-        assert {r["algorithm"] for r in default.json()["runs"]} == {"klq", "ppo", "reinforce"}
+        assert {r["algorithm"] for r in default.json()["runs"]} == {"klq", "ppo", "rloo", "grpo", "reinforce"}
         created = client.post("/experiments", json={**body, "name": "plugin"})
         assert created.status_code == 201, created.text
         eid = created.json()["id"]
@@ -179,6 +181,6 @@ def test_the_server_and_the_dashboard_offer_a_plugin_algorithm(plugin_server: Se
     assert widget(at, "launch.f.reinforce.baseline").value == "mean"
     assert any(e.label == "Reinforce (not used by KLQ)" for e in at.expander)
     at = page("runs")
-    assert widget(at, "runs.algorithm").options == ["KLQ", "PPO", "Reinforce"]
+    assert widget(at, "runs.algorithm").options == ["KLQ", "PPO", "RLOO", "GRPO", "Reinforce"]
     st.cache_data.clear()
     st.cache_resource.clear()

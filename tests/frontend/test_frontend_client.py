@@ -306,8 +306,10 @@ def test_logs(api, server, seeded):
 
 def test_experiment_reads(api, experiment):
     page = api.list_experiments(limit=1)
-    assert page["total"] >= 2 and [e["id"] for e in page["items"]] == [experiment.active]  # newest first
-    assert experiment.id in [e["id"] for e in api.list_experiments(limit=50)["items"]]
+    assert page["total"] >= 2 and len(page["items"]) == 1
+    listed = [e["id"] for e in api.list_experiments(limit=50)["items"]]  # other tests' may be newer
+    assert listed == sorted(listed, reverse=True) and listed[0] == page["items"][0]["id"]  # newest first
+    assert listed.index(experiment.active) < listed.index(experiment.id)
     e = api.get_experiment(experiment.id)
     assert e["status"] == "failed" and e["name"] == "study" and e["grid"]["kl_coefs"] == [0.05, 0.1]
     assert len(e["runs"]) == 8 and e["progress"]["runs_failed"] == 1

@@ -86,7 +86,7 @@ def test_experiment_results_page(stack: Stack) -> None:
             wait_idle(page)
             shot(page, "20-experiments-list")
             page.get_by_role("tab", name="New experiment").click()
-            page.get_by_text("8 run(s) will be queued, then 12 judgement(s)").wait_for()  # the preview
+            page.get_by_text("16 run(s) will be queued, then 28 judgement(s)").wait_for()  # 4 algorithms x 2 x 2
             wait_idle(page)
             shot(page, "20b-experiments-new")
 

@@ -152,7 +152,7 @@ def test_new_experiment_preview_and_create(app_env, experiment):
     at = page("experiments", tab="New experiment")
     assert widget(at, "experiments.kl_coefs").value == "0.02, 0.05"
     preview = frame(at, "iterations")
-    assert len(preview) == 8  # the paper's defaults, 2 x 2 x 2
+    assert len(preview) == 16  # every registered algorithm (4) x the default 2 taus x 2 seeds
     widget(at, "experiments.preset").set_value("configs/builtin-klq.yaml").run()
     assert "total_episodes: 1920" in widget(at, "experiments.base_yaml").value
     widget(at, "experiments.name").set_value("page-exp")

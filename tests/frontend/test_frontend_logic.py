@@ -367,7 +367,7 @@ def test_form_fields_follow_runconfig_defaults():
     assert set(by_path) == set(defaults)  # every field, nested ones dotted
     for path, f in by_path.items():
         assert f.default == defaults[path], path
-    assert by_path["algorithm"].kind == "choice" and by_path["algorithm"].choices == ["klq", "ppo"]
+    assert by_path["algorithm"].kind == "choice" and by_path["algorithm"].choices == ["klq", "ppo", "rloo", "grpo"]
     assert (
         by_path["train.learning_rate"].kind == "float" and by_path["train.learning_rate"].default == 1.41e-5
     )
