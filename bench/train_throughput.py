@@ -1,4 +1,5 @@
-"""Training throughput: this project's PPO and KLQ against TRL's PPOTrainer, same models and settings.
+"""Training throughput: this project's PPO, KLQ, RLOO and GRPO against TRL's PPOTrainer, GRPOTrainer and
+RLOOTrainer, same models and settings.
 
     python bench/train_throughput.py                                  # CPU: gpt2-tiny, batch 16, 3 iterations
     python bench/train_throughput.py --shape pythia-1b --device cuda  # one GPU: Pythia-1B shape, bf16
@@ -8,9 +9,15 @@ under bench/.cache (policy = reference; reward model = value initialisation), an
 prompts with the same response length, batch, minibatch, micro-batch, epochs, temperature, learning
 rate, dtype and thread count; sample generation / eval and all logging integrations are off on both.
 TRL runs in its own virtual environment (bench/.venv-trl, made by bench/setup_peer.sh on first use) as a
-subprocess (bench/trl_runner.py); each of our algorithms runs in a subprocess of this script, so every
+subprocess (bench/trl_runner.py: PPOTrainer; bench/trl_group_runner.py: GRPOTrainer, RLOOTrainer); each
+of our algorithms runs in a subprocess of this script, so every
 side starts from a fresh process. With --rounds R the sides run interleaved R times and the table
 reports medians over all measured iterations.
+
+The group-baseline sides (ours-rloo, ours-grpo, trl-grpo, trl-rloo) sample --num-generations (k)
+responses per prompt: the batch still counts responses, so every side trains on as many per iteration;
+they load no value model (ours, by design; TRL's GRPO/RLOO trainers have none), which is part of what is
+measured.
 
 Per iteration: wall seconds and process CPU seconds (all threads: less sensitive than wall time to other
 load on a shared machine), episodes/s, response tokens/s, and per phase (generation, scoring, training)
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,14 +51,17 @@ RUNS = {
     "gpt2-tiny": {"batch": 16, "minibatch": 16, "micro": 16, "epochs": 4, "iterations": 3, "warmup": 1},
     "pythia-1b": {"batch": 64, "minibatch": 64, "micro": 16, "epochs": 4, "iterations": 5, "warmup": 1},
 }
+GROUP_ALGORITHMS = ("rloo", "grpo")  # group baselines over k responses per prompt, no value model
+ALL_SIDES = ("ours-ppo", "ours-klq", "ours-rloo", "ours-grpo", "trl", "trl-grpo", "trl-rloo")
 PEAK_TFLOPS = {"cpu": None, "cuda": 989.0}  # H100 SXM dense bf16; pass --peak-tflops for other parts
 
 
 # ------------------------------------------------------------------------------------------ model FLOPs
 
 
-def flops(shape_name: str, batch: int, epochs: int) -> dict[str, float]:
+def flops(shape_name: str, batch: int, epochs: int, value_model: bool = True) -> dict[str, float]:
     """Model FLOPs of one iteration's phases: what each phase must compute, counting 2 per multiply-add.
+    value_model=False (RLOO, GRPO): no value pass in scoring and only the policy trained.
 
     body = 12 L d^2 matmul parameters per token (attention 4 d^2 + MLP 8 d^2, GPT-2 and GPTNeoX alike);
     attention scores and mixing 4 L d per (query, key) pair; LM head 2 d V per position whose logits are
@@ -68,8 +79,10 @@ def flops(shape_name: str, batch: int, epochs: int) -> dict[str, float]:
     decode = forward([(1, P + t + 1) for t in range(1, T)], T - 1)
     generation = batch * (prefill + decode)
     full = forward([(P + T, (P + T + 1) / 2)], 0)  # one no-grad pass over prompt + response, no LM head
-    scoring = batch * (3 * full + T * head)  # reference (+ LM head on T positions), value, reward
-    training = epochs * batch * 3 * (2 * full + T * head)  # forward + backward (2x) of policy and value
+    # reference (+ LM head on T positions), value, reward
+    scoring = batch * ((3 if value_model else 2) * full + T * head)
+    # forward + backward (2x) of the policy (with its LM head on T positions) and the value model
+    training = epochs * batch * 3 * ((2 if value_model else 1) * full + T * head)
     return {"generation": generation, "scoring": scoring, "training": training}
 
 
@@ -93,6 +106,7 @@ def run_ours(a: argparse.Namespace) -> None:
     shape = SHAPES[a.shape]
     assets = Path(a.assets)
     dtype = "bfloat16" if a.bf16 else "float32"
+    group = a.worker in GROUP_ALGORITHMS
     cfg = RunConfig.model_validate({
         "name": f"bench-{a.worker}", "algorithm": a.worker, "kl_coef": 0.05, "gamma": 1.0, "lam": 0.95,
         "seed": a.seed, "eval_interval": 10**6, "checkpoint_interval": 10**6, "device": a.device,
@@ -100,7 +114,8 @@ def run_ours(a: argparse.Namespace) -> None:
                  "max_prompt_length": shape["prompt_len"], "num_eval_prompts": 1},
         "model": {"policy": str(assets / "policy"), "reward": str(assets / "reward"), "value_init": "reward",
                   "dtype": dtype},
-        "rollout": {"response_length": shape["response_len"], "temperature": a.temperature},
+        "rollout": {"response_length": shape["response_len"], "temperature": a.temperature,
+                    "num_generations": a.num_generations if group else 1},
         "train": {"total_episodes": a.batch_size * (a.warmup + a.iterations), "batch_size": a.batch_size,
                   "minibatch_size": a.minibatch_size, "micro_batch_size": a.micro_batch_size,
                   "num_epochs": a.epochs, "learning_rate": a.learning_rate},
@@ -169,6 +184,8 @@ def run_ours(a: argparse.Namespace) -> None:
         "scoring_s": [m["timing/rollout_s"] - g for m, g in zip(measured, gens)],
         "training_s": [w - m["timing/rollout_s"] for w, m in zip(iteration_s, measured)],
         "peak_gib": peak,
+        # peak resident memory of the whole process (CPU: the models, optimizer state, activations)
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }), flush=True)
 
 
@@ -196,7 +213,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, help="iterations run before measuring")
     p.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of all sides")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads on every side")
-    p.add_argument("--sides", default="ours-ppo,ours-klq,trl")
+    p.add_argument("--sides", default=",".join(ALL_SIDES), help=f"any of {', '.join(ALL_SIDES)}")
+    p.add_argument("--num-generations", type=int, default=4, help="k of the group-baseline sides")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--minibatch-size", type=int)
     p.add_argument("--micro-batch-size", type=int)
@@ -206,7 +224,7 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, help="for MFU (default: H100 dense bf16 on cuda, none on cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the raw results here")
-    p.add_argument("--worker", choices=["ppo", "klq"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ppo", "klq", *GROUP_ALGORITHMS], help=argparse.SUPPRESS)
     p.add_argument("--assets", help=argparse.SUPPRESS)
     a = p.parse_args()
     run = RUNS[a.shape]
@@ -228,7 +246,11 @@ def main() -> None:
     sides = [s.strip() for s in a.sides.split(",") if s.strip()]
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads),
            "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    if "trl" in sides:
+    unknown = set(sides) - set(ALL_SIDES)
+    if unknown:
+        raise SystemExit(f"unknown sides {sorted(unknown)}: choose from {', '.join(ALL_SIDES)}")
+    trl_python = HERE / ".venv-trl" / "bin" / "python"
+    if any(s.startswith("trl") for s in sides):
         trl_python = HERE / ".venv-trl" / "bin" / "python"
         if not (HERE / ".venv-trl" / ".ready").exists():
             print("setting up TRL's virtual environment (bench/setup_peer.sh trl) ...", flush=True)
@@ -248,18 +270,31 @@ def main() -> None:
                        "--num-mini-batches", str(a.batch_size // a.minibatch_size), "--epochs", str(a.epochs)]
                 if a.bf16:
                     cmd.append("--bf16")
+            elif side.startswith("trl-"):
+                cmd = [str(trl_python), str(HERE / "trl_group_runner.py"), "--trainer", side.removeprefix("trl-"),
+                       *common, "--minibatch-size", str(a.minibatch_size), "--epochs", str(a.epochs),
+                       "--num-generations", str(a.num_generations),
+                       "--prompt-length", str(SHAPES[a.shape]["prompt_len"]),
+                       "--response-length", str(SHAPES[a.shape]["response_len"])]
+                if a.bf16:
+                    cmd.append("--bf16")
             else:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--shape", a.shape, "--worker",
                        side.removeprefix("ours-"), *common, "--minibatch-size", str(a.minibatch_size),
-                       "--epochs", str(a.epochs)]
+                       "--epochs", str(a.epochs), "--num-generations", str(a.num_generations)]
             results[side].append(_run(cmd, env))
     _report(a, results, started)
+
+
+def _value_free(side: str) -> bool:
+    return side.removeprefix("ours-").removeprefix("trl-") in GROUP_ALGORITHMS
 
 
 def _report(a: argparse.Namespace, results: dict[str, list[dict]], started: str) -> None:
     shape = SHAPES[a.shape]
     P, T = shape["prompt_len"], shape["response_len"]
     fl = flops(a.shape, a.batch_size, a.epochs)
+    fl_free = flops(a.shape, a.batch_size, a.epochs, value_model=False)
     peak = a.peak_tflops or PEAK_TFLOPS["cuda" if a.device.startswith("cuda") else "cpu"]
     tokens = {"generation": a.batch_size * T, "scoring": a.batch_size * (P + T),
               "training": a.epochs * a.batch_size * (P + T)}
@@ -271,7 +306,8 @@ def _report(a: argparse.Namespace, results: dict[str, list[dict]], started: str)
           f"{'bf16 (trained models fp32 master + autocast)' if a.bf16 else 'fp32'}; {a.threads} threads; "
           f"{a.warmup} warm-up + {a.iterations} measured iterations x {a.rounds} rounds per side")
     print(f"model FLOPs per iteration: generation {fl['generation'] / 1e9:.1f} G, scoring {fl['scoring'] / 1e9:.1f} G, "
-          f"training {fl['training'] / 1e9:.1f} G")
+          f"training {fl['training'] / 1e9:.1f} G; without a value model (RLOO, GRPO sides; k = "
+          f"{a.num_generations}): scoring {fl_free['scoring'] / 1e9:.1f} G, training {fl_free['training'] / 1e9:.1f} G")
     print()
     head = (f"{'side':<10} {'s/iter':>8} {'best':>6} {'cpu s/it':>8} {'ep/s':>7} {'resp tok/s':>10} | "
             f"{'gen s':>6} {'score s':>7} {'train s':>7} | {'gen tok/s':>9} {'score tok/s':>11} {'train tok/s':>11} | "
@@ -291,7 +327,8 @@ def _report(a: argparse.Namespace, results: dict[str, list[dict]], started: str)
         best = min(cat("iteration_s"), default=float("nan"))
         phases = {ph: _med(cat(f"{ph}_s")) for ph in ("generation", "scoring", "training")}
         summary[side] = {"iteration_s": it, "best_s": best, "cpu_s": cpu, **phases}
-        rates = [fl[ph] / phases[ph] for ph in phases]
+        side_fl = fl_free if _value_free(side) else fl
+        rates = [side_fl[ph] / phases[ph] for ph in phases]
         rate_text = ("/".join(f"{100 * x / (peak * 1e12):.1f}%" for x in rates) if peak
                      else "/".join(f"{x / 1e9:.1f}" for x in rates))
         print(f"{side:<10} {it:8.2f} {best:6.2f} {cpu:8.2f} {a.batch_size / it:7.2f} {a.batch_size * T / it:10.1f} | "
@@ -299,8 +336,10 @@ def _report(a: argparse.Namespace, results: dict[str, list[dict]], started: str)
               f"{tokens['generation'] / phases['generation']:9.1f} {tokens['scoring'] / phases['scoring']:11.1f} "
               f"{tokens['training'] / phases['training']:11.1f} | {rate_text}")
         peaks = [r.get("peak_gib") for r in runs if r.get("peak_gib")]
-        if peaks:
-            print(f"{'':<10} peak GPU memory {max(peaks):.1f} GiB")
+        rss = [r.get("peak_rss_gib") for r in runs if r.get("peak_rss_gib")]
+        summary[side]["peak_rss_gib"] = max(rss, default=float("nan"))
+        print(f"{'':<10} peak process memory (RSS) {max(rss, default=float('nan')):.2f} GiB"
+              + (f", peak GPU memory {max(peaks):.1f} GiB" if peaks else ""))
     print()
     if "ours-ppo" in summary and "trl" in summary:
         o, t = summary["ours-ppo"], summary["trl"]
@@ -308,6 +347,18 @@ def _report(a: argparse.Namespace, results: dict[str, list[dict]], started: str)
         print(f"ours PPO / TRL PPO, best iteration:     {t['best_s'] / o['best_s']:.2f}x   (least disturbed by other load)")
         if o["cpu_s"] == o["cpu_s"] and "cpu_s" in t and t["cpu_s"] == t["cpu_s"]:
             print(f"ours PPO / TRL PPO, by CPU time:        {t['cpu_s'] / o['cpu_s']:.2f}x")
+    for ours, peer, name in (("ours-grpo", "trl-grpo", "GRPO"), ("ours-rloo", "trl-rloo", "RLOO")):
+        if ours in summary and peer in summary:
+            o, t = summary[ours], summary[peer]
+            print(f"ours {name} / TRL {name}, episodes/s (wall): {t['iteration_s'] / o['iteration_s']:.2f}x   (goal >= 2.0x)")
+            print(f"ours {name} / TRL {name}, best iteration:    {t['best_s'] / o['best_s']:.2f}x")
+            print(f"ours {name} / TRL {name}, by CPU time:       {t['cpu_s'] / o['cpu_s']:.2f}x")
+    for side, name in (("ours-rloo", "RLOO"), ("ours-grpo", "GRPO")):
+        if side in summary and "ours-ppo" in summary:
+            o, g = summary["ours-ppo"], summary[side]
+            print(f"{name} time per iteration / ours PPO's:   {g['iteration_s'] / o['iteration_s']:.2f} wall, "
+                  f"{g['cpu_s'] / o['cpu_s']:.2f} CPU; peak RSS {g['peak_rss_gib']:.2f} / {o['peak_rss_gib']:.2f} GiB"
+                  "   (no value model)")
     if "ours-ppo" in summary and "ours-klq" in summary:
         o, k = summary["ours-ppo"], summary["ours-klq"]
         print(f"KLQ time per iteration / ours PPO's:    {k['iteration_s'] / o['iteration_s']:.2f}    (goal <= 1.0)")

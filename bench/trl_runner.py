@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import tempfile
 import time
 import warnings
@@ -147,6 +148,8 @@ def main() -> None:
         "scoring_s": [m["scored"] - m["generated"] for m in measured],
         "training_s": [m["end"] - m["scored"] for m in measured],
         "peak_gib": peak,
+        # peak resident memory of the whole process (CPU: the models, optimizer state, activations)
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
     print("RESULT " + json.dumps(result), flush=True)
 

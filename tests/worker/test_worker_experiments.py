@@ -1,11 +1,12 @@
-"""An experiment end to end through a real `klq worker` (issue #8's done-criterion): a 2 algorithms x 2 tau
-x 2 seeds grid with tiny budgets is trained, the worker that ends the last run queues the judgements itself
-(gold judge, 4 prompts), and the results table, frontier and win-rates agree with values computed here from
+"""An experiment end to end through a real `klq worker` (issue #8's done-criterion, and issue 15's: all four
+algorithms): the default grid of every registered algorithm (KLQ, PPO, RLOO, GRPO) x 1 tau x 2 seeds with
+tiny budgets is trained (RLOO and GRPO sampling groups of 4 responses per prompt), the worker that ends the
+last run queues the judgements itself (gold judge, 4 prompts; KLQ against each other algorithm), and the results table, frontier and win-rates agree with values computed here from
 the stored rows (metrics through /runs, verdicts through /judgements/{id}/verdicts). Also: the reaper starts
 the judging of an experiment whose last run ended without a worker (cancelled through the API).
 
 sqlite-fs stack only: the PostgreSQL paths of the same code are covered by tests/backend, and this test is
-the most expensive of the suite (8 trainings and 12 judgements in child processes)."""
+the most expensive of the suite (8 trainings and 14 judgements in child processes)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from worker_testkit import Stack, tiny_config, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("stack", ["sqlite-fs"], indirect=True)]
 
+ALGORITHMS = ["klq", "ppo", "rloo", "grpo"]
 T95_DF1 = 12.706204736174705  # two-sided 95% Student-t quantile, 1 degree of freedom (two seeds)
 Z95 = 1.959963984540054
 
@@ -67,23 +69,29 @@ def test_experiment_trains_judges_itself_and_reports(
         json={
             "name": "e2e",
             "base": base,
-            "grid": {"algorithms": ["klq", "ppo"], "kl_coefs": [0.05, 0.2], "seeds": [1, 2]},
+            "grid": {"kl_coefs": [0.1], "seeds": [1, 2]},  # algorithms: all of them (the default)
             "judge": {"backend": "gold", "num_prompts": 4},
             "queue": stack.queues["main"],
         },
     )
     assert r.status_code == 201, r.text
     eid = r.json()["id"]
-    exp = wait_experiment(stack, client, eid, 420)
+    exp = wait_experiment(stack, client, eid, 600)
     elapsed = time.monotonic() - started
-    print(f"experiment of 8 runs and 12 judgements: {elapsed:.0f} s")
+    print(f"experiment of 8 runs and 14 judgements: {elapsed:.0f} s")
 
     assert exp["status"] == "succeeded", (exp["error"], stack.diagnostics())
     assert exp["judging_started_at"] is not None
     assert {r["status"] for r in exp["runs"]} == {"succeeded"} and len(exp["runs"]) == 8
-    assert sorted(j["kind"] for j in exp["judgements"]) == ["klq_vs_ppo"] * 4 + ["vs_sft"] * 8
+    assert sorted(r["algorithm"] for r in exp["runs"]) == sorted(ALGORITHMS * 2)
+    groups = {r["algorithm"]: client.get(f"/runs/{r['run_id']}").json()["config"]["rollout"]["num_generations"]
+              for r in exp["runs"]}  # fmt: skip
+    assert groups == {"klq": 1, "ppo": 1, "rloo": 4, "grpo": 4}
+    assert sorted(j["kind"] for j in exp["judgements"]) == (
+        ["klq_vs_grpo"] * 2 + ["klq_vs_ppo"] * 2 + ["klq_vs_rloo"] * 2 + ["vs_sft"] * 8
+    )
     assert all(j["status"] == "succeeded" and j["completed"] == j["total"] == 8 for j in exp["judgements"])
-    assert exp["progress"]["runs_finished"] == 8 and exp["progress"]["judgements_finished"] == 12
+    assert exp["progress"]["runs_finished"] == 8 and exp["progress"]["judgements_finished"] == 14
 
     # the stored rows, read through the public API
     final: dict[int, dict[str, float]] = {}
@@ -95,9 +103,7 @@ def test_experiment_trains_judges_itself_and_reports(
 
     res = client.get(f"/experiments/{eid}/results").json()
     assert res["status"] == "succeeded" and res["not_judged"] == []
-    assert [(row["kl_coef"], row["algorithm"]) for row in res["rows"]] == [
-        (0.05, "klq"), (0.05, "ppo"), (0.2, "klq"), (0.2, "ppo"),
-    ]  # fmt: skip
+    assert [(row["kl_coef"], row["algorithm"]) for row in res["rows"]] == [(0.1, a) for a in sorted(ALGORITHMS)]
     for row in res["rows"]:
         ids = [cell[(row["algorithm"], row["kl_coef"], s)] for s in (1, 2)]
         assert row["succeeded"] == 2 and row["failed"] == [] and row["pending"] == 0
@@ -113,7 +119,7 @@ def test_experiment_trains_judges_itself_and_reports(
         assert row["iteration_s"]["n"] == 2 and row["iteration_s"]["mean"] > 0
         assert all(v > 0 for v in row["wall_clock_s"]["values"])
 
-    for alg in ("klq", "ppo"):
+    for alg in ALGORITHMS:
         pts = [(final[i]["objective/scores"], final[i]["objective/kl"], i) for (a, _t, _s), i in cell.items() if a == alg]  # fmt: skip
         front = [
             (kl, i) for reward, kl, i in pts
@@ -125,7 +131,7 @@ def test_experiment_trains_judges_itself_and_reports(
     by_group: dict[tuple, list[int]] = {}
     for j in exp["judgements"]:
         by_group.setdefault((j["kind"], j["kl_coef"], j["algorithm"]), []).append(j["judgement_id"])
-    assert len(res["win_rates"]) == len(by_group) == 2 + 4
+    assert len(res["win_rates"]) == len(by_group) == 3 + 4  # KLQ vs 3 others; each algorithm vs its SFT
     for w in res["win_rates"]:
         ids = by_group[(w["kind"], w["kl_coef"], w["algorithm"])]
         outcomes = []
