@@ -239,10 +239,29 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def _handed_back(job: str, object_id: int) -> bool:
+    """A worker that is shutting down claims nothing new: a message it still received (the filesystem
+    transport's consumer may poll once more during a warm shutdown, and acks are early, so the message is
+    gone) is sent again for another worker if its job is still queued, and dropped if not (a duplicate).
+    Claiming it would count an attempt that a graceful stop then could not tell from a failed one."""
+    if not _shutting_down.is_set():
+        return False
+    table, model = ("runs", store.Run) if job == "train" else ("judgements", store.Judgement)
+    with db().session() as session:
+        row = session.get(model, object_id)
+        status, queue = (row.status, row.queue) if row is not None else (None, None)
+    if status == "queued":
+        log.warning("%s %s: worker shutting down: not claimed, sent again for another worker", job, object_id)
+        _send_again(table, object_id, queue)
+    return True
+
+
 @app.task(name=TRAIN_TASK, acks_late=False, ignore_result=True)
 def train_run(run_id: int) -> str:
     settings = get_settings()
     owner = _owner()
+    if _handed_back("train", run_id):
+        return "handed back"
     with db().session() as session:
         run = store.get_run(session, run_id)
         if run is None:
@@ -537,6 +556,8 @@ def _child_ended(job: str, object_id: int, owner: str, rc: int, log_path: Path, 
 def run_judgement(judgement_id: int) -> str:
     settings = get_settings()
     owner = _owner()
+    if _handed_back("judge", judgement_id):
+        return "handed back"
     gpus = DEVICES.take(1) if DEVICES.total else []
     try:
         with db().write_session() as session:

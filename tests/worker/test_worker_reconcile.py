@@ -18,11 +18,11 @@ from worker_testkit import REDIS_URL, REPO, Stack, wait_for
 pytestmark = pytest.mark.slow
 
 
-def delete_messages(stack: Stack, queue: str) -> int:
-    """Delete every message waiting in `queue`; returns how many there were."""
+def delete_messages(stack: Stack, queue: str, *, keep: bool = False) -> int:
+    """Delete every message waiting in `queue` (keep=True: only count them); returns how many there were."""
     if stack.redis_prefix is None:  # kombu's filesystem transport: one file <time>_<uuid>.<queue>.msg each
         files = list((stack.data_dir / "broker" / "messages").glob(f"*.{queue}.msg"))
-        for path in files:
+        for path in files if not keep else []:
             path.unlink()
         return len(files)
     import redis
@@ -31,7 +31,8 @@ def delete_messages(stack: Stack, queue: str) -> int:
     try:
         key = stack.redis_prefix + queue  # the queue's list, under the stack's global_keyprefix
         count = conn.llen(key)
-        conn.delete(key)
+        if not keep:
+            conn.delete(key)
         return count
     finally:
         conn.close()

@@ -67,7 +67,7 @@ TIMINGS = {
     # a queued job whose broker message is lost is sent again after 3 s (default 300 s)
     "KLQ_REQUEUE_QUEUED_AFTER": "3",
 }
-QUEUE_ROLES = ("main", "kill", "dup", "idle", "fence", "lost", "stall", "term", "loop")
+QUEUE_ROLES = ("main", "kill", "dup", "idle", "fence", "lost", "stall", "term", "loop", "handback")
 
 
 def tiny_config(
