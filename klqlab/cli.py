@@ -1,5 +1,7 @@
 """The `klq` console script: the library's commands (klq/cli.py: train, build-assets, judge) plus the
-commands that start KLQ Lab's services (up, api, worker, ui, migrate), which need backend/ and worker/.
+commands that start KLQ Lab's services (up, api, worker, ui, migrate), which need backend/ and worker/
+and so the `app` extra. Without it the library's commands still run (this module imports only klq at
+its top) and a service command says, in one line, what to install.
 
     klq up --demo            # or: python -m klqlab.cli up --demo
 """
@@ -7,12 +9,58 @@ commands that start KLQ Lab's services (up, api, worker, ui, migrate), which nee
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from klq import cli as library_cli
 
+APP_EXTRA = "pip install 'klq-lab[app]'"
+# The import names of the `app` extra's packages (pyproject.toml; tests/test_layout.py keeps them in step).
+APP_MODULES = (
+    "fastapi",
+    "uvicorn",
+    "sqlalchemy",
+    "alembic",
+    "celery",
+    "redis",
+    "psycopg",
+    "pydantic_settings",
+    "sse_starlette",
+    "tsdownsample",
+    "prometheus_client",
+    "psutil",
+    "streamlit",
+)
 
+
+def missing_app_modules() -> list[str]:
+    """The app extra's packages that cannot be imported here (found, not imported: cheap)."""
+    return [name for name in APP_MODULES if importlib.util.find_spec(name) is None]
+
+
+def service_command(
+    func: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A command that starts a service: refused in one line, naming the extra, where the app's packages
+    are missing (instead of an ImportError from deep inside, or from a child process)."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        missing = missing_app_modules()
+        if missing:
+            raise SystemExit(
+                f"klq {args.command}: needs KLQ Lab's app packages, missing here ({', '.join(missing)}): "
+                f"{APP_EXTRA}"
+            )
+        return func(args)
+
+    return run
+
+
+@service_command
 def cmd_migrate(args: argparse.Namespace) -> int:
     from backend.migrate import upgrade
     from backend.settings import get_settings
@@ -46,6 +94,7 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+@service_command
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -61,6 +110,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+@service_command
 def cmd_ui(args: argparse.Namespace) -> int:
     import os
 
@@ -99,6 +149,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+@service_command
 def cmd_up(args: argparse.Namespace) -> int:
     """API, one worker and the UI on the embedded defaults, each its own process; Ctrl-C, SIGTERM or SIGHUP
     stops them all."""
@@ -113,6 +164,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
 
 
+@service_command
 def cmd_worker(args: argparse.Namespace) -> int:
     """A Celery worker: threads pool (the work itself runs in child processes), one slot per GPU,
     prefetch 1, early acks plus the database lease (see worker/tasks.py for why)."""

@@ -296,6 +296,7 @@ def test_dockerfile_variants_and_files() -> None:
     assert "klq-{args.queues.replace(',', '-')}" in (REPO / "klqlab" / "cli.py").read_text()
     reqs = install_deps.requirements(str(REPO / "pyproject.toml"), default_extras)
     assert any(r.startswith("torch") for r in reqs) and any(r.startswith("flower") for r in reqs)
+    assert "app" in default_extras and set(extras["app"]) <= set(reqs)  # the image runs the services
     assert any(r.startswith("flower") for r in extras["ops"])
     ignored = (REPO / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored and ".env" in ignored

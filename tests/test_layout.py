@@ -1,16 +1,24 @@
 """The packages' dependency direction (docs/ARCHITECTURE.md): klqlab -> worker -> backend -> klq, frontend
 on the client side of klq only. The contracts are import-linter's, in pyproject.toml ([tool.importlinter]);
-`lint-imports` checks them statically (nothing is imported), here in a process of its own."""
+`lint-imports` checks them statically (nothing is imported), here in a process of its own. And the library
+installs without the app extra: klq imports, and `klq train` / `klq judge` run, with the app's packages
+blocked, while the service commands then say in one line what to install."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    from pip._vendor import tomli as tomllib
 
 pytest.importorskip("importlinter", reason="import-linter is in the test extras: pip install -e '.[test]'")
 
@@ -52,6 +60,8 @@ def tree_copy(tmp_path_factory) -> Path:
         ("klq/trainer.py", "from worker import tasks", "klq is not allowed to import worker"),
         ("klq/config.py", "import frontend.logic", "klq is not allowed to import frontend"),
         ("klq/rollout.py", "import sqlalchemy", "klq is not allowed to import sqlalchemy"),
+        ("klq/client.py", "import psutil", "klq is not allowed to import psutil"),
+        ("klq/judge/stats.py", "import tsdownsample", "klq is not allowed to import tsdownsample"),
         (
             "backend/dispatch.py",
             "from worker.celery_app import app",
@@ -59,8 +69,8 @@ def tree_copy(tmp_path_factory) -> Path:
         ),
         ("backend/store.py", "import klqlab.up", "backend is not allowed to import klqlab"),
         ("worker/runner.py", "import frontend.client", "worker is not allowed to import frontend"),
-        ("frontend/logic.py", "from backend import store", "frontend is not allowed to import backend"),
-        ("frontend/logic.py", "import klq.trainer", "frontend is not allowed to import klq.trainer"),
+        ("frontend/logic/runs.py", "from backend import store", "frontend is not allowed to import backend"),
+        ("frontend/logic/configs.py", "import klq.trainer", "frontend is not allowed to import klq.trainer"),
         ("frontend/views/runs.py", "from worker import tasks", "frontend is not allowed to import worker"),
     ],
 )
@@ -84,3 +94,82 @@ def test_every_klq_help_renders() -> None:
     for args in ([], ["train"], ["judge"], ["up"], ["worker"]):
         done = subprocess.run([sys.executable, "-m", "klqlab.cli", *args, "--help"], capture_output=True, text=True)
         assert done.returncode == 0, (args, done.stderr)
+
+
+# --- the library without the app extra ------------------------------------------------------------------
+
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+APP_CONTRACT = "klq installs without the app extra"
+
+
+def import_name(requirement: str) -> str:
+    """The module a requirement installs, for ours: 'uvicorn[standard]>=0.30' -> 'uvicorn',
+    'prometheus-client>=0.20' -> 'prometheus_client'."""
+    return re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("-", "_")
+
+
+def app_extra_modules() -> set[str]:
+    return {import_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["app"]}
+
+
+def app_contract_modules() -> list[str]:
+    contracts = PYPROJECT["tool"]["importlinter"]["contracts"]
+    (contract,) = [c for c in contracts if c["name"].startswith(APP_CONTRACT)]
+    assert contract["source_modules"] == ["klq"] and contract["type"] == "forbidden", contract
+    return contract["forbidden_modules"]
+
+
+def test_the_app_extra_the_contract_and_the_service_commands_agree() -> None:
+    """What `pip install 'klq-lab[app]'` adds is what klq may not import and what the service commands
+    look for; the library's own dependencies are none of it."""
+    from klqlab.cli import APP_MODULES
+
+    assert set(APP_MODULES) == app_extra_modules()
+    assert app_extra_modules() <= set(app_contract_modules())
+    base = {import_name(r) for r in PYPROJECT["project"]["dependencies"]}
+    assert not base & set(app_contract_modules()), base
+
+
+def without_the_app(code: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a Python where none of the packages of the app contract can be imported, as after
+    `pip install klq-lab` alone: each is None in sys.modules, so `import` fails as for a package not
+    installed and importlib.util.find_spec finds nothing."""
+    block = f"import sys\nsys.modules.update(dict.fromkeys({app_contract_modules()!r}))\n"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", block + code, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+KLQ_MAIN = "from klqlab.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def test_every_klq_module_imports_without_the_app() -> None:
+    code = "import pkgutil, importlib, klq\n"
+    code += "for m in pkgutil.walk_packages(klq.__path__, 'klq.'):\n    importlib.import_module(m.name)\n"
+    code += "import klqlab.cli\nprint('imported')\n"
+    done = without_the_app(code)
+    assert done.returncode == 0 and "imported" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("command", ["up", "api", "worker", "ui", "migrate"])
+def test_a_service_command_without_the_app_says_what_to_install(command: str) -> None:
+    assert without_the_app(KLQ_MAIN, command, "--help").returncode == 0  # every sub-command is still offered
+    done = without_the_app(KLQ_MAIN, command)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().count("\n") == 0, done.stderr  # one line, no traceback
+    assert done.stderr.startswith(f"klq {command}: needs KLQ Lab's app packages") and "fastapi" in done.stderr
+    assert done.stderr.strip().endswith("pip install 'klq-lab[app]'"), done.stderr
+
+
+@pytest.mark.slow
+def test_the_library_commands_run_without_the_app(builtin_data_dir: Path, tmp_path: Path) -> None:
+    """`klq train` and `klq judge` on the built-in task (one iteration) with the app's packages absent."""
+    run_dir = tmp_path / "run"
+    train = without_the_app(KLQ_MAIN, "train", str(REPO / "configs" / "builtin-klq.yaml"), "--out", str(run_dir),
+                            "--set", "train.total_episodes=64", "--set", "checkpoint_interval=1",
+                            "--set", "eval_interval=1", cwd=tmp_path)  # fmt: skip
+    assert train.returncode == 0, train.stdout + train.stderr
+    judge = without_the_app(KLQ_MAIN, "judge", "--a", str(run_dir), "--b", "reference", "--task", "builtin",
+                            "--n", "4", "--judge", "gold", cwd=tmp_path)  # fmt: skip
+    assert judge.returncode == 0, judge.stdout + judge.stderr
+    assert "win-rate A" in judge.stdout, judge.stdout
