@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from klq.config import ModelConfig
-from klq.tasks import resolve_model_path
+from klq.tasks.model_names import resolve_model_path
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,9 @@ def _assets_key() -> str:
     from klq.judge import templates
     from klq.tasks import builtin
 
-    digest = hashlib.sha256(Path(builtin.__file__).read_bytes())
+    digest = hashlib.sha256()
+    for source in sorted(Path(builtin.__file__).parent.glob("*.py")):  # the builder's package, module by module
+        digest.update(source.read_bytes())
     digest.update(Path(templates.__file__).read_bytes())  # the built-in judge is trained on a template
     digest.update(f"{torch.__version__}|{transformers.__version__}".encode())
     return f"v{builtin.VERSION}-{digest.hexdigest()[:16]}"

@@ -14,6 +14,7 @@ from klq.config import TaskConfig
 from klq.models import sequence_scores
 from klq.tasks import Prompt, Task, filter_prompts_by_length, load_task, resolve_model_path
 from klq.tasks import builtin as B
+from klq.tasks.builtin import assets, gold, training
 from klq.tasks.datasets import DatasetError, DatasetTask, hh_question
 
 PIZZA = "review the pizza :"
@@ -290,24 +291,25 @@ def test_missing_assets_say_how_to_build_them(tmp_path: Path, monkeypatch: pytes
 
 
 def _shrink(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "SFT_DEMOS": 256,
-        "SFT_STEPS": 6,
-        "RM_PAIRS": 96,
-        "RM_EVAL_PAIRS": 48,
-        "RM_STEPS": 6,
-        "CALIBRATION_SAMPLES": 64,
-        "TRAIN_PROMPTS": 32,
-        "EVAL_PROMPTS": 16,
-    }.items():
-        monkeypatch.setattr(B, name, value)
+    """Smaller settings, set on the modules that read them."""
+    for module, name, value in [
+        (training, "SFT_DEMOS", 256),
+        (training, "SFT_STEPS", 6),
+        (training, "RM_PAIRS", 96),
+        (training, "RM_EVAL_PAIRS", 48),
+        (training, "RM_STEPS", 6),
+        (training, "CALIBRATION_SAMPLES", 64),
+        (gold, "TRAIN_PROMPTS", 32),
+        (gold, "EVAL_PROMPTS", 16),
+    ]:
+        monkeypatch.setattr(module, name, value)
 
 
 def test_build_is_deterministic_locked_and_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     _shrink(monkeypatch)
     builds = []
-    real_build = B._build_into
-    monkeypatch.setattr(B, "_build_into", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    real_build = assets._build_into
+    monkeypatch.setattr(assets, "_build_into", lambda *a, **k: builds.append(1) or real_build(*a, **k))
     out = tmp_path / "a" / "builtin"
     results: list[Path] = []
     threads = [

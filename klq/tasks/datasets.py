@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from klq.tasks import Prompt, Task, _check_split
+from klq.tasks.base import Prompt, Task, _check_split
 
 if TYPE_CHECKING:  # pragma: no cover
     from klq.config import TaskConfig

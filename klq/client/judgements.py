@@ -1,0 +1,135 @@
+"""Judgements: queue them (or `judge` and wait), list, read, wait for, their verdicts, cancel and delete."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from klq.api_types import Judgement, JudgementPage, Verdict, VerdictPage
+from klq.client.base import ClientBase, _opt_list
+from klq.client.errors import JudgementFailedError
+
+
+class JudgementsAPI(ClientBase):
+    """The judgements' endpoints of `klq.client.Client`."""
+
+    def create_judgement(
+        self,
+        run_a: int,
+        run_b: int | None = None,
+        *,
+        step_a: int | None = None,
+        step_b: int | None = None,
+        num_prompts: int = 64,
+        judge: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        queue: str | None = None,
+    ) -> Judgement:
+        """Queue a pairwise judgement of run A's policy against run B's (None: A's reference/SFT policy).
+        ``judge``: e.g. ``{"backend": "gold"}`` or ``{"backend": "openai", "model": "gpt-4o-mini"}``."""
+        body: dict[str, Any] = {
+            "run_a": int(run_a),
+            "num_prompts": int(num_prompts),
+            "seed": int(seed),
+            "judge": dict(judge or {"backend": "gold"}),
+        }
+        for key, value in (("run_b", run_b), ("step_a", step_a), ("step_b", step_b), ("queue", queue)):
+            if value is not None:
+                body[key] = value
+        return self._post("/judgements", body)
+
+    def list_judgements(
+        self,
+        *,
+        run_id: int | None = None,
+        status: Iterable[str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> JudgementPage:
+        return self._get("/judgements", run_id=run_id, status=_opt_list(status), limit=limit, offset=offset)
+
+    def get_judgement(
+        self, judgement_id: int, *, include_verdicts: bool = True, limit: int = 100, offset: int = 0
+    ) -> Judgement:
+        return self._get(
+            f"/judgements/{int(judgement_id)}",
+            include_verdicts="true" if include_verdicts else "false",
+            limit=limit,
+            offset=offset,
+        )
+
+    def wait_for_judgement(
+        self,
+        judgement_id: int,
+        *,
+        timeout: float = 3600.0,
+        poll_interval: float = 2.0,
+        raise_on_failure: bool = True,
+        include_verdicts: bool = False,
+    ) -> Judgement:
+        """Poll a judgement until it is finished and return it (``result``: win-rate with its Wilson
+        interval). :class:`JudgementFailedError` if it failed; :class:`WaitTimeout` after ``timeout``."""
+        judgement = self._wait(
+            lambda: self.get_judgement(judgement_id, include_verdicts=False),
+            f"judgement {judgement_id}",
+            timeout,
+            poll_interval,
+            None,
+        )
+        if judgement["status"] == "failed" and raise_on_failure:
+            raise JudgementFailedError(judgement)
+        if include_verdicts:
+            judgement = self.get_judgement(judgement_id, include_verdicts=True, limit=1000)
+        return judgement
+
+    def judge(
+        self,
+        run_a: int,
+        run_b: int | None = None,
+        *,
+        step_a: int | None = None,
+        step_b: int | None = None,
+        num_prompts: int = 64,
+        judge: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        queue: str | None = None,
+        wait: bool = True,
+        timeout: float = 3600.0,
+        poll_interval: float = 2.0,
+    ) -> Judgement:
+        """Start a pairwise judgement of run A's policy against run B's (None: A's SFT/reference policy)
+        and, with ``wait`` (default), wait for its result. ``judge``: the judge spec, default the task's
+        gold reward ``{"backend": "gold"}``; e.g. ``{"backend": "openai", "model": "gpt-4o-mini"}``."""
+        created = self.create_judgement(
+            run_a,
+            run_b,
+            step_a=step_a,
+            step_b=step_b,
+            num_prompts=num_prompts,
+            judge=judge,
+            seed=seed,
+            queue=queue,
+        )
+        if not wait:
+            return created
+        return self.wait_for_judgement(created["id"], timeout=timeout, poll_interval=poll_interval)
+
+    def list_verdicts(self, judgement_id: int, *, limit: int = 100, offset: int = 0) -> VerdictPage:
+        return self._get(f"/judgements/{int(judgement_id)}/verdicts", limit=limit, offset=offset)
+
+    def iter_verdicts(self, judgement_id: int, *, page_size: int = 500) -> Iterator[Verdict]:
+        offset = 0
+        while True:
+            page = self.list_verdicts(judgement_id, limit=page_size, offset=offset)
+            yield from page["items"]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return
+
+    def cancel_judgement(self, judgement_id: int) -> Judgement:
+        return self._post(f"/judgements/{int(judgement_id)}/cancel")
+
+    def delete_judgement(self, judgement_id: int, *, force: bool = False) -> None:
+        self._request(
+            "DELETE", f"/judgements/{int(judgement_id)}", params={"force": "true"} if force else None
+        )
