@@ -67,7 +67,7 @@ def tree_copy(tmp_path_factory) -> Path:
             "from worker.celery_app import app",
             "backend is not allowed to import worker",
         ),
-        ("backend/store.py", "import klqlab.up", "backend is not allowed to import klqlab"),
+        ("backend/store/runs.py", "import klqlab.up", "backend is not allowed to import klqlab"),
         ("worker/runner.py", "import frontend.client", "worker is not allowed to import frontend"),
         ("frontend/logic/runs.py", "from backend import store", "frontend is not allowed to import backend"),
         ("frontend/logic/configs.py", "import klq.trainer", "frontend is not allowed to import klq.trainer"),

@@ -329,7 +329,7 @@ class _ProgressWatch:
     def __init__(self, settings) -> None:
         self.settings = settings
         self.started = utcnow()
-        self.last: datetime | None = None  # None: no progress yet in this attempt (store._acquire resets it)
+        self.last: datetime | None = None  # None: no progress yet in this attempt (store.leases.acquire resets it)
         self.where = ""
 
     def saw(self, row, job: str) -> None:

@@ -1,0 +1,232 @@
+"""Judgements: a judge's comparison of two runs' policies, leased to a worker like a run (the lease is
+backend.store.leases), and its verdicts with the summary recomputed from them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from ..models import ORDERS, VERDICTS, Judgement, Run, Verdict, utcnow
+from ..winrate import summarize_rows
+from . import leases
+from ._common import NotFound, upsert_many
+from .leases import HeartbeatResult
+
+
+def create_judgement(
+    session: Session,
+    *,
+    run_a_id: int,
+    step_a: int | None = None,
+    run_b_id: int | None = None,
+    step_b: int | None = None,
+    num_prompts: int,
+    judge: Mapping[str, Any],
+    seed: int = 0,
+    queue: str = "gpu",
+    experiment_id: int | None = None,
+    kind: str | None = None,
+    commit: bool = True,
+) -> Judgement:
+    """A queued judgement of run A (at step_a; None = final) against run B (None = A's reference);
+    ``experiment_id``/``kind`` mark the judgements an experiment queues itself."""
+    for rid in (run_a_id, run_b_id):
+        if rid is not None and session.get(Run, rid) is None:
+            raise NotFound(f"run {rid} not found")
+    now = utcnow()
+    j = Judgement(
+        status="queued",
+        queue=queue,
+        run_a_id=run_a_id,
+        step_a=step_a,
+        run_b_id=run_b_id,
+        step_b=step_b,
+        num_prompts=num_prompts,
+        judge=dict(judge),
+        seed=seed,
+        experiment_id=experiment_id,
+        kind=kind,
+        total=2 * num_prompts,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(j)
+    session.flush()
+    if commit:
+        session.commit()
+    return j
+
+
+def get_judgement(session: Session, judgement_id: int) -> Judgement | None:
+    return session.get(Judgement, judgement_id)
+
+
+def list_judgements(
+    session: Session,
+    *,
+    run_id: int | None = None,
+    status: Sequence[str] | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Judgement], int]:
+    where = []
+    if run_id is not None:
+        where.append(or_(Judgement.run_a_id == run_id, Judgement.run_b_id == run_id))
+    if status:
+        where.append(Judgement.status.in_(list(status)))
+    items = list(
+        session.scalars(
+            select(Judgement).where(*where).order_by(Judgement.id.desc()).limit(limit).offset(offset)
+        )
+    )
+    total = session.scalar(select(func.count(Judgement.id)).where(*where)) or 0
+    return items, total
+
+
+
+def set_judgement_status(
+    session: Session,
+    judgement_id: int,
+    status: str,
+    *,
+    error: str | None = None,
+    owner: str | None = None,
+    commit: bool = True,
+) -> bool:
+    """Set a judgement's status (and error); see ``leases.set_status`` (claim one with ``acquire_judgement``)."""
+    return leases.set_status(session, Judgement, judgement_id, status, error=error, owner=owner, commit=commit)
+
+
+def acquire_judgement(
+    session: Session,
+    judgement_id: int,
+    owner: str,
+    *,
+    stale_after: timedelta = timedelta(seconds=60),
+    commit: bool = True,
+) -> bool:
+    """Claim a judgement for ``owner``, like ``acquire_lease`` for runs."""
+    return leases.acquire(session, Judgement, judgement_id, owner, stale_after, {}, commit)
+
+
+def heartbeat_judgement(
+    session: Session, judgement_id: int, owner: str, *, commit: bool = True
+) -> HeartbeatResult:
+    """Renew a judgement's lease; says whether it is still ours and whether a cancel was requested."""
+    return leases.heartbeat(session, Judgement, judgement_id, owner, {}, commit)
+
+
+def requeue_stale_judgements(
+    session: Session,
+    *,
+    stale_after: timedelta = timedelta(seconds=120),
+    max_attempts: int | None = None,
+    commit: bool = True,
+) -> list[int]:
+    """Like ``requeue_stale_runs`` for judgements whose worker died (their stored verdicts are kept and
+    not judged again)."""
+    return leases.requeue_stale(session, Judgement, stale_after, commit, max_attempts)
+
+
+def request_judgement_cancel(session: Session, judgement_id: int, *, commit: bool = True) -> Judgement:
+    """Ask a judgement to stop, like ``request_cancel`` for runs (``leases.request_cancel``)."""
+    return leases.request_cancel(session, Judgement, judgement_id, commit=commit)
+
+
+def delete_judgement(
+    session: Session, judgement_id: int, *, force: bool = False, commit: bool = True
+) -> None:
+    """Delete a judgement and its verdicts; a running one must be cancelled first unless ``force``."""
+    leases.delete_row(session, Judgement, judgement_id, force=force, commit=commit)
+
+
+def record_verdicts(
+    session: Session,
+    judgement_id: int,
+    verdicts: Iterable[Mapping[str, Any]],
+    *,
+    owner: str | None = None,
+    commit: bool = True,
+) -> Judgement:
+    """Store judge verdicts: mappings with prompt_id, order ("ab": A shown first, "ba": swapped),
+    verdict (A/B/tie/invalid, in terms of the policies), prompt, response_a, response_b, raw_output.
+
+    Idempotent per (judgement, prompt_id, order): a retried call replaces, never double-counts. The
+    judgement's counts, win-rate, Wilson CI and position consistency are recomputed from the table.
+    With ``owner``, only while that worker holds the judgement's lease (else LeaseLost)."""
+    if owner is not None:
+        leases.require_lease(session, Judgement, judgement_id, owner)
+    now = utcnow()
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for v in verdicts:
+        if v["order"] not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {v['order']!r}")
+        if v["verdict"] not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {v['verdict']!r}")
+        row = {
+            "judgement_id": judgement_id,
+            "prompt_id": str(v["prompt_id"]),
+            "prompt": str(v.get("prompt", "")),
+            "response_a": str(v.get("response_a", "")),
+            "response_b": str(v.get("response_b", "")),
+            "order": v["order"],
+            "verdict": v["verdict"],
+            "raw_output": v.get("raw_output"),
+            "created_at": now,
+        }
+        rows[(row["prompt_id"], row["order"])] = row
+    upsert_many(
+        session,
+        Verdict.__table__,
+        list(rows.values()),
+        ("judgement_id", "prompt_id", "order"),
+        ("prompt", "response_a", "response_b", "verdict", "raw_output"),
+    )
+    judgement = refresh_judgement_summary(session, judgement_id, commit=False)
+    judgement.progress_at = now  # verdicts saved: the judge process is not hung (stall_timeout_s)
+    if commit:
+        session.commit()
+    return judgement
+
+
+def refresh_judgement_summary(session: Session, judgement_id: int, *, commit: bool = True) -> Judgement:
+    """Recompute a judgement's counts, win-rate, Wilson CI and position consistency from its verdicts
+    (per prompt, once both orders are in; see backend.winrate)."""
+    triples = session.execute(
+        select(Verdict.prompt_id, Verdict.order, Verdict.verdict).where(Verdict.judgement_id == judgement_id)
+    ).all()
+    summary = summarize_rows((p, o, v) for p, o, v in triples)
+    j = session.get(Judgement, judgement_id, populate_existing=True)
+    if j is None:
+        raise NotFound(f"judgement {judgement_id} not found")
+    j.completed = len(triples)
+    j.wins_a, j.wins_b, j.ties, j.invalid = summary.wins_a, summary.wins_b, summary.ties, summary.invalid
+    j.win_rate, j.ci_low, j.ci_high = summary.win_rate, summary.ci_low, summary.ci_high
+    j.position_consistency = summary.position_consistency
+    j.updated_at = utcnow()
+    session.flush()
+    if commit:
+        session.commit()
+    return j
+
+
+def list_verdicts(
+    session: Session, judgement_id: int, *, limit: int = 100, offset: int = 0
+) -> tuple[list[Verdict], int]:
+    where = Verdict.judgement_id == judgement_id
+    items = list(
+        session.scalars(
+            select(Verdict)
+            .where(where)
+            .order_by(Verdict.prompt_id, Verdict.order)
+            .limit(limit)
+            .offset(offset)
+        )
+    )
+    total = session.scalar(select(func.count(Verdict.id)).where(where)) or 0
+    return items, total
+
