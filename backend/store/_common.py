@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import literal
+from sqlalchemy import literal, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -98,3 +98,14 @@ def float_or_none(value: Any) -> float | None:
 def now_param() -> Any:
     return literal(utcnow(), UTCDateTime())
 
+
+
+def update_rows(session: Session, model: Any, *where: Any, values: Mapping[str, Any], commit: bool) -> bool:
+    """One ``UPDATE model SET values WHERE where`` (the session's objects are not synchronised), committed
+    if ``commit``. Returns whether a row changed."""
+    changed = session.execute(
+        update(model).where(*where).values(**values).execution_options(synchronize_session=False)
+    ).rowcount
+    if commit:
+        session.commit()
+    return bool(changed)

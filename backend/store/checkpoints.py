@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..models import Checkpoint, Run, utcnow
 from . import leases
-from ._common import dialect_insert
+from ._common import dialect_insert, update_rows
 
 
 def add_checkpoint(
@@ -35,12 +35,8 @@ def add_checkpoint(
         set_={"path": stmt.excluded.path, "is_final": stmt.excluded.is_final},
     )
     if is_final:
-        session.execute(
-            update(Checkpoint)
-            .where(Checkpoint.run_id == run_id, Checkpoint.step != step)
-            .values(is_final=False)
-            .execution_options(synchronize_session=False)
-        )
+        others = (Checkpoint.run_id == run_id, Checkpoint.step != step)
+        update_rows(session, Checkpoint, *others, values={"is_final": False}, commit=False)
     session.execute(
         stmt,
         [

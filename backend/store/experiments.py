@@ -90,61 +90,58 @@ def set_experiment_error(session: Session, experiment_id: int, error: str, *, co
         session.commit()
 
 
-def experiment_runs(session: Session, experiment_ids: Sequence[int]) -> dict[int, list[ex.RunRow]]:
-    """The runs of several experiments in one query, as RunRows (kl_coef and seed read from the config
-    in SQL, so the config itself is not loaded), by id."""
-    out: dict[int, list[ex.RunRow]] = {eid: [] for eid in experiment_ids}
+def _rows_by_experiment(
+    session: Session, model: Any, columns: Sequence[Any], row_type: Any, experiment_ids: Sequence[int]
+) -> dict[int, list[Any]]:
+    """``row_type(*columns)`` of the rows of ``model`` in several experiments, in one query, by id."""
+    out: dict[int, list[Any]] = {eid: [] for eid in experiment_ids}
     if not experiment_ids:
         return out
     rows = session.execute(
-        select(
-            Run.experiment_id,
-            Run.id,
-            Run.name,
-            Run.algorithm,
-            Run.config["kl_coef"].as_float(),
-            Run.config["seed"].as_integer(),
-            Run.status,
-            Run.error,
-            Run.started_at,
-            Run.finished_at,
-            Run.worker_gpu,
-            Run.iteration,
-            Run.total_iterations,
-        )
-        .where(Run.experiment_id.in_(list(experiment_ids)))
-        .order_by(Run.id)
+        select(model.experiment_id, *columns)
+        .where(model.experiment_id.in_(list(experiment_ids)))
+        .order_by(model.id)
     )
     for eid, *fields in rows:
-        out[eid].append(ex.RunRow(*fields))
+        out[eid].append(row_type(*fields))
     return out
+
+
+def experiment_runs(session: Session, experiment_ids: Sequence[int]) -> dict[int, list[ex.RunRow]]:
+    """The runs of several experiments in one query, as RunRows (kl_coef and seed read from the config
+    in SQL, so the config itself is not loaded), by id."""
+    columns = (
+        Run.id,
+        Run.name,
+        Run.algorithm,
+        Run.config["kl_coef"].as_float(),
+        Run.config["seed"].as_integer(),
+        Run.status,
+        Run.error,
+        Run.started_at,
+        Run.finished_at,
+        Run.worker_gpu,
+        Run.iteration,
+        Run.total_iterations,
+    )
+    return _rows_by_experiment(session, Run, columns, ex.RunRow, experiment_ids)
 
 
 def experiment_judgements(
     session: Session, experiment_ids: Sequence[int]
 ) -> dict[int, list[ex.JudgementRow]]:
     """The judgements of several experiments in one query, by id."""
-    out: dict[int, list[ex.JudgementRow]] = {eid: [] for eid in experiment_ids}
-    if not experiment_ids:
-        return out
-    rows = session.execute(
-        select(
-            Judgement.experiment_id,
-            Judgement.id,
-            Judgement.kind,
-            Judgement.run_a_id,
-            Judgement.run_b_id,
-            Judgement.status,
-            Judgement.completed,
-            Judgement.total,
-            Judgement.error,
-        )
-        .where(Judgement.experiment_id.in_(list(experiment_ids)))
-        .order_by(Judgement.id)
+    columns = (
+        Judgement.id,
+        Judgement.kind,
+        Judgement.run_a_id,
+        Judgement.run_b_id,
+        Judgement.status,
+        Judgement.completed,
+        Judgement.total,
+        Judgement.error,
     )
-    for eid, *fields in rows:
-        out[eid].append(ex.JudgementRow(*fields))
-    return out
+    return _rows_by_experiment(session, Judgement, columns, ex.JudgementRow, experiment_ids)
 
 
 @dataclass

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..models import RUN_STATUSES, TERMINAL_STATUSES, Judgement, Run, utcnow
-from ._common import Conflict, LeaseLost, NotFound, now_param
+from ._common import Conflict, LeaseLost, NotFound, now_param, update_rows
 
 # Runs and judgements are both leased objects: status, lease_owner, heartbeat_at, cancel_requested.
 Leased = type[Run] | type[Judgement]
@@ -74,13 +74,10 @@ def require_lease(session: Session, model: Leased, object_id: int, owner: str) -
 
 def fenced_update(
     session: Session, model: Leased, object_id: int, values: dict[str, Any], *, owner: str | None
-) -> int:
+) -> bool:
     """UPDATE one row with ``values``; with ``owner`` (a worker's write) in the same statement only while
-    that worker holds the lease, else LeaseLost and nothing written. Returns the rows changed."""
-    changed = session.execute(
-        update(model).where(_this_row(model, object_id, owner)).values(**values)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    that worker holds the lease, else LeaseLost and nothing written. Returns whether it changed."""
+    changed = update_rows(session, model, _this_row(model, object_id, owner), values=values, commit=False)
     if owner is not None and not changed:
         raise _lease_lost(model, object_id, owner)
     return changed
@@ -110,11 +107,7 @@ def set_status(
         values.update(finished_at=now, lease_owner=None)
     elif status == "running":
         values["started_at"] = func.coalesce(model.started_at, now_param())
-    stmt = update(model).where(_this_row(model, object_id, owner)).values(**values)
-    changed = session.execute(stmt.execution_options(synchronize_session=False)).rowcount
-    if commit:
-        session.commit()
-    return bool(changed)
+    return update_rows(session, model, _this_row(model, object_id, owner), values=values, commit=commit)
 
 
 def acquire(session: Session, model: Leased, object_id: int, owner: str, stale_after: timedelta,
@@ -148,15 +141,10 @@ def acquire(session: Session, model: Leased, object_id: int, owner: str, stale_a
         **_KINDS[model].reset_on_requeue,
         **extra,
     }
-    changed = session.execute(
-        update(model)
-        .where(model.id == object_id, model.cancel_requested.is_(False), claimable)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if commit:
-        session.commit()
-    return bool(changed)
+    return update_rows(
+        session, model, model.id == object_id, model.cancel_requested.is_(False), claimable, values=values,
+        commit=commit,
+    )
 
 
 @dataclass(frozen=True)
@@ -170,29 +158,19 @@ def heartbeat(session: Session, model: Leased, object_id: int, owner: str, extra
     """Renew ``owner``'s lease (setting ``extra`` too: a run's progress); says whether it is still held and
     whether a cancel was requested (True too when the row is gone)."""
     now = utcnow()
-    changed = session.execute(
-        update(model)
-        .where(model.id == object_id, model.lease_owner == owner, model.status == "running")
-        .values(heartbeat_at=now, updated_at=now, **extra)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    renewed = {"heartbeat_at": now, "updated_at": now, **extra}
+    changed = update_rows(session, model, leased_by(model, object_id, owner), values=renewed, commit=False)
     cancel = session.scalar(select(model.cancel_requested).where(model.id == object_id))
     if commit:
         session.commit()
-    return HeartbeatResult(ok=bool(changed), cancel_requested=bool(cancel) if cancel is not None else True)
+    return HeartbeatResult(ok=changed, cancel_requested=bool(cancel) if cancel is not None else True)
 
 
 def release(session: Session, model: Leased, object_id: int, owner: str, *, commit: bool) -> bool:
     """Drop ``owner``'s lease, whatever the status."""
-    changed = session.execute(
-        update(model)
-        .where(model.id == object_id, model.lease_owner == owner)
-        .values(lease_owner=None)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if commit:
-        session.commit()
-    return bool(changed)
+    return update_rows(
+        session, model, model.id == object_id, model.lease_owner == owner, values={"lease_owner": None}, commit=commit
+    )
 
 
 def _attempts_text(attempts: int) -> str:
@@ -217,12 +195,8 @@ def requeue_stale(
         .with_for_update()
     ).all()
     now = utcnow()
-    session.execute(
-        update(model)
-        .where(stale, model.cancel_requested.is_(True))
-        .values(status="cancelled", finished_at=now, lease_owner=None, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    cancelled = {"status": "cancelled", "finished_at": now, "lease_owner": None, "updated_at": now}
+    update_rows(session, model, stale, model.cancel_requested.is_(True), values=cancelled, commit=False)
     requeued: list[int] = []
     for row in rows:
         values: dict[str, Any] = {"status": "queued"}
@@ -239,12 +213,8 @@ def requeue_stale(
                 )
         if values["status"] == "queued":
             requeued.append(row.id)
-        session.execute(
-            update(model)
-            .where(model.id == row.id, stale)
-            .values(lease_owner=None, updated_at=now, **values)
-            .execution_options(synchronize_session=False)
-        )
+        values.update(lease_owner=None, updated_at=now)
+        update_rows(session, model, model.id == row.id, stale, values=values, commit=False)
     if commit:
         session.commit()
     return requeued
@@ -274,14 +244,10 @@ def retry_or_fail(
     values: dict[str, Any] = {"status": "queued", "last_error": f"attempt {attempts}: {reason}{tail}"}
     if attempts >= max_attempts:
         values.update(status="failed", finished_at=now, error=f"{reason}; stopped after {_attempts_text(attempts)}{tail}")
-    session.execute(
-        update(model)
-        .where(leased_by(model, object_id, owner))
-        .values(lease_owner=None, updated_at=now, **values)
-        .execution_options(synchronize_session=False)
+    update_rows(
+        session, model, leased_by(model, object_id, owner), values={"lease_owner": None, "updated_at": now, **values},
+        commit=commit,
     )
-    if commit:
-        session.commit()
     return values["status"]
 
 
@@ -298,15 +264,8 @@ def requeue_preempted(session: Session, model: Leased, object_id: int, owner: st
         "attempts": case((model.progress_at.is_not(None), model.attempts - 1), else_=model.attempts),
         **_KINDS[model].reset_on_requeue,
     }
-    changed = session.execute(
-        update(model)
-        .where(leased_by(model, object_id, owner), model.cancel_requested.is_(False))  # a cancel ends it
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if commit:
-        session.commit()
-    return bool(changed)
+    not_cancelled = model.cancel_requested.is_(False)  # a cancel ends it
+    return update_rows(session, model, leased_by(model, object_id, owner), not_cancelled, values=values, commit=commit)
 
 
 def unqueue_unsent(
@@ -316,15 +275,10 @@ def unqueue_unsent(
     heartbeat, so that the next reaper pass re-queues it and tries again (and a worker that still gets an
     older message for it may claim it)."""
     model = _BY_TABLE[table]
-    changed = session.execute(
-        update(model)
-        .where(model.id == object_id, model.status == "queued", model.lease_owner.is_(None))
-        .values(status="running", heartbeat_at=None, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if commit:
-        session.commit()
-    return bool(changed)
+    return update_rows(
+        session, model, model.id == object_id, model.status == "queued", model.lease_owner.is_(None),
+        values={"status": "running", "heartbeat_at": None, "updated_at": utcnow()}, commit=commit,
+    )
 
 
 @dataclass(frozen=True)
@@ -367,21 +321,17 @@ def mark_redispatched(
     ``idle_for``). Returns whether this caller is to send its task again."""
     model = _BY_TABLE[table]
     now = utcnow()
-    changed = session.execute(
-        update(model)
-        .where(
-            model.id == object_id,
-            model.status == "queued",
-            model.lease_owner.is_(None),
-            model.cancel_requested.is_(False),
-            model.updated_at < now - idle_for,
-        )
-        .values(updated_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if commit:
-        session.commit()
-    return bool(changed)
+    return update_rows(
+        session,
+        model,
+        model.id == object_id,
+        model.status == "queued",
+        model.lease_owner.is_(None),
+        model.cancel_requested.is_(False),
+        model.updated_at < now - idle_for,
+        values={"updated_at": now},
+        commit=commit,
+    )
 
 
 def _locked(session: Session, model: Leased, object_id: int) -> Any:

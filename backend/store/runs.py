@@ -7,14 +7,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, defer, selectinload
 
 from klq.config import RunConfig
 
 from ..models import TERMINAL_STATUSES, Run, RunTag, utcnow
 from . import leases
-from ._common import NotFound
+from ._common import NotFound, update_rows
 from .leases import HeartbeatResult
 
 
@@ -251,7 +251,7 @@ def set_progress(
     changed = leases.fenced_update(session, Run, run_id, values, owner=owner)
     if commit:
         session.commit()
-    return bool(changed)
+    return changed
 
 
 def acquire_lease(
@@ -309,12 +309,5 @@ def requeue_stale_runs(
 def request_preempt(session: Session, run_id: int, owner: str, *, commit: bool = True) -> bool:
     """Ask ``owner``'s training process to stop at its next iteration boundary, with a checkpoint, to be
     resumed elsewhere (its worker is shutting down); not a cancel. The sink sees it (``should_stop``)."""
-    changed = session.execute(
-        update(Run)
-        .where(leases.leased_by(Run, run_id, owner))
-        .values(preempt_requested=True, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if commit:
-        session.commit()
-    return bool(changed)
+    values = {"preempt_requested": True, "updated_at": utcnow()}
+    return update_rows(session, Run, leases.leased_by(Run, run_id, owner), values=values, commit=commit)

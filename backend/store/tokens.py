@@ -9,12 +9,12 @@ from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..models import SCOPES, ApiToken, utcnow
-from ._common import NotFound
+from ._common import NotFound, update_rows
 
 TOKEN_PREFIX = "klq_"
 INITIAL_TOKEN_NAME = "admin"
@@ -69,16 +69,8 @@ def authenticate(session: Session, plaintext: str) -> ApiToken | None:
 def touch_token(session: Session, token_id: int, *, min_interval: timedelta = timedelta(seconds=60)) -> None:
     """Record use, at most once per ``min_interval`` (no write per request)."""
     now = utcnow()
-    session.execute(
-        update(ApiToken)
-        .where(
-            ApiToken.id == token_id,
-            or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < now - min_interval),
-        )
-        .values(last_used_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
+    unused_since = or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < now - min_interval)
+    update_rows(session, ApiToken, ApiToken.id == token_id, unused_since, values={"last_used_at": now}, commit=True)
 
 
 def list_tokens(session: Session) -> list[ApiToken]:
