@@ -291,7 +291,7 @@ class WaitingJobs:
 
 def waiting_jobs(session: Session, *, idle_for: timedelta) -> dict[str, WaitingJobs]:
     """Per queue, the jobs waiting for a worker and those of them not touched (``updated_at``) for
-    ``idle_for``: the reaper's candidates for a lost broker message (see worker.tasks.redispatch_lost)."""
+    ``idle_for``: the reaper's candidates for a lost broker message (see worker.reaper.redispatch_lost)."""
     cutoff = utcnow() - idle_for
     found: dict[str, list[tuple[Any, str, int, bool]]] = {}
     for table, model in _BY_TABLE.items():
