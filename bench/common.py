@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
+import resource
 from pathlib import Path
 
 
@@ -31,3 +33,25 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+
+
+def print_peer_result(side: str, marks: list[dict[str, float]], warmup: int, peak_gib: float | None,
+                      **fields) -> None:
+    """Print a TRL runner's `RESULT {json}` line from its per-iteration marks (perf_counter times `start`,
+    `generated`, `scored`, `end` and process time `cpu` at `end`): whole iterations from one `end` to the
+    next (the loop's full cost), the first `warmup` ones left out, and the phases of the measured ones."""
+    ends, cpus = [m["end"] for m in marks], [m["cpu"] for m in marks]
+    measured = marks[warmup:]
+    skip = max(warmup - 1, 0)  # the first difference is already the second iteration's
+    result = {
+        "side": side, **fields, "iterations": len(measured),
+        "iteration_s": [b - e for e, b in zip(ends[:-1], ends[1:])][skip:],
+        "cpu_s": [b - e for e, b in zip(cpus[:-1], cpus[1:])][skip:],
+        "generation_s": [m["generated"] - m["start"] for m in measured],
+        "scoring_s": [m["scored"] - m["generated"] for m in measured],
+        "training_s": [m["end"] - m["scored"] for m in measured],
+        "peak_gib": peak_gib,
+        # peak resident memory of the whole process (CPU: the models, optimizer state, activations)
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+    print("RESULT " + json.dumps(result), flush=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import sys
 import tempfile
 import time
 import warnings
@@ -34,6 +34,8 @@ import warnings
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import print_peer_result  # noqa: E402
 
 
 def main() -> None:
@@ -141,24 +143,11 @@ def main() -> None:
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2**30
     assert len(marks) == a.warmup + a.iterations and all("end" in m for m in marks), marks
-    ends, cpus = [m["end"] for m in marks], [m["cpu"] for m in marks]
-    measured = marks[a.warmup :]
-    result = {
-        "side": f"trl-{a.trainer}", "trl": trl.__version__, "transformers": transformers.__version__,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "batch_size": a.batch_size, "mini_batch_size": a.minibatch_size, "micro_batch_size": a.micro_batch_size,
-        "num_generations": a.num_generations, "iterations": len(measured),
-        # whole iterations from one closing on_step_end to the next (the loop's full cost)
-        "iteration_s": [b - e for e, b in zip(ends[:-1], ends[1:])][max(a.warmup - 1, 0) :],
-        "cpu_s": [b - e for e, b in zip(cpus[:-1], cpus[1:])][max(a.warmup - 1, 0) :],
-        "generation_s": [m["generated"] - m["start"] for m in measured],
-        "scoring_s": [m["scored"] - m["generated"] for m in measured],
-        "training_s": [m["end"] - m["scored"] for m in measured],
-        "peak_gib": peak,
-        # peak resident memory of the whole process (CPU: the models, optimizer state, activations)
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-    }
-    print("RESULT " + json.dumps(result), flush=True)
+    print_peer_result(
+        f"trl-{a.trainer}", marks, a.warmup, peak, trl=trl.__version__, transformers=transformers.__version__,
+        torch=torch.__version__, threads=torch.get_num_threads(), batch_size=a.batch_size,
+        mini_batch_size=a.minibatch_size, micro_batch_size=a.micro_batch_size, num_generations=a.num_generations,
+    )
 
 
 if __name__ == "__main__":

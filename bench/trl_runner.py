@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import sys
 import tempfile
 import time
 import warnings
@@ -24,6 +24,8 @@ import warnings
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import print_peer_result  # noqa: E402
 
 
 def main() -> None:
@@ -132,26 +134,11 @@ def main() -> None:
     trainer.train()
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2**30
-    # whole iterations from one on_step_end to the next (the loop's full cost, gc.collect included)
-    ends, cpus = [m["end"] for m in marks], [m["cpu"] for m in marks]
-    iteration_s = [b - e for e, b in zip(ends[:-1], ends[1:])]
-    cpu_s = [b - e for e, b in zip(cpus[:-1], cpus[1:])]
-    measured = marks[a.warmup:]
-    result = {
-        "side": "trl", "trl": trl.__version__, "transformers": transformers.__version__,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "batch_size": cfg.batch_size, "mini_batch_size": cfg.mini_batch_size,
-        "micro_batch_size": cfg.micro_batch_size, "iterations": len(measured),
-        "iteration_s": iteration_s[a.warmup - 1:] if a.warmup >= 1 else iteration_s,
-        "cpu_s": cpu_s[a.warmup - 1:] if a.warmup >= 1 else cpu_s,
-        "generation_s": [m["generated"] - m["start"] for m in measured],
-        "scoring_s": [m["scored"] - m["generated"] for m in measured],
-        "training_s": [m["end"] - m["scored"] for m in measured],
-        "peak_gib": peak,
-        # peak resident memory of the whole process (CPU: the models, optimizer state, activations)
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-    }
-    print("RESULT " + json.dumps(result), flush=True)
+    print_peer_result(
+        "trl", marks, a.warmup, peak, trl=trl.__version__, transformers=transformers.__version__,
+        torch=torch.__version__, threads=torch.get_num_threads(), batch_size=cfg.batch_size,
+        mini_batch_size=cfg.mini_batch_size, micro_batch_size=cfg.micro_batch_size,
+    )
 
 
 if __name__ == "__main__":
