@@ -411,9 +411,11 @@ def line_chart(
     title: str = "",
     smoothing: float = 0.0,
     height: int = CHART_HEIGHT,
+    band: pd.DataFrame | None = None,
 ) -> alt.Chart:
     """Lines of ``df`` (logic.series_frame's columns) coloured by ``color``; with smoothing, the raw
-    values are drawn faintly behind the smoothed ones."""
+    values are drawn faintly behind the smoothed ones. ``band`` (logic.interval_bands' bands): shaded
+    intervals from ``low`` to ``high`` behind the lines, in their line's colour."""
     x_enc = {
         "step": alt.X("x:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)),
         "relative": alt.X("x:Q", title="minutes since start"),
@@ -430,6 +432,13 @@ def line_chart(
         chart = base.mark_line(strokeWidth=1.5, point=len(df) <= 60).encode(
             y=alt.Y("value:Q", title=None), tooltip=tooltip
         )
+    if band is not None and not band.empty:
+        area = (
+            alt.Chart(band)
+            .mark_area(opacity=0.18)
+            .encode(x=x_enc, y=alt.Y("low:Q", title=None), y2="high:Q", color=alt.Color(f"{color}:N", legend=legend))
+        )
+        chart = alt.layer(area, chart)
     return chart.properties(title=title, height=height).interactive(bind_y=False)
 
 

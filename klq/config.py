@@ -186,6 +186,61 @@ class RolloutConfig(_Strict):
     )
 
 
+JudgeBackend = Literal["openai", "local_hf", "reward_model", "gold"]  # klq.judge.backends.BACKENDS
+TEMPLATE_JUDGES = ("openai", "local_hf")  # the backends that read a judge prompt template
+
+
+class EvalJudgeConfig(_Strict):
+    """The in-training win-rate against the reference (off while `backend` is unset): at every `every`-th
+    eval (and the last), a judge compares the policy's responses to the eval prompts with the reference
+    (SFT) policy's responses to the same prompts, both decoded as eval decodes (`rollout.eval_temperature`),
+    in both presentation orders (klq.judge, as `klq judge`). Logged as `eval/win_rate_vs_ref` (ties count
+    half) with its 95% Wilson interval `eval/win_rate_vs_ref_ci_low` / `_ci_high` and the counts
+    `eval/judge_wins`, `_losses`, `_ties`, `_invalid`. The judge is loaded once per run; the reference's
+    responses are generated once and kept in the run directory (`eval_reference.json`, reused on resume)."""
+
+    backend: JudgeBackend | None = Field(
+        None, description="gold: the task's gold reward; reward_model: a reward model; local_hf: a local causal "
+        "LM judging by answer-token log-probabilities; openai: an OpenAI-compatible endpoint "
+        "(KLQ_JUDGE_BASE_URL, KLQ_JUDGE_API_KEY); unset: no judge"
+    )
+    model: str | None = Field(
+        None, description="reward_model: the scorer (default: model.reward); local_hf: an HF causal LM "
+        "(builtin:judge for the built-in task); openai: the model name (required)"
+    )
+    template: str | None = Field(
+        None, description="openai/local_hf: a built-in template (summarisation, dialogue, generic) or a template "
+        "text with {prompt}, {response_a} and {response_b}; default: by task"
+    )
+    every: int = Field(1, ge=1, description="judge every N-th eval (eval_interval iterations apart); the last always")
+    margin: float | None = Field(
+        None, ge=0, description="gold/reward_model/local_hf: a score difference up to this is a tie (default 0)"
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_the_backend(self) -> EvalJudgeConfig:
+        if self.backend is None:
+            given = [name for name in ("model", "template", "margin") if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"eval_judge.{given[0]} is set but eval_judge.backend is not: set a backend "
+                                 "(gold, reward_model, local_hf, openai) to judge during training")
+            return self
+        if self.backend in TEMPLATE_JUDGES and not self.model:
+            what = ("the endpoint's model name (its URL and key come from KLQ_JUDGE_BASE_URL and KLQ_JUDGE_API_KEY)"
+                    if self.backend == "openai" else "an HF causal LM directory or hub id (builtin:judge)")
+            raise ValueError(f"eval_judge.model is required for eval_judge.backend {self.backend!r}: {what}")
+        if self.template is not None and self.backend not in TEMPLATE_JUDGES:
+            raise ValueError(f"eval_judge.template is set but eval_judge.backend {self.backend!r} reads no template "
+                             f"(only {' and '.join(TEMPLATE_JUDGES)} do)")
+        if self.margin is not None and self.backend == "openai":
+            raise ValueError("eval_judge.margin is set but eval_judge.backend 'openai' answers A or B and takes "
+                             "no margin")
+        if self.model is not None and self.backend == "gold":
+            raise ValueError("eval_judge.model is set but eval_judge.backend 'gold' uses the task's gold reward, "
+                             "no model")
+        return self
+
+
 class TrainConfig(_Strict):
     total_episodes: int = Field(75_000, ge=1)
     batch_size: int = Field(64, ge=1, description="rollouts per iteration (per process)")
@@ -251,6 +306,7 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval_judge: EvalJudgeConfig = Field(default_factory=EvalJudgeConfig)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -326,6 +382,10 @@ class RunConfig(_Strict):
                 f"train.batch_size ({self.train.batch_size}) must be divisible by rollout.num_generations "
                 f"({self.rollout.num_generations}): each prompt of a batch is sampled num_generations times"
             )
+        # The built-in task is the one with a gold reward (klq.tasks: BuiltinTask.has_gold_reward).
+        if self.eval_judge.backend == "gold" and self.task.name != "builtin":
+            raise ValueError(f"eval_judge.backend 'gold' needs a task with a gold reward (task.name 'builtin'), "
+                             f"not task.name {self.task.name!r}")
         need = _registry().ALGORITHMS[self.algorithm].min_generations
         if self.rollout.num_generations < need:
             raise ValueError(

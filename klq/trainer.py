@@ -7,7 +7,8 @@
         update    E epochs of shuffled minibatches, gradient accumulation over micro-batches,
                   grad-norm clipping, one AdamW step per minibatch (policy and value as two groups;
                   the policy alone for algorithms without a value model, which is then never built)
-        report    metrics to the sink; held-out samples every eval_interval; checkpoints every
+        report    metrics to the sink; held-out samples every eval_interval (with eval_judge, judged
+                  against the reference's responses: eval/win_rate_vs_ref); checkpoints every
                   checkpoint_interval and at the end
 """
 
@@ -24,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -33,6 +35,7 @@ from transformers.utils import logging as hf_logging
 from klq import losses
 from klq.algorithms import make_algorithm
 from klq.config import RunConfig
+from klq.judge.in_training import WinRateVsReference
 from klq.models import Models, load_models, resolve_device, resolve_dtype, response_logits
 from klq.rollout import Rollout, generate_and_score
 from klq.sinks import JSONLSink, SampleRecord, Sink
@@ -143,9 +146,10 @@ def _metric_name(key: str) -> str:
 
 
 def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume: bool = False,
-          progress: bool = False) -> TrainResult:
+          progress: bool = False, judge_settings: Any = None) -> TrainResult:
     """Run (or resume) one training run, writing checkpoints under out_dir and reporting to `sink`
-    (default: JSONL files in out_dir)."""
+    (default: JSONL files in out_dir). `judge_settings`: the OpenAI-compatible endpoint of an `eval_judge`
+    with backend openai (`klq.judge.backends.JudgeSettings.from_any`; None = the environment)."""
     hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the run's own progress
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -222,6 +226,8 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
     # No-grad passes use the unwrapped modules (models.policy/value are the same objects).
     gold = getattr(task, "gold_reward", None)
     world = accelerator.num_processes
+    win_rate = _win_rate_vs_reference(cfg, task, eval_prompts, models, out_dir, device, judge_settings) \
+        if accelerator.is_main_process else None
 
     bar = None
     if progress and accelerator.is_main_process:
@@ -275,7 +281,7 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
             })
             if iteration % cfg.eval_interval == 0 or iteration == num_iterations:
                 metrics.update(_evaluate(cfg, models, unwrapped_policy, eval_prompts, device, gold, sink, iteration,
-                                         accelerator))
+                                         accelerator, win_rate))
             if accelerator.is_main_process and sink is not None:
                 sink.log_metrics(iteration, metrics)
             if iteration % cfg.checkpoint_interval == 0 or iteration == num_iterations:
@@ -292,6 +298,8 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
     finally:
         if bar is not None:
             bar.close()
+        if win_rate is not None:
+            win_rate.close()
         if sink is not None and accelerator.is_main_process:
             sink.close()
     return TrainResult(out_dir, iteration, stopped, last_checkpoint, metrics)
@@ -403,15 +411,43 @@ def _iteration_metrics(cfg: RunConfig, batch: Rollout, stats: dict[str, float], 
 
 
 @torch.no_grad()
-def _evaluate(cfg: RunConfig, models: Models, policy, prompts: list[Prompt], device, gold, sink: Sink | None,
-              iteration: int, accelerator: Accelerator) -> dict[str, float]:
-    """Responses to the held-out prompts (greedy unless eval_temperature > 0), recorded as samples."""
-    if not prompts or not accelerator.is_main_process:
-        return {}
+def _eval_rollout(cfg: RunConfig, models: Models, policy, prompts: list[Prompt], device, gold) -> Rollout:
+    """`policy`'s responses to the held-out prompts as eval decodes them (greedy unless eval_temperature >
+    0), scored: the trained policy's at each eval, the reference's once for the eval judge."""
     greedy = cfg.rollout.eval_temperature == 0
     rollout_cfg = cfg.rollout if greedy else cfg.rollout.model_copy(update={"temperature": cfg.rollout.eval_temperature})
-    batch = generate_and_score(models, policy, prompts, rollout_cfg, device, cfg.task.max_prompt_length,
-                               cfg.train.micro_batch_size, gold, greedy=greedy)
+    return generate_and_score(models, policy, prompts, rollout_cfg, device, cfg.task.max_prompt_length,
+                              cfg.train.micro_batch_size, gold, greedy=greedy)
+
+
+def _win_rate_vs_reference(cfg: RunConfig, task: Task, prompts: list[Prompt], models: Models, out_dir: Path,
+                           device, settings: Any) -> WinRateVsReference | None:
+    """`eval_judge`'s judge and the reference's responses to the eval prompts, made once per run (read
+    back from the run directory on resume); None when no judge is configured. Made under a forked RNG
+    seeded by the run's seed, so the training draws the same random numbers with a judge as without."""
+    if cfg.eval_judge.backend is None or not prompts:
+        return None
+
+    def generate_reference() -> list[str]:
+        return _eval_rollout(cfg, models, models.reference, prompts, device, None).responses
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        try:
+            return WinRateVsReference.for_run(cfg, task, prompts, out_dir, str(device), generate_reference,
+                                              settings)
+        except ValueError as err:
+            raise TrainingError(str(err)) from err
+
+
+@torch.no_grad()
+def _evaluate(cfg: RunConfig, models: Models, policy, prompts: list[Prompt], device, gold, sink: Sink | None,
+              iteration: int, accelerator: Accelerator, win_rate: WinRateVsReference | None) -> dict[str, float]:
+    """Responses to the held-out prompts (greedy unless eval_temperature > 0), recorded as samples; at the
+    evals `win_rate` is due, judged against the reference's responses."""
+    if not prompts or not accelerator.is_main_process:
+        return {}
+    batch = _eval_rollout(cfg, models, policy, prompts, device, gold)
     kl = batch.kl
     if sink is not None:
         sink.log_samples(iteration, [
@@ -426,6 +462,8 @@ def _evaluate(cfg: RunConfig, models: Models, policy, prompts: list[Prompt], dev
     out = {"eval/scores": batch.scores.mean().item(), "eval/kl": kl.mean().item()}
     if batch.gold_scores is not None:
         out["eval/gold_scores"] = batch.gold_scores.mean().item()
+    if win_rate is not None and win_rate.due(iteration):
+        out.update(win_rate.metrics(batch.responses))
     return out
 
 

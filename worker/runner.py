@@ -126,7 +126,7 @@ def train_main(run_id: int, owner: str) -> int:
             with db.write_session() as session:
                 store.set_progress(session, run_id, total_iterations=cfg.train.num_iterations, owner=owner)
         log.info("run %s: %s training in %s (resume=%s)", run_id, cfg.algorithm, out_dir, resume)
-        result = train(cfg, out_dir, sink=sink, resume=resume)
+        result = train(cfg, out_dir, sink=sink, resume=resume, judge_settings=get_settings())
     except LeaseLost as err:
         log.warning("run %s: %s; leaving it to its new worker", run_id, err)
         return EXIT_LEASE_LOST

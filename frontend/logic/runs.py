@@ -1,5 +1,6 @@
-"""Runs: their statuses and headline metric keys, the runs table and ETA, the Run page's metric panels,
-live-tail merging and EMA smoothing, and reward-vs-KL points with their Pareto frontier."""
+"""Runs: their statuses and headline metric keys, the runs table and ETA, the Run page's metric panels
+(with interval bands), live-tail merging and EMA smoothing, and reward-vs-KL points with their Pareto
+frontier."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ REWARD_KEY = "objective/scores"
 GOLD_KEY = "objective/gold_scores"
 KL_KEY = "objective/kl"
 RLHF_KEY = "objective/rlhf_reward"
+WIN_RATE_KEY = "eval/win_rate_vs_ref"  # the trainer's eval judge (klq.judge.in_training), with its interval:
+# metric key -> the keys of its interval's bounds, drawn as a band around the key's line
+INTERVAL_KEYS = {WIN_RATE_KEY: (f"{WIN_RATE_KEY}_ci_low", f"{WIN_RATE_KEY}_ci_high")}
 
 # --- runs table ------------------------------------------------------------------------------------------
 
@@ -113,6 +117,7 @@ def runs_frame(
 
 PANELS: list[tuple[str, Any]] = [
     ("Reward (RM score, gold)", re.compile(r"^(objective|eval)/(scores|gold_scores|raw_scores)$")),
+    ("Win-rate vs reference (judge)", re.compile(r"^eval/win_rate_vs_ref(_ci_low|_ci_high)?$")),
     ("KL", re.compile(r"^(objective|eval)/kl$")),
     ("RLHF reward", re.compile(r"^objective/(rlhf_reward|non_score_reward)$")),
     ("Losses", re.compile(r"^loss/")),
@@ -125,6 +130,7 @@ PANELS: list[tuple[str, Any]] = [
 ]
 DEFAULT_PANELS = (
     "Reward (RM score, gold)",
+    "Win-rate vs reference (judge)",  # beside the reward, in runs with an eval judge
     "KL",
     "RLHF reward",
     "Losses",
@@ -262,6 +268,24 @@ def series_frame(
     df["value"] = df["value"].astype("float64")
     df["smoothed"] = df["smoothed"].astype("float64")
     return df
+
+
+def interval_bands(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(lines, bands) of a `series_frame`: each key of INTERVAL_KEYS whose two bounds are in ``df`` keeps
+    its line, and its bounds become one band (columns run, key, x, step, low, high: the key's colour);
+    everything else stays a line."""
+    columns = ["run", "key", "x", "step", "low", "high"]
+    bands, bounds = [], []
+    present = set(df["key"]) if not df.empty else set()
+    for key, (low_key, high_key) in INTERVAL_KEYS.items():
+        if not {key, low_key, high_key} <= present:
+            continue
+        low = df[df["key"] == low_key][["run", "x", "step", "value"]].rename(columns={"value": "low"})
+        high = df[df["key"] == high_key][["run", "x", "step", "value"]].rename(columns={"value": "high"})
+        bands.append(low.merge(high, on=["run", "x", "step"]).assign(key=key)[columns])
+        bounds += [low_key, high_key]
+    lines = df[~df["key"].isin(bounds)] if bounds else df
+    return lines, pd.concat(bands, ignore_index=True) if bands else pd.DataFrame(columns=columns)
 
 
 # --- reward vs KL ----------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ SECTIONS = {
     "model": "Models",
     "rollout": "Rollout (generation)",
     "train": "Training",
+    "eval_judge": "Eval judge (win-rate vs reference)",
 }  # then one per algorithm with parameters, from the server (GET /algorithms)
 LABELS = {"kl_coef": "kl_coef (tau)", "lam": "lam (lambda)"}
 MODEL_HELP = (

@@ -1,6 +1,7 @@
-"""Run: one run's live curves (reward, gold reward, KL, rlhf_reward, losses, entropy, q/*, timing), updated
-every few seconds in a fragment that fetches only the new points; its config, error, training log (followed
-live the same way: only the lines written since), and checkpoints."""
+"""Run: one run's live curves (reward, gold reward, the eval judge's win-rate against the reference with its
+interval as a band, KL, rlhf_reward, losses, entropy, q/*, timing), updated every few seconds in a fragment
+that fetches only the new points; its config, error, training log (followed live the same way: only the
+lines written since), and checkpoints."""
 
 from __future__ import annotations
 
@@ -141,8 +142,10 @@ def curves(
                 if df.empty:
                     st.caption(f"{panel}: no points yet")
                     continue
+                lines, band = logic.interval_bands(df)
                 st.altair_chart(
-                    ui.line_chart(df, color="key", x=x, title=panel, smoothing=smoothing), width="stretch"
+                    ui.line_chart(lines, color="key", x=x, title=panel, smoothing=smoothing, band=band),
+                    width="stretch",
                 )
                 st.caption(
                     " · ".join(

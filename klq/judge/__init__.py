@@ -8,6 +8,7 @@
 - `klq.judge.backends`: OpenAI-compatible endpoint, local HF causal LM, reward model, gold reward, and
   `make_judge(spec, settings)`;
 - `klq.judge.generate`: responses of a policy (or a run directory's latest checkpoint) to judge;
+- `klq.judge.in_training`: the trainer's win-rate against the reference at its evals (config `eval_judge`);
 - `klq.judge.cli`: `klq judge`.
 
 Importing this package is cheap (no torch, transformers or httpx until a backend is built).

@@ -28,8 +28,9 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
+from klq.config import JudgeBackend
 from klq.judge.core import JudgeRequest
 
 log = logging.getLogger(__name__)
@@ -539,7 +540,7 @@ class GoldJudge(_ScoreJudge):
 
 # ------------------------------------------------------------------------------------------------- factory
 
-BACKENDS = ("openai", "local_hf", "reward_model", "gold")
+BACKENDS: tuple[str, ...] = get_args(JudgeBackend)  # ("openai", "local_hf", "reward_model", "gold")
 SPEC_KEYS: dict[str, frozenset[str]] = {
     "openai": frozenset({"backend", "model", "max_tokens", "temperature", "system_prompt", "concurrency"}),
     "local_hf": frozenset({"backend", "model", "device", "dtype", "margin", "batch_size", "use_chat_template"}),

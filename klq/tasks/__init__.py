@@ -69,8 +69,8 @@ def ensure_builtin_assets_if_used(
 
 
 def run_model_names(cfg: RunConfig) -> list[str | None]:
-    """The model names a run config refers to (policy, reward, reference, value)."""
-    return [cfg.model.policy, cfg.model.reward, cfg.model.reference, cfg.model.value]
+    """The model names a run config refers to (policy, reward, reference, value, the eval judge's)."""
+    return [cfg.model.policy, cfg.model.reward, cfg.model.reference, cfg.model.value, cfg.eval_judge.model]
 
 
 # ---------------------------------------------------------------------------------------------------

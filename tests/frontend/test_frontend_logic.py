@@ -209,6 +209,33 @@ def test_series_frame_x_axes_and_smoothing():
     assert logic.series_frame([], x="step").empty
 
 
+def test_win_rate_panel_beside_the_reward_with_its_interval_as_a_band():
+    keys = ["objective/scores", "eval/gold_scores", "objective/kl", "eval/judge_wins",
+            "eval/win_rate_vs_ref", "eval/win_rate_vs_ref_ci_low", "eval/win_rate_vs_ref_ci_high"]
+    groups = logic.group_keys(keys)
+    assert list(groups)[:2] == ["Reward (RM score, gold)", "Win-rate vs reference (judge)"]
+    assert groups["Win-rate vs reference (judge)"] == [
+        "eval/win_rate_vs_ref", "eval/win_rate_vs_ref_ci_high", "eval/win_rate_vs_ref_ci_low"
+    ]
+    assert groups["Other"] == ["eval/judge_wins"]  # counts are not rates
+    assert "Win-rate vs reference (judge)" in logic.DEFAULT_PANELS
+    assert "Win-rate vs reference (judge)" not in logic.group_keys(keys[:3])  # no judge, no panel
+
+    values = {"eval/win_rate_vs_ref": [0.5, 0.7], "eval/win_rate_vs_ref_ci_low": [0.3, 0.5],
+              "eval/win_rate_vs_ref_ci_high": [0.7, 0.85]}
+    df = logic.series_frame(
+        [("run 1", k, logic.merge_series(None, series([5, 10], v), None)) for k, v in values.items()]
+    )
+    lines, band = logic.interval_bands(df)
+    assert set(lines["key"]) == {"eval/win_rate_vs_ref"}
+    assert band.to_dict("list") == {"run": ["run 1"] * 2, "key": ["eval/win_rate_vs_ref"] * 2, "x": [5, 10],
+                                    "step": [5, 10], "low": [0.3, 0.5], "high": [0.7, 0.85]}
+    only_rate = df[df["key"] == "eval/win_rate_vs_ref"]  # a bound missing: lines only
+    lines, band = logic.interval_bands(only_rate)
+    assert lines.equals(only_rate) and band.empty
+    assert logic.interval_bands(logic.series_frame([]))[1].empty
+
+
 # --- reward vs KL ----------------------------------------------------------------------------------------
 
 

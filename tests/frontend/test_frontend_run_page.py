@@ -56,6 +56,32 @@ def test_curves_of_a_finished_run(app_env, seeded):
     assert chart_titles(at) == ["KL"]  # no 'Other' keys in this run
 
 
+def test_win_rate_vs_reference_beside_the_reward_with_a_band(app_env, seeded):
+    """A run with an eval judge: its win-rate panel comes right after the reward's (the other column of the
+    same row), the interval drawn as a band behind the line, on every x-axis."""
+    cfg = seed_config("klq", eval_judge={"backend": "gold"})
+    judged = {
+        "eval/win_rate_vs_ref": lambda s: 0.5 + s / 200,
+        "eval/win_rate_vs_ref_ci_low": lambda s: 0.4 + s / 200,
+        "eval/win_rate_vs_ref_ci_high": lambda s: 0.6 + s / 200,
+    }
+    with app_env.db.write_session() as s:
+        rid = store.create_run(s, cfg, name="seed-judged", tags=("judged",), queue="gpu").id
+        store.write_metrics(s, rid, metric_rows(range(1, 51), KLQ_METRICS))
+        store.write_metrics(s, rid, metric_rows(range(10, 51, 10), judged))
+    at = page("run", {"run": rid})
+    specs = {t: json.loads(c.proto.spec) for t, c in zip(chart_titles(at), charts(at))}
+    assert "Win-rate vs reference (judge)" in specs
+    layers = specs["Win-rate vs reference (judge)"]["layer"]
+    assert [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in layers] == [
+        "area", "line"
+    ]
+    assert "eval/win_rate_vs_ref: 5 points, last step 50" in all_text(at)
+    for x in ("relative", "time"):
+        at.selectbox(key="run.x").set_value(x).run()
+        assert not at.exception and "Win-rate vs reference (judge)" in chart_titles(at)
+
+
 def test_smoothing_and_x_axes(app_env, seeded):
     at = page("run", {"run": seeded.klq})
     at.slider(key="run.smoothing").set_value(0.6).run()

@@ -108,6 +108,25 @@ def test_run_trains_live_and_succeeds(stack: Stack, client, main_worker) -> None
     stack.succeeded.append(run_id)
 
 
+def test_run_with_an_eval_judge_writes_its_win_rate_to_the_database(stack: Stack, client, main_worker) -> None:
+    """eval_judge gold: the worker's run writes the win-rate against the reference, its interval and the
+    counts with the other eval metrics (what the dashboard's win-rate panel reads), and keeps the
+    reference's responses in the run directory."""
+    n = 4
+    run_id = stack.create_run(client, iterations=n, checkpoint_interval=n, eval_interval=2,
+                              eval_judge={"backend": "gold"})["id"]
+    run = stack.wait_status(client, run_id, ("succeeded", "failed", "cancelled"), 300)
+    assert run["status"] == "succeeded", (run["error"], stack.diagnostics(run_id))
+    keys = {k["key"]: k for k in client.get(f"/runs/{run_id}/metrics/keys").json()}
+    rate, low, high = (f"eval/win_rate_vs_ref{suffix}" for suffix in ("", "_ci_low", "_ci_high"))
+    for key in (rate, low, high, "eval/judge_wins", "eval/judge_losses", "eval/judge_ties", "eval/judge_invalid"):
+        assert keys[key]["last_step"] == n, sorted(keys)
+    assert keys[low]["last_value"] <= keys[rate]["last_value"] <= keys[high]["last_value"]
+    series = client.get("/metrics/series", params={"run_id": run_id, "key": rate}).json()["series"]
+    assert [s["steps"] for s in series] == [[2, 4]]
+    assert (stack.run_dir(run_id) / "eval_reference.json").is_file()
+
+
 def test_run_whose_worker_died_after_its_final_checkpoint_succeeds(stack: Stack, client, main_worker) -> None:
     """The window between the final checkpoint and marking the run succeeded: the run's files say it is
     done, the database says running with a dead lease. The reaper re-queues it, and the next attempt
