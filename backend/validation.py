@@ -108,8 +108,10 @@ def value_problems(data: Any, prefix: tuple[str | int, ...] = ()) -> list[tuple[
 def config_problems(cfg: RunConfig, settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
     """Problems with a validated RunConfig on this server, as (location inside the config, message)."""
     problems = value_problems(cfg.model_dump())
-    for name in MODEL_FIELDS:
-        ref = getattr(cfg.model, name)
+    models = [(("model", name), getattr(cfg.model, name)) for name in MODEL_FIELDS]
+    if cfg.eval_judge.backend in ("local_hf", "reward_model"):  # a model the worker loads, as the run's own
+        models.append((("eval_judge", "model"), cfg.eval_judge.model))
+    for loc, ref in models:
         if ref is None:
             continue
         msg = reference_problem(
@@ -120,7 +122,7 @@ def config_problems(cfg: RunConfig, settings: Settings) -> list[tuple[tuple[str 
             hub_setting="KLQ_ALLOW_HUB_MODELS",
         )
         if msg:
-            problems.append((("model", name), msg))
+            problems.append((loc, msg))
     if cfg.task.dataset is not None:
         msg = reference_problem(
             cfg.task.dataset,

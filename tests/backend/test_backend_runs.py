@@ -53,6 +53,9 @@ def test_create_queues_a_task_in_the_filesystem_broker(server: Server, client) -
         ({"model": {"value": "gpt2"}}, "config.model.value"),
         ({"model": {"policy": "file:///etc/passwd"}}, "config.model.policy"),
         ({"task": {"name": "prompts", "dataset": "/etc/passwd"}}, "config.task.dataset"),
+        # the in-training judge's model is loaded by the worker too: the same roots
+        ({"eval_judge": {"backend": "local_hf", "model": "/etc"}}, "config.eval_judge.model"),
+        ({"eval_judge": {"backend": "reward_model", "model": "some/hub-id"}}, "config.eval_judge.model"),
         ({"seed": 2**70}, "config.seed"),
         ({"name": "a\u0000b"}, "config.name"),
     ],
