@@ -1,5 +1,5 @@
 """Write klq/api_types.py: one ``TypedDict`` per response model of the REST API, made from the OpenAPI
-document of ``backend.main``'s app, so that the client's types cannot drift from backend/schemas.py.
+document of ``backend.main``'s app, so that the client's types cannot drift from backend/schemas/.
 
     python scripts/gen_api_types.py           # rewrite klq/api_types.py
     python scripts/gen_api_types.py --check   # exit 1 if the committed file is out of date
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         if not OUT.exists() or OUT.read_text() != text:
             print(
-                f"{OUT.relative_to(ROOT)} is out of date with backend/schemas.py: run {COMMAND}",
+                f"{OUT.relative_to(ROOT)} is out of date with backend/schemas/: run {COMMAND}",
                 file=sys.stderr,
             )
             return 1

@@ -18,8 +18,8 @@ from ..schemas import (
     RunDetail,
     RunSummary,
     WinRateOut,
-    _text,
 )
+from ..schemas._common import _text
 
 RunId = Annotated[int, Path(ge=1, le=INT32_MAX, description="run id")]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"page size (at most {MAX_PAGE})")]
