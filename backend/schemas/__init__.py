@@ -1,7 +1,7 @@
 """Pydantic models of the API's requests and responses (what the OpenAPI document shows).
 
 One module per resource: ``runs``, ``metrics``, ``samples``, ``checkpoints``, ``logs``, ``judgements``,
-``experiments``, ``algorithms``, ``tokens`` (tokens and health); ``_common`` the id and step bounds, the
+``experiments``, ``leaderboard``, ``algorithms``, ``tokens`` (tokens and health); ``_common`` the id and step bounds, the
 checked text types and the base of request bodies. Every public name is importable from ``backend.schemas``
 itself.
 """
@@ -51,14 +51,23 @@ from .experiments import (
     Vs,
 )
 from .judgements import (
+    JudgeBackend,
     JudgeConfig,
     JudgementCreate,
     JudgementOut,
     JudgementPage,
+    LengthBucketOut,
+    LengthDiagnosticsOut,
     ShortText,
     VerdictOut,
     VerdictPage,
     WinRateOut,
+)
+from .leaderboard import (
+    LeaderboardGroupBy,
+    LeaderboardOut,
+    LeaderboardPlayer,
+    PlayerKind,
 )
 from .logs import LogPage
 from .metrics import (
@@ -116,12 +125,18 @@ __all__ = [
     "Health",
     "INT32_MAX",
     "Interval",
+    "JudgeBackend",
     "JudgeConfig",
     "JudgementCreate",
     "JudgementKind",
     "JudgementOut",
     "JudgementPage",
     "LatestValue",
+    "LeaderboardGroupBy",
+    "LeaderboardOut",
+    "LeaderboardPlayer",
+    "LengthBucketOut",
+    "LengthDiagnosticsOut",
     "LogPage",
     "MAX_EXPERIMENT_RUNS",
     "MAX_PAGE",
@@ -130,6 +145,7 @@ __all__ = [
     "NotJudged",
     "Notes",
     "PlannedRun",
+    "PlayerKind",
     "PooledWinRate",
     "QueueName",
     "ResultRow",

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from klq.config import AlgorithmName, RunConfig, algorithm_names
 
 from ._common import INT32_MAX, Name, Notes, QueueName, RunStatus, Tag, _In
-from .judgements import JudgeConfig
+from .judgements import JudgeConfig, LengthDiagnosticsOut
 
 ExperimentStatus = Literal["queued", "running", "judging", "succeeded", "failed", "cancelled"]
 # outputs name algorithms as plain strings: a stored run of an algorithm no longer registered still lists
@@ -234,6 +234,11 @@ class PooledWinRate(BaseModel):
     win_rate: float | None = Field(description="of A: (wins + ties/2) / (wins + losses + ties)")
     ci_low: float | None = Field(description="95% Wilson score interval")
     ci_high: float | None
+    length: LengthDiagnosticsOut | None = Field(
+        None,
+        description="length diagnostics of the pooled verdicts; None while fewer than two prompts have a valid "
+        "verdict",
+    )
 
 
 class NotJudged(BaseModel):

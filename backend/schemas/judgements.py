@@ -17,6 +17,7 @@ _SECRET_KEY = re.compile(
 )
 
 
+JudgeBackend = Literal["openai", "local_hf", "reward_model", "gold"]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_text)]
 
 
@@ -26,7 +27,7 @@ class JudgeConfig(_In):
     URLs and API keys of remote judges are server settings (KLQ_JUDGE_*): refused here, never stored in
     the database, never returned by the API."""
 
-    backend: Literal["openai", "local_hf", "reward_model", "gold"] = Field(
+    backend: JudgeBackend = Field(
         "gold",
         description="openai: an OpenAI-compatible chat endpoint (server settings); local_hf: a local causal LM "
         "judging by answer-token log-probabilities; reward_model: a reward model; gold: the built-in task's "
@@ -107,6 +108,43 @@ class JudgementCreate(_In):
     queue: QueueName | None = None
 
 
+class LengthBucketOut(BaseModel):
+    """The prompts whose length difference d = words of A's response - words of B's lies in [low, high),
+    with A's win-rate among them."""
+
+    low: float | None = Field(description="d from (inclusive); None: no lower bound")
+    high: float | None = Field(description="d up to (exclusive); None: no upper bound")
+    prompts: int
+    mean_diff: float | None = Field(description="mean d in the bucket")
+    win_rate: float | None = Field(description="of policy A in the bucket, ties counting half")
+    ci_low: float | None = Field(description="95% Wilson score interval")
+    ci_high: float | None
+
+
+class LengthDiagnosticsOut(BaseModel):
+    """How the responses' lengths relate to the verdicts, over the prompts with a valid verdict: lengths in
+    words (``len(text.split())``, klq.judge.stats.word_count), computed from the stored verdicts when read
+    (klq.judge.stats.length_controlled_win_rate)."""
+
+    unit: Literal["words"] = "words"
+    prompts: int = Field(description="prompts with a valid verdict (the other fields are over these)")
+    mean_length_a: float = Field(description="mean length of policy A's responses")
+    mean_length_b: float = Field(description="mean length of policy B's responses")
+    lc_win_rate: float | None = Field(
+        description="length-controlled win-rate of A (AlpacaEval 2's GLM without its instruction term): "
+        "P(A preferred) = sigmoid(theta + phi * tanh(d / sd(d))), d = length of A's response - B's, at d = 0"
+    )
+    lc_ci_low: float | None = Field(
+        description="95% percentile bootstrap interval over prompts (1000 resamples, seed 0)"
+    )
+    lc_ci_high: float | None
+    length_preference: float | None = Field(
+        description="phi: > 0 the judge prefers the longer response, < 0 the shorter, 0 neither"
+    )
+    length_scale: float = Field(description="sd(d), the sample standard deviation of the length difference")
+    buckets: list[LengthBucketOut] = Field(description="A's win-rate by quartile of d (fewer when d repeats)")
+
+
 class WinRateOut(BaseModel):
     wins_a: int
     wins_b: int
@@ -116,6 +154,11 @@ class WinRateOut(BaseModel):
     ci_low: float | None = Field(description="95% Wilson score interval")
     ci_high: float | None
     position_consistency: float | None
+    length: LengthDiagnosticsOut | None = Field(
+        None,
+        description="length diagnostics: in GET /judgements/{id} and, with include_length=true, in "
+        "GET /judgements; None elsewhere, and while fewer than two prompts have a valid verdict",
+    )
 
 
 class VerdictOut(BaseModel):
