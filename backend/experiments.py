@@ -43,7 +43,7 @@ from .schemas import (
     ResultRow,
     RunPoint,
 )
-from .winrate import summarize_rows
+from .winrate import length_diagnostics, summarize_rows
 
 # metric keys of the results (docs/EXPERIMENTS.md "Results")
 REWARD, KL, RLHF_REWARD, GOLD = (
@@ -385,28 +385,28 @@ def _pooled(
     kl_coef: float,
     algorithm: str | None,
     group: Sequence[JudgementRow],
-    verdicts: Mapping[int, list[tuple[str, str, str]]],
+    verdicts: Mapping[int, list[tuple[str, str, str, str, str]]],
 ) -> PooledWinRate:
-    """One win-rate over several judgements' verdicts; prompts are keyed by (judgement, prompt) so the
-    same prompt judged for two seeds counts twice, as two comparisons."""
-    rows = [((j.id, pid), order, verdict) for j in group for pid, order, verdict in verdicts.get(j.id, ())]
+    """One win-rate (and its length diagnostics) over several judgements' verdicts; prompts are keyed by
+    (judgement, prompt) so the same prompt judged for two seeds counts twice, as two comparisons."""
+    rows = [((j.id, row[0]), *row[1:]) for j in group for row in verdicts.get(j.id, ())]
     s = summarize_rows(rows)
     return PooledWinRate(
         kind=kind, kl_coef=kl_coef, algorithm=algorithm, vs=vs_of(kind), judgements=sorted(j.id for j in group),
         pending=sum(j.status not in TERMINAL_STATUSES for j in group), prompts=s.n, wins=s.wins_a,
         losses=s.wins_b, ties=s.ties, invalid=s.invalid, win_rate=s.win_rate, ci_low=s.ci_low,
-        ci_high=s.ci_high,
+        ci_high=s.ci_high, length=length_diagnostics(rows),
     )  # fmt: skip
 
 
 def win_rates(
     runs_by_id: Mapping[int, RunRow],
     judgements: Sequence[JudgementRow],
-    verdicts: Mapping[int, list[tuple[str, str, str]]],
+    verdicts: Mapping[int, list[tuple[str, str, str, str, str]]],
 ) -> list[PooledWinRate]:
     """Each klq_vs_<other> pooled over seeds per tau (the others in the registry's order), then vs_sft per
     (tau, algorithm); groups with no judgement are left out. ``verdicts``: judgement id -> [(prompt_id,
-    order, verdict)]."""
+    order, verdict, response_a, response_b)]."""
     groups: dict[tuple[str, float, str | None], list[JudgementRow]] = defaultdict(list)
     for j in judgements:
         a = runs_by_id.get(j.run_a)
@@ -465,13 +465,13 @@ def results(
     judgements: Sequence[JudgementRow],
     final: Mapping[int, Mapping[str, float | None]],
     iteration_s: Mapping[int, float | None],
-    verdicts: Mapping[int, list[tuple[str, str, str]]],
+    verdicts: Mapping[int, list[tuple[str, str, str, str, str]]],
     now: datetime,
     convention: str = "klq-lab",
 ) -> ExperimentResults:
     """The results of docs/EXPERIMENTS.md from rows: ``final`` is run id -> {metric key: value at the run's
     last logged step}, ``iteration_s`` run id -> mean timing/iteration_s, ``verdicts`` judgement id ->
-    [(prompt_id, order, verdict)]."""
+    [(prompt_id, order, verdict, response_a, response_b)]."""
     by_cell: dict[tuple[float, str], list[RunRow]] = defaultdict(list)
     for r in runs:
         by_cell[(r.kl_coef, r.algorithm)].append(r)
@@ -566,6 +566,8 @@ def curves(
 # --- export ----------------------------------------------------------------------------------------------
 
 CSV_METRICS = ("reward", "kl", "rlhf_reward", "gold", "wall_clock_s", "iteration_s")
+# of each pooled win-rate's length diagnostics (LengthDiagnosticsOut), after all the win-rate columns
+CSV_LENGTH = ("lc_win_rate", "lc_ci_low", "lc_ci_high", "mean_length_a", "mean_length_b")
 
 
 def _num(value: float | None) -> str:
@@ -574,15 +576,19 @@ def _num(value: float | None) -> str:
 
 def results_csv(res: ExperimentResults) -> str:
     """One line per (tau, algorithm) row: counts, each metric's mean/CI/n, and the row's pooled win-rates
-    (vs_sft of its algorithm; each klq_vs_<other> of its tau, from KLQ's side, on every line of that tau).
-    The pairing columns are those of every registered algorithm but KLQ (and of any other in the rows),
-    so the columns do not depend on the grid."""
+    (vs_sft of its algorithm; each klq_vs_<other> of its tau, from KLQ's side, on every line of that tau),
+    then the same pooled win-rates' length diagnostics (length-controlled win-rate and its interval, mean
+    response lengths in words; empty while fewer than two prompts have a valid verdict). The pairing
+    columns are those of every registered algorithm but KLQ (and of any other in the rows), so the columns
+    do not depend on the grid."""
     header = ["kl_coef", "algorithm", "runs", "succeeded", "failed", "pending"]
     for m in CSV_METRICS:
         header += [f"{m}_mean", f"{m}_ci_low", f"{m}_ci_high", f"{m}_n"]
     pairs = [pair_kind(vs) for vs in opponents([*algorithm_names(), *(row.algorithm for row in res.rows)])]
     for kind in (VS_SFT, *pairs):
         header += [f"{kind}_win_rate", f"{kind}_ci_low", f"{kind}_ci_high", f"{kind}_prompts"]
+    for kind in (VS_SFT, *pairs):
+        header += [f"{kind}_{column}" for column in CSV_LENGTH]
     rates: dict[tuple[str, float, str | None], PooledWinRate] = {
         (w.kind, w.kl_coef, w.algorithm): w for w in res.win_rates
     }
@@ -603,12 +609,18 @@ def results_csv(res: ExperimentResults) -> str:
             line += (
                 ["", "", "", 0] if iv is None else [_num(iv.mean), _num(iv.ci_low), _num(iv.ci_high), iv.n]
             )
-        for key in ((VS_SFT, row.kl_coef, row.algorithm), *((kind, row.kl_coef, None) for kind in pairs)):
+        keys = [(VS_SFT, row.kl_coef, row.algorithm), *((kind, row.kl_coef, None) for kind in pairs)]
+        for key in keys:
             w = rates.get(key)
             line += (
                 ["", "", "", ""]
                 if w is None
                 else [_num(w.win_rate), _num(w.ci_low), _num(w.ci_high), w.prompts]
+            )
+        for key in keys:
+            length = rates[key].length if key in rates else None
+            line += (
+                [""] * len(CSV_LENGTH) if length is None else [_num(getattr(length, c)) for c in CSV_LENGTH]
             )
         writer.writerow(line)
     return out.getvalue()

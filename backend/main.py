@@ -29,6 +29,7 @@ from .routers import (
     experiments,
     health,
     judgements,
+    leaderboard,
     logs,
     metrics,
     runs,
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         checkpoints.router,
         logs.router,
         judgements.router,
+        leaderboard.router,
         experiments.router,
         tokens.router,
     ):

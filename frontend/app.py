@@ -32,6 +32,12 @@ pages = [
     st.Page(
         ui.PAGE_FILES["experiments"], title="Experiments", icon=":material/science:", url_path="experiments"
     ),
+    st.Page(
+        ui.PAGE_FILES["leaderboard"],
+        title="Leaderboard",
+        icon=":material/leaderboard:",
+        url_path="leaderboard",
+    ),
 ]
 page = st.navigation(pages)
 with st.sidebar:

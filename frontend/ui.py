@@ -27,7 +27,13 @@ PAGE_FILES = {
     "compare": "views/compare.py",
     "samples": "views/samples.py",
     "experiments": "views/experiments.py",
+    "leaderboard": "views/leaderboard.py",
 }
+JUDGE_BACKENDS = ["gold", "reward_model", "local_hf", "openai"]  # the judge backends of GET/POST /judgements
+LC_HELP = (
+    "Length-controlled win-rate of A (AlpacaEval 2's model of the verdicts on the length difference): "
+    "the win-rate it predicts for responses of equal length."
+)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the presets offered by Launch and Experiments
 CHART_HEIGHT = 360  # the whole chart: title, plot, axes and legend
 RUN_LIST_LIMIT = 200  # runs offered by the pickers (newest first; ids in the URL are added)
@@ -198,6 +204,27 @@ def judgements_for(api: Client, run_ids: tuple[int, ...] = (), limit: int = 100)
 def verdicts(api: Client, judgement_id: int, completed: int) -> list[dict]:
     """All verdicts of a judgement (cached per progress count: new verdicts mean a new entry)."""
     return list(api.iter_verdicts(judgement_id))
+
+
+@st.cache_data(ttl=60, hash_funcs=_HASH, show_spinner=False, max_entries=50)
+def judgement_length(api: Client, judgement_id: int, completed: int) -> dict | None:
+    """A judgement's length diagnostics (GET /judgements/{id}: a bootstrap on the server), cached per
+    progress count like ``verdicts``; None while fewer than two prompts have a valid verdict."""
+    return api.get_judgement(judgement_id, include_verdicts=False)["result"]["length"]
+
+
+@st.cache_data(ttl=10, hash_funcs=_HASH, show_spinner=False, max_entries=50)
+def leaderboard(
+    api: Client,
+    judge_backend: str,
+    judge_model: str | None,
+    tags: tuple[str, ...],
+    experiment_id: int | None,
+    group_by: str,
+) -> dict:
+    return api.leaderboard(
+        judge_backend, judge_model=judge_model, tag=tags, experiment_id=experiment_id, group_by=group_by
+    )
 
 
 @st.cache_data(ttl=600, hash_funcs=_HASH, show_spinner=False)
@@ -549,6 +576,71 @@ def win_rate_chart(df: pd.DataFrame) -> alt.Chart:
     )
     even = alt.Chart(pd.DataFrame({"x": [0.5]})).mark_rule(strokeDash=[4, 3], color="gray").encode(x="x:Q")
     return alt.layer(even, rules, points).properties(height=max(120, 28 * len(data) + 60))
+
+
+def judgement_chart(result: Mapping[str, Any], length: Mapping[str, Any] | None) -> alt.Chart:
+    """A judgement's win-rate of A with its 95% Wilson interval and, with length diagnostics, its
+    length-controlled win-rate with the bootstrap interval, against the 50% line."""
+    rows = [
+        {
+            "measure": "win rate",
+            "rate": result["win_rate"],
+            "low": result["ci_low"],
+            "high": result["ci_high"],
+        }
+    ]
+    if length and length["lc_win_rate"] is not None and length["lc_ci_low"] is not None:
+        rows.append(
+            {
+                "measure": "length-controlled",
+                "rate": length["lc_win_rate"],
+                "low": length["lc_ci_low"],
+                "high": length["lc_ci_high"],
+            }
+        )
+    base = alt.Chart(pd.DataFrame(rows)).encode(y=alt.Y("measure:N", title=None, sort=None))
+    return alt.layer(
+        base.mark_rule(strokeWidth=2).encode(
+            x=alt.X("low:Q", scale=alt.Scale(domain=[0, 1]), title="win rate of A (95% CI)"), x2="high:Q"
+        ),
+        base.mark_point(filled=True, size=120).encode(x="rate:Q"),
+        alt.Chart(pd.DataFrame({"x": [0.5]})).mark_rule(strokeDash=[4, 4], color="gray").encode(x="x:Q"),
+    ).properties(height=60 + 30 * len(rows))
+
+
+def rating_chart(df: pd.DataFrame) -> alt.Chart:
+    """Leaderboard ratings (logic.leaderboard_frame): each player's Elo rating as a point on its 95%
+    bootstrap interval, best at the top, against the 1000 line (the anchor, or the mean)."""
+    data = df.dropna(subset=["ci_low", "ci_high"])
+    y = alt.Y("player:N", title=None, sort=list(data["player"]))
+    rules = (
+        alt.Chart(data)
+        .mark_rule(strokeWidth=2)
+        .encode(
+            x=alt.X("ci_low:Q", title="rating (Elo scale, 95% CI)", scale=alt.Scale(zero=False)),
+            x2="ci_high:Q",
+            y=y,
+        )
+    )
+    points = (
+        alt.Chart(data)
+        .mark_point(filled=True, size=80)
+        .encode(
+            x="rating:Q",
+            y=y,
+            tooltip=[
+                "player",
+                alt.Tooltip("rating:Q", format=".0f"),
+                "95% CI",
+                "comparisons",
+                "wins",
+                "ties",
+                "losses",
+            ],
+        )
+    )
+    level = alt.Chart(pd.DataFrame({"x": [1000]})).mark_rule(strokeDash=[4, 3], color="gray").encode(x="x:Q")
+    return alt.layer(level, rules, points).properties(height=max(120, 28 * len(data) + 60))
 
 
 def text_block(text: str | None, *, height: int | None = None) -> None:

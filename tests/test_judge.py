@@ -764,3 +764,23 @@ def test_student_t_quantiles_and_interval_match_tables() -> None:
         student_t_interval([1.0])
     with pytest.raises(ValueError):
         t_value(0)
+
+
+def test_cli_table_shows_the_length_diagnostics():
+    from klq.judge.cli import format_length_buckets, format_table
+    from klq.judge.stats import length_control_of_verdicts, summarize
+
+    verdicts = ["A", "A", "B", "tie", "A", "invalid"]
+    len_a, len_b = [9, 8, 2, 5, 7, 30], [4, 4, 6, 5, 4, 1]  # A wins when longer; the invalid prompt is left out
+    length = length_control_of_verdicts(verdicts, len_a, len_b, n_resamples=50)
+    header, row = format_table(summarize(verdicts), length).splitlines()
+    assert header.endswith("length-controlled A [95% CI]  words A / B")
+    assert f"{length.win_rate:.3f} [{length.low:.3f}, {length.high:.3f}]" in row
+    assert row.endswith(f"{(9 + 8 + 2 + 5 + 7) / 5:.1f} / {(4 + 4 + 6 + 5 + 4) / 5:.1f}")
+    assert row.split()[:5] == ["6", "3", "1", "1", "1"]
+    buckets = format_length_buckets(length).splitlines()
+    assert buckets[0].split()[:4] == ["words", "A", "-", "B"] and len(buckets) == 1 + len(length.buckets)
+    assert sum(int(line.split()[2]) for line in buckets[1:]) == 5  # each valid prompt in one bucket ("[lo, hi)")
+    # fewer than two valid verdicts: no fit, the table says so
+    assert length_control_of_verdicts(["A", "invalid"], [1, 2], [2, 1]) is None
+    assert "n/a (fewer than 2 valid)" in format_table(summarize(["A", "invalid"]))

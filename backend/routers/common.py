@@ -15,11 +15,12 @@ from ..schemas import (
     MAX_PAGE,
     STEP_MAX,
     JudgementOut,
+    LengthDiagnosticsOut,
     RunDetail,
     RunSummary,
     WinRateOut,
-    _text,
 )
+from ..schemas._common import _text
 
 RunId = Annotated[int, Path(ge=1, le=INT32_MAX, description="run id")]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"page size (at most {MAX_PAGE})")]
@@ -84,7 +85,9 @@ def json_response(content: Any, status_code: int = 200) -> Response:
     return Response(to_json(content), status_code=status_code, media_type="application/json")
 
 
-def judgement_out(j: Judgement) -> JudgementOut:
+def judgement_out(j: Judgement, length: LengthDiagnosticsOut | None = None) -> JudgementOut:
+    """A judgement as the API shows it; ``length``: its length diagnostics (store.judgement_lengths), if
+    they were asked for."""
     return JudgementOut(
         id=j.id,
         status=j.status,
@@ -112,5 +115,6 @@ def judgement_out(j: Judgement) -> JudgementOut:
             ci_low=j.ci_low,
             ci_high=j.ci_high,
             position_consistency=j.position_consistency,
+            length=length,
         ),
     )

@@ -29,6 +29,10 @@ from .runs import check_queue
 router = APIRouter(prefix="/judgements", tags=["judgements"])
 
 JudgementPath = Annotated[int, Path(ge=1, le=INT32_MAX, description="judgement id")]
+INCLUDE_LENGTH = (
+    "result.length: the length diagnostics, computed from the verdicts (a bootstrap of about a second per "
+    "judgement the first time its verdicts are read)"
+)
 
 
 def judge_problems(judge: JudgeConfig, settings: Settings, loc: tuple[str, ...]) -> list[tuple[Loc, str]]:
@@ -91,11 +95,15 @@ def list_judgements(
         int | None, Query(ge=1, le=INT32_MAX, description="judgements involving this run")
     ] = None,
     status: Annotated[list[RunStatus] | None, Query()] = None,
+    include_length: Annotated[bool, Query(description=INCLUDE_LENGTH)] = False,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> JudgementPage:
     items, total = store.list_judgements(session, run_id=run_id, status=status, limit=limit, offset=offset)
-    return JudgementPage(items=[judgement_out(j) for j in items], total=total, limit=limit, offset=offset)
+    lengths = store.judgement_lengths(session, [j.id for j in items]) if include_length else {}
+    return JudgementPage(
+        items=[judgement_out(j, lengths.get(j.id)) for j in items], total=total, limit=limit, offset=offset
+    )
 
 
 def _get(session: Session, judgement_id: int) -> Judgement:
@@ -109,16 +117,18 @@ def _get(session: Session, judgement_id: int) -> Judgement:
     "/{judgement_id}",
     response_model=JudgementOut,
     dependencies=[CanRead],
-    summary="A judgement: progress, win-rate with 95% Wilson CI, and a page of verdicts",
+    summary="A judgement: progress, win-rate with 95% Wilson CI, length diagnostics, and a page of verdicts",
 )
 def get_judgement(
     judgement_id: JudgementPath,
     session: ReadSession,
     include_verdicts: bool = True,
+    include_length: Annotated[bool, Query(description=INCLUDE_LENGTH)] = True,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> JudgementOut:
-    out = judgement_out(_get(session, judgement_id))
+    j = _get(session, judgement_id)
+    out = judgement_out(j, store.judgement_lengths(session, [j.id])[j.id] if include_length else None)
     if include_verdicts:
         items, total = store.list_verdicts(session, judgement_id, limit=limit, offset=offset)
         out.verdicts = [VerdictOut.model_validate(v) for v in items]

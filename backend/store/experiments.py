@@ -217,13 +217,20 @@ def experiment_results(session: Session, experiment_id: int) -> ExperimentResult
             .group_by(Metric.run_id)
         ).all()
     )
-    verdicts: dict[int, list[tuple[str, str, str]]] = {}
-    for jid, prompt_id, order, verdict in session.execute(
-        select(Verdict.judgement_id, Verdict.prompt_id, Verdict.order, Verdict.verdict)
+    verdicts: dict[int, list[tuple[str, str, str, str, str]]] = {}
+    for jid, *row in session.execute(
+        select(
+            Verdict.judgement_id,
+            Verdict.prompt_id,
+            Verdict.order,
+            Verdict.verdict,
+            Verdict.response_a,
+            Verdict.response_b,
+        )
         .join(Judgement, Judgement.id == Verdict.judgement_id)
         .where(Judgement.experiment_id == experiment_id)
     ):
-        verdicts.setdefault(jid, []).append((prompt_id, order, verdict))
+        verdicts.setdefault(jid, []).append(tuple(row))  # type: ignore[arg-type]
     return ex.results(
         experiment_id,
         view.status,

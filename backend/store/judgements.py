@@ -7,11 +7,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session, aliased
 
-from ..models import ORDERS, VERDICTS, Judgement, Run, Verdict, utcnow
-from ..winrate import summarize_rows
+from ..leaderboard import LeaderboardRow
+from ..models import ORDERS, VERDICTS, Judgement, Run, RunTag, Verdict, utcnow
+from ..schemas import LengthDiagnosticsOut
+from ..winrate import length_diagnostics, summarize_rows
 from . import leases
 from ._common import NotFound, upsert_many
 from .leases import HeartbeatResult
@@ -85,7 +87,6 @@ def list_judgements(
     )
     total = session.scalar(select(func.count(Judgement.id)).where(*where)) or 0
     return items, total
-
 
 
 def set_judgement_status(
@@ -230,3 +231,79 @@ def list_verdicts(
     total = session.scalar(select(func.count(Verdict.id)).where(where)) or 0
     return items, total
 
+
+
+def judgement_lengths(
+    session: Session, judgement_ids: Sequence[int]
+) -> dict[int, LengthDiagnosticsOut | None]:
+    """The length diagnostics of several judgements (backend.winrate.length_diagnostics; None while fewer
+    than two prompts have a valid verdict), from their verdict rows fetched in one query."""
+    rows: dict[int, list[tuple[str, str, str, str, str]]] = {jid: [] for jid in judgement_ids}
+    if rows:
+        for jid, *row in session.execute(
+            select(
+                Verdict.judgement_id,
+                Verdict.prompt_id,
+                Verdict.order,
+                Verdict.verdict,
+                Verdict.response_a,
+                Verdict.response_b,
+            ).where(Verdict.judgement_id.in_(list(rows)))
+        ):
+            rows[jid].append(tuple(row))  # type: ignore[arg-type]
+    return {jid: length_diagnostics(r) for jid, r in rows.items()}
+
+
+def _has_tag(run_id: Any, tag: str) -> Any:
+    return select(RunTag.run_id).where(RunTag.run_id == run_id, RunTag.tag == tag).exists()
+
+
+def leaderboard_rows(
+    session: Session,
+    *,
+    judge_backend: str,
+    judge_model: str | None = None,
+    tags: Sequence[str] = (),
+    experiment_id: int | None = None,
+) -> list[LeaderboardRow]:
+    """Every verdict of the judgements by this judge backend (and model) with the columns of its two
+    policies (backend.leaderboard.LeaderboardRow), in one query. ``tags`` / ``experiment_id``: only
+    judgements whose run A, and run B unless it is A's reference policy, have all these tags / belong to
+    that experiment."""
+    run_a, run_b = aliased(Run), aliased(Run)
+    where = [Judgement.judge["backend"].as_string() == judge_backend]
+    if judge_model is not None:
+        where.append(Judgement.judge["model"].as_string() == judge_model)
+    for tag in tags:
+        where.append(_has_tag(run_a.id, tag))
+        where.append(or_(Judgement.run_b_id.is_(None), _has_tag(run_b.id, tag)))
+    if experiment_id is not None:
+        where.append(run_a.experiment_id == experiment_id)
+        where.append(or_(Judgement.run_b_id.is_(None), run_b.experiment_id == experiment_id))
+    reference = func.coalesce(
+        run_a.config[("model", "reference")].as_string(), run_a.config[("model", "policy")].as_string()
+    )
+    stmt = (
+        select(
+            Verdict.judgement_id,
+            Verdict.prompt_id,
+            Verdict.order,
+            Verdict.verdict,
+            Judgement.run_a_id,
+            run_a.name,
+            Judgement.step_a,
+            run_a.algorithm,
+            run_a.config["kl_coef"].as_float(),
+            reference,
+            Judgement.run_b_id,
+            run_b.name,
+            Judgement.step_b,
+            run_b.algorithm,
+            run_b.config["kl_coef"].as_float(),
+        )
+        .join(Judgement, Judgement.id == Verdict.judgement_id)
+        .join(run_a, run_a.id == Judgement.run_a_id)
+        .outerjoin(run_b, run_b.id == Judgement.run_b_id)
+        .where(and_(*where))
+    )
+    return [LeaderboardRow(*row) for row in session.execute(stmt)]

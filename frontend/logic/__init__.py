@@ -4,7 +4,8 @@ summaries, and the launch form's fields derived from the server's RunConfig JSON
 
 By concern: ``format`` (API values as text), ``labels`` (algorithms, pairings, grid cells), ``runs``
 (runs table, metric series, reward vs KL), ``configs`` (config diff, launch form), ``samples`` (word diff,
-judgements), ``experiments``. Every public name is re-exported here: the pages use ``logic.<name>``."""
+judgements), ``experiments``, ``judgements`` (length diagnostics, the leaderboard). Every public name is
+re-exported here: the pages use ``logic.<name>``."""
 
 from __future__ import annotations
 
@@ -50,6 +51,13 @@ from frontend.logic.format import (
     format_win_rate,
     parse_time,
     percent_range,
+)
+from frontend.logic.judgements import (
+    format_lc_win_rate,
+    format_mean_lengths,
+    leaderboard_frame,
+    length_buckets_frame,
+    player_label,
 )
 from frontend.logic.labels import (
     PAIR_PREFIX,
@@ -136,6 +144,8 @@ __all__ = [
     "format_ci",
     "format_duration",
     "format_hours",
+    "format_lc_win_rate",
+    "format_mean_lengths",
     "format_number",
     "format_win_rate",
     "frontier_lines",
@@ -144,6 +154,8 @@ __all__ = [
     "judgement_label",
     "judgement_progress",
     "latest_value",
+    "leaderboard_frame",
+    "length_buckets_frame",
     "local_schema_defs",
     "merge_series",
     "not_judged_frame",
@@ -153,6 +165,7 @@ __all__ = [
     "parse_seeds",
     "parse_time",
     "percent_range",
+    "player_label",
     "preview_frame",
     "prompt_outcome",
     "render_word_diff",

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from frontend.logic.format import format_ci, format_duration, parse_time, percent_range
+from frontend.logic.judgements import format_lc_win_rate, format_mean_lengths
 from frontend.logic.labels import algorithm_label, comparison_label, series_label
 
 # --- experiments (docs/EXPERIMENTS.md) -------------------------------------------------------------------
@@ -190,7 +191,8 @@ def results_frame(results: Mapping[str, Any], labels: Mapping[str, str] | None =
 
 def win_rates_frame(results: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Pooled win-rates: per tau, KLQ against each other algorithm and each algorithm against its SFT policy, with the
-    95% Wilson interval and the counts; a comparison with nothing judged (a failed run) is listed by
+    95% Wilson interval and the counts, then the length-controlled win-rate with its interval and the mean
+    response lengths in words; a comparison with nothing judged (a failed run) is listed by
     ``not_judged_frame``."""
     rows = []
     for w in results.get("win_rates") or []:
@@ -212,10 +214,12 @@ def win_rates_frame(results: Mapping[str, Any], labels: Mapping[str, str] | None
                 "prompts": w["prompts"],
                 "judgements": len(w.get("judgements") or []),
                 "pending": w.get("pending", 0),
+                "length-controlled": format_lc_win_rate(w.get("length")),
+                "words A / B": format_mean_lengths(w.get("length")),
             }
         )
     columns = ["tau", "comparison", "win rate", "ci_low", "ci_high", "95% CI", "wins", "losses", "ties",
-               "invalid", "prompts", "judgements", "pending"]  # fmt: skip
+               "invalid", "prompts", "judgements", "pending", "length-controlled", "words A / B"]  # fmt: skip
     df = pd.DataFrame(rows, columns=columns)
     return df.sort_values(["tau", "comparison"], kind="stable").reset_index(drop=True)
 

@@ -20,7 +20,6 @@ from klq.client import APIError, Client
 PAGE_SIZE = 50
 REFRESH_S = 5
 DEFAULT_QUEUE = "(server default)"
-JUDGE_BACKENDS = ["gold", "reward_model", "local_hf", "openai"]
 CURVE_KEYS = (logic.REWARD_KEY, logic.KL_KEY, logic.RLHF_KEY, logic.GOLD_KEY, "eval/scores", "eval/kl")
 FORM_DEFAULTS = {
     "experiments.name": "",
@@ -265,7 +264,7 @@ def new_experiment() -> None:
         )
         c[1].selectbox(
             "judge backend",
-            JUDGE_BACKENDS,
+            ui.JUDGE_BACKENDS,
             key="experiments.judge_backend",
             help="gold: the built-in task's gold reward; reward_model / local_hf: a model on the worker; "
             "openai: the server's OpenAI-compatible endpoint (KLQ_JUDGE_*)",
@@ -405,11 +404,17 @@ def results_section(eid: int, results: dict) -> None:
                     "win rate", format="percent", help="of the first side; ties count half"
                 ),
                 "95% CI": st.column_config.TextColumn("95% CI", help="Wilson score interval"),
+                "length-controlled": st.column_config.TextColumn(
+                    "length-controlled", help=ui.LC_HELP + " 95% bootstrap interval over prompts."
+                ),
+                "words A / B": st.column_config.TextColumn(
+                    "words A / B", help="mean response length of each side, in words"
+                ),
             },
         )
         st.caption(
             "Pooled over seeds: KLQ against each other algorithm at the same tau, and each policy against its "
-            "SFT policy."
+            "SFT policy. Length-controlled: what the judge would prefer if both responses had the same length."
         )
     skipped = logic.not_judged_frame(results, LABELS)
     if not skipped.empty:
@@ -490,6 +495,8 @@ def runs_section(e: dict) -> None:
             ui.go("compare", runs=ids[:20])
         if st.button("Runs page", icon=":material/table_rows:", key="experiments.runs"):
             ui.go("runs")
+        if st.button("Leaderboard", icon=":material/leaderboard:", key="experiments.leaderboard"):
+            ui.go("leaderboard", experiment=e["id"])
     for r in e["runs"]:
         if r.get("error"):
             with st.expander(f"#{r['run_id']} {r['name']}: {r['status']}"):

@@ -1,6 +1,7 @@
 """Samples & judgements: the same prompts side by side for several runs at chosen steps, with scores,
 KL and a word-level diff against a baseline run; the judge's verdicts and raw output where a judgement of
-the runs exists; launching a judgement, watching its progress, and its win-rate with the 95% CI.
+the runs exists; launching a judgement, watching its progress, and its win-rate with the 95% CI next to
+its length diagnostics (length-controlled win-rate, mean lengths, win-rate by length difference).
 
 Generated text is shown as text only (code blocks and tables), never as HTML or Markdown."""
 
@@ -13,7 +14,6 @@ from frontend import logic, ui
 from klq.client import APIError, Client
 
 PAGE_SIZE = 10
-JUDGE_BACKENDS = ["gold", "reward_model", "local_hf", "openai"]
 LATEST = "latest"
 
 api = ui.client()
@@ -330,34 +330,49 @@ with tab_judgements:
                 "Position consistency",
                 f"{100 * r['position_consistency']:.0f}%" if r["position_consistency"] is not None else "–",
             )
+            length = ui.call(ui.judgement_length, api, jid, j["completed"], what="the length diagnostics")
+            if length:
+                lm = st.columns(4)
+                lm[0].metric(
+                    "Length-controlled win rate of A",
+                    "–" if length["lc_win_rate"] is None else f"{100 * length['lc_win_rate']:.1f}%",
+                    help=ui.LC_HELP,
+                )
+                lm[1].metric(
+                    "95% CI (bootstrap)",
+                    "–"
+                    if length["lc_ci_low"] is None or length["lc_ci_high"] is None
+                    else logic.percent_range(length["lc_ci_low"], length["lc_ci_high"]),
+                    help="percentile bootstrap over the prompts, the model refitted each time",
+                )
+                lm[2].metric(
+                    "Mean words A / B",
+                    logic.format_mean_lengths(length),
+                    help=f"over the {length['prompts']} prompt(s) with a valid verdict; words: "
+                    "whitespace-separated",
+                )
+                lm[3].metric(
+                    "Length preference",
+                    logic.format_number(length["length_preference"], 3),
+                    help="φ of the length model: > 0 the judge prefers the longer response, < 0 the shorter",
+                )
+                with st.expander("Win rate of A by length difference (words of A's response − B's)"):
+                    st.dataframe(
+                        logic.length_buckets_frame(length),
+                        hide_index=True,
+                        width="stretch",
+                        column_config={
+                            "mean difference": st.column_config.NumberColumn(format="%.1f"),
+                            "A's win rate": st.column_config.NumberColumn(format="percent"),
+                        },
+                    )
+            elif r["win_rate"] is not None:
+                st.caption("Length diagnostics need two or more prompts with a valid verdict.")
             if j.get("error"):
                 st.error("The judgement failed:")
                 ui.text_block(j["error"])
             if r["win_rate"] is not None and r["ci_low"] is not None:
-                bar = pd.DataFrame(
-                    [
-                        {
-                            "judgement": f"#{j['id']}",
-                            "win_rate": r["win_rate"],
-                            "low": r["ci_low"],
-                            "high": r["ci_high"],
-                        }
-                    ]
-                )
-                import altair as alt
-
-                base = alt.Chart(bar).encode(y=alt.Y("judgement:N", title=None))
-                chart = alt.layer(
-                    base.mark_rule(strokeWidth=2).encode(
-                        x=alt.X("low:Q", scale=alt.Scale(domain=[0, 1]), title="win rate of A (95% CI)"),
-                        x2="high:Q",
-                    ),
-                    base.mark_point(filled=True, size=120).encode(x="win_rate:Q"),
-                    alt.Chart(pd.DataFrame({"x": [0.5]}))
-                    .mark_rule(strokeDash=[4, 4], color="gray")
-                    .encode(x="x:Q"),
-                ).properties(height=90)
-                st.altair_chart(chart, width="stretch")
+                st.altair_chart(ui.judgement_chart(r, length), width="stretch")
             with st.expander("Verdicts (prompt, both responses, the judge's raw output)"):
                 vpage = int(st.number_input("Page", 1, 10000, 1, key="judge.vpage"))
                 got = ui.call(api.list_verdicts, jid, limit=50, offset=(vpage - 1) * 50, what="verdicts")
@@ -420,7 +435,7 @@ with tab_judgements:
         with c[0]:
             st.selectbox(
                 "Judge",
-                JUDGE_BACKENDS,
+                ui.JUDGE_BACKENDS,
                 key="judge.backend",
                 help="gold: the built-in task's gold reward; reward_model: a reward model; local_hf: a "
                 "local causal LM; openai: the OpenAI-compatible endpoint configured on the server",

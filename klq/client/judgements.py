@@ -1,11 +1,12 @@
-"""Judgements: queue them (or `judge` and wait), list, read, wait for, their verdicts, cancel and delete."""
+"""Judgements: queue them (or `judge` and wait), list, read, wait for, their verdicts, cancel and delete;
+the leaderboard of the judged policies."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from klq.api_types import Judgement, JudgementPage, Verdict, VerdictPage
+from klq.api_types import Judgement, JudgementPage, Leaderboard, Verdict, VerdictPage
 from klq.client.base import ClientBase, _opt_list
 from klq.client.errors import JudgementFailedError
 
@@ -43,17 +44,37 @@ class JudgementsAPI(ClientBase):
         *,
         run_id: int | None = None,
         status: Iterable[str] | None = None,
+        include_length: bool = False,
         limit: int = 50,
         offset: int = 0,
     ) -> JudgementPage:
-        return self._get("/judgements", run_id=run_id, status=_opt_list(status), limit=limit, offset=offset)
+        """A page of judgements, newest first; ``include_length``: each one's ``result.length`` (the length
+        diagnostics, a bootstrap per judgement on the server: about a second each the first time)."""
+        return self._get(
+            "/judgements",
+            run_id=run_id,
+            status=_opt_list(status),
+            include_length="true" if include_length else None,
+            limit=limit,
+            offset=offset,
+        )
 
     def get_judgement(
-        self, judgement_id: int, *, include_verdicts: bool = True, limit: int = 100, offset: int = 0
+        self,
+        judgement_id: int,
+        *,
+        include_verdicts: bool = True,
+        include_length: bool = True,
+        limit: int = 100,
+        offset: int = 0,
     ) -> Judgement:
+        """A judgement with its win-rate, its length diagnostics (``result.length``: mean response lengths in
+        words, the length-controlled win-rate with its bootstrap interval, the win-rate by length-difference
+        bucket; unless ``include_length=False``) and a page of verdicts (unless ``include_verdicts=False``)."""
         return self._get(
             f"/judgements/{int(judgement_id)}",
             include_verdicts="true" if include_verdicts else "false",
+            include_length="true" if include_length else "false",
             limit=limit,
             offset=offset,
         )
@@ -68,9 +89,10 @@ class JudgementsAPI(ClientBase):
         include_verdicts: bool = False,
     ) -> Judgement:
         """Poll a judgement until it is finished and return it (``result``: win-rate with its Wilson
-        interval). :class:`JudgementFailedError` if it failed; :class:`WaitTimeout` after ``timeout``."""
+        interval and its length diagnostics). :class:`JudgementFailedError` if it failed;
+        :class:`WaitTimeout` after ``timeout``."""
         judgement = self._wait(
-            lambda: self.get_judgement(judgement_id, include_verdicts=False),
+            lambda: self.get_judgement(judgement_id, include_verdicts=False, include_length=False),
             f"judgement {judgement_id}",
             timeout,
             poll_interval,
@@ -78,9 +100,7 @@ class JudgementsAPI(ClientBase):
         )
         if judgement["status"] == "failed" and raise_on_failure:
             raise JudgementFailedError(judgement)
-        if include_verdicts:
-            judgement = self.get_judgement(judgement_id, include_verdicts=True, limit=1000)
-        return judgement
+        return self.get_judgement(judgement_id, include_verdicts=include_verdicts, limit=1000)
 
     def judge(
         self,
@@ -125,6 +145,28 @@ class JudgementsAPI(ClientBase):
             offset += len(page["items"])
             if not page["items"] or offset >= page["total"]:
                 return
+
+    def leaderboard(
+        self,
+        judge_backend: str = "gold",
+        *,
+        judge_model: str | None = None,
+        tag: str | Iterable[str] | None = None,
+        experiment_id: int | None = None,
+        group_by: str = "run",
+    ) -> Leaderboard:
+        """Bradley-Terry ratings (Elo scale, 95% bootstrap intervals) of every policy judged by this judge
+        backend (and ``judge_model``), best first: each run (``group_by="algorithm_tau"``: each algorithm at
+        each tau, seeds pooled) and the reference (SFT) policies; only judgements between runs having all of
+        ``tag`` / of ``experiment_id`` if given."""
+        return self._get(
+            "/leaderboard",
+            judge_backend=judge_backend,
+            judge_model=judge_model,
+            tag=_opt_list(tag),
+            experiment_id=experiment_id,
+            group_by=group_by,
+        )
 
     def cancel_judgement(self, judgement_id: int) -> Judgement:
         return self._post(f"/judgements/{int(judgement_id)}/cancel")

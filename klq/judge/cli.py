@@ -1,4 +1,5 @@
-"""`klq judge`: compare two policies on held-out prompts and print the win-rate table.
+"""`klq judge`: compare two policies on held-out prompts and print the win-rate table, with the length
+diagnostics (the length-controlled win-rate and the win-rate by length difference, lengths in words).
 
     klq judge --a runs/klq --b reference --task builtin --n 32 --judge gold
     klq judge --a runs/klq --b runs/ppo --judge openai --judge-model gpt-4o-mini --template summarisation
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from klq.judge.stats import JudgementSummary
+from klq.judge.stats import JudgementSummary, LengthControl
 
 
 def add_judge_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -62,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def format_table(summary: JudgementSummary) -> str:
-    """The win-rate table: n, A wins, B wins, ties, invalid, win-rate of A [95% CI], position consistency."""
+def format_table(summary: JudgementSummary, length: LengthControl | None = None) -> str:
+    """The win-rate table: n, A wins, B wins, ties, invalid, win-rate of A [95% CI], position consistency,
+    then, with `length`, the length-controlled win-rate of A [95% bootstrap CI] and the mean response
+    lengths of A and B in words."""
     pct = f"{round(summary.confidence * 100):d}%"
     header = ["n", "A wins", "B wins", "ties", "invalid", f"win-rate A [{pct} CI]", "position-consistency"]
     if summary.win_rate is None:
@@ -77,9 +80,32 @@ def format_table(summary: JudgementSummary) -> str:
                        f"({summary.consistent}/{summary.consistency_checked})")
     row = [str(summary.n), str(summary.wins_a), str(summary.wins_b), str(summary.ties), str(summary.invalid),
            rate, consistency]
-    widths = [max(len(h), len(c)) for h, c in zip(header, row)]
-    line = "  ".join(h.rjust(w) for h, w in zip(header, widths))
-    return line + "\n" + "  ".join(c.rjust(w) for c, w in zip(row, widths))
+    header += [f"length-controlled A [{pct} CI]", "words A / B"]
+    if length is None:
+        row += ["n/a (fewer than 2 valid)", "n/a"]
+    else:
+        row += [f"{length.win_rate:.3f} [{length.low:.3f}, {length.high:.3f}]",
+                f"{length.mean_len_a:.1f} / {length.mean_len_b:.1f}"]
+    return _aligned(header, [row])
+
+
+def format_length_buckets(length: LengthControl) -> str:
+    """A's win-rate by bucket of the length difference d = words of A's response - words of B's."""
+    header = ["words A - B", "n", "mean d", "win-rate A [95% CI]"]
+    rows = []
+    for b in length.buckets:
+        span = f"[{'-inf' if b.low is None else f'{b.low:g}'}, {'inf' if b.high is None else f'{b.high:g}'})"
+        if b.win_rate is None:
+            rows.append([span, "0", "", "n/a"])
+        else:
+            rows.append([span, str(b.n), f"{b.mean_diff:.1f}",
+                         f"{b.win_rate:.3f} [{b.ci_low:.3f}, {b.ci_high:.3f}]"])
+    return _aligned(header, rows)
+
+
+def _aligned(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(c) for c in column) for column in zip(header, *rows)]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [header, *rows])
 
 
 def _task_config(args: argparse.Namespace, run_cfg: Any):
@@ -183,7 +209,11 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
           f"   prompts: {len(prompts)}   decoding: {'sampled' if args.sample else 'greedy'}   seed: {args.seed}")
     print(f"A: {policy_a.description or policy_a.model}")
     print(f"B: {policy_b.description or policy_b.model}")
-    print(format_table(result.summary))
+    length = _length_control(result.records, args.seed)
+    if length is not None:
+        print(f"win-rate of A by length difference (words; length preference phi = {length.phi:.3f}):")
+        print(format_length_buckets(length))
+    print(format_table(result.summary, length))
     for record in result.records[: max(0, args.examples)]:
         print(f"\n[{record.prompt_id}] {record.prompt}\n  A: {record.response_1}\n  B: {record.response_2}\n"
               f"  verdict {record.verdict} ({record.first.order}: {record.first.raw!r}; "
@@ -194,5 +224,19 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
         with out.open("w") as f:
             for record in result.records:
                 f.write(json.dumps(record.to_dict()) + "\n")
-            f.write(json.dumps({"summary": result.summary.to_dict()}) + "\n")
+            f.write(json.dumps({"summary": result.summary.to_dict(),
+                                "length": None if length is None else length.to_dict()}) + "\n")
     return 0
+
+
+def _length_control(records: list, seed: int) -> LengthControl | None:
+    """The length diagnostics of the judged prompts (lengths in words, klq.judge.stats.word_count; the
+    bootstrap seeded with --seed); None with fewer than two valid verdicts."""
+    from klq.judge.stats import length_control_of_verdicts, word_count
+
+    return length_control_of_verdicts(
+        [r.verdict for r in records],
+        [word_count(r.response_1) for r in records],
+        [word_count(r.response_2) for r in records],
+        seed=seed,
+    )

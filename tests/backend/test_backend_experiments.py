@@ -573,6 +573,65 @@ def test_results_intervals_win_rates_frontier_compute_curves_and_csv(server: Ser
     assert lines[1]["gold_mean"] == ""  # ppo: no gold logged
 
 
+def test_results_length_diagnostics_and_their_csv_columns(server: Server, client) -> None:
+    from klq.judge.stats import VERDICT_SCORE, length_controlled_win_rate
+
+    exp = create(client, name="len", grid={"algorithms": ["klq", "ppo"], "kl_coefs": [0.05], "seeds": [1, 2]})
+    eid = exp["id"]
+    set_runs(server, [r["run_id"] for r in exp["runs"]], status="succeeded", started_at=T0, finished_at=T0)
+    judgements = claim(server, eid)
+    assert len(judgements) == 4 + 2
+    detail = {j["judgement_id"]: j for j in client.get(f"/experiments/{eid}").json()["judgements"]}
+    # PPO against SFT: a single valid prompt over both seeds, too few for length diagnostics
+    few = [jid for jid in judgements if (detail[jid]["kind"], detail[jid]["algorithm"]) == ("vs_sft", "ppo")]
+    texts: dict[int, dict[str, tuple[str, int, int]]] = {}  # jid -> prompt -> (verdict, words A, words B)
+    for k, jid in enumerate(judgements):
+        texts[jid] = {
+            f"p{p}": ("invalid" if p == 0 or (jid in few and (jid, p) != (few[0], 1)) else "AB"[(p + k) % 2],
+                      3 + p + k, 6)
+            for p in range(5)
+        }  # fmt: skip
+        rows = [
+            {"prompt_id": pid, "order": o, "verdict": v, "response_a": " ".join(["a"] * la), "response_b": "b " * lb}
+            for pid, (v, la, lb) in texts[jid].items()
+            for o in ("ab", "ba")
+        ]  # fmt: skip
+        with server.db.write_session() as s:
+            store.record_verdicts(s, jid, rows)
+
+    res = client.get(f"/experiments/{eid}/results").json()
+    for w in res["win_rates"]:
+        # the pooled prompts in (judgement, prompt) order, the valid ones only
+        pooled = [texts[jid][pid] for jid in sorted(w["judgements"]) for pid in sorted(texts[jid])]
+        valid = [(VERDICT_SCORE[v], la, lb) for v, la, lb in pooled if v != "invalid"]
+        if len(valid) < 2:
+            assert w["length"] is None and (w["kind"], w["algorithm"]) == ("vs_sft", "ppo")
+            continue
+        length = w["length"]
+        assert length["prompts"] == len(valid)
+        assert length["mean_length_a"] == pytest.approx(sum(la for _, la, _ in valid) / len(valid))
+        assert length["mean_length_b"] == pytest.approx(6.0)
+        assert sum(b["prompts"] for b in length["buckets"]) == len(valid)
+        lc = length_controlled_win_rate(*zip(*valid), n_resamples=1000, seed=0)
+        assert (length["lc_win_rate"], length["lc_ci_low"], length["lc_ci_high"]) == pytest.approx((lc.win_rate, lc.low, lc.high))
+    assert sum(w["length"] is None for w in res["win_rates"]) == 1
+
+    # CSV: the length columns after every win-rate column, one group per pairing; the numbers of the JSON
+    text = client.get(f"/experiments/{eid}/results.csv").text
+    header = text.splitlines()[0].split(",")
+    kinds = [h.removesuffix("_prompts") for h in header if h.endswith("_prompts")]
+    assert kinds[0] == "vs_sft" and "klq_vs_ppo" in kinds
+    length_columns = [f"{kind}_{c}" for kind in kinds for c in ("lc_win_rate", "lc_ci_low", "lc_ci_high", "mean_length_a", "mean_length_b")]  # fmt: skip
+    assert header[-len(length_columns):] == length_columns
+    lines = {(float(r["kl_coef"]), r["algorithm"]): r for r in csv.DictReader(io.StringIO(text))}
+    for w in res["win_rates"]:
+        line = lines[(w["kl_coef"], w["algorithm"] or "klq")]
+        for c in ("lc_win_rate", "lc_ci_low", "lc_ci_high", "mean_length_a", "mean_length_b"):
+            cell = line[f"{w['kind']}_{c}"]
+            assert cell == "" if w["length"] is None else float(cell) == pytest.approx(w["length"][c])
+    assert lines[(0.05, "ppo")]["klq_vs_rloo_lc_win_rate"] == ""  # a pairing with no judgement: empty
+
+
 def test_results_queries_do_not_grow_with_the_grid(server: Server, client) -> None:
     counts = []
     for seeds in ([1], [1, 2, 3, 4, 5, 6, 7, 8]):

@@ -176,3 +176,106 @@ def test_bad_judgements_are_422_and_store_nothing(client, body, field) -> None:
     assert field in [p["field"] for p in r.json()["detail"]], r.json()
     assert "sk-secret" not in r.text
     assert client.get("/judgements").json()["total"] == before
+
+
+# --- length diagnostics ----------------------------------------------------------------------------------
+
+
+def _words(n: int, word: str) -> str:
+    return " ".join([word] * n)
+
+
+def _record(server: Server, run_a: int, run_b: int, prompts: dict[str, tuple[str, str, int, int]]) -> int:
+    """A judgement with, per prompt id, (verdict of "ab", verdict of "ba", words of A's response, words of
+    B's); a verdict of None leaves that order unstored (the prompt is pending)."""
+    with server.db.write_session() as s:
+        j = store.create_judgement(s, run_a_id=run_a, run_b_id=run_b, num_prompts=len(prompts), judge={"backend": "gold"})
+        rows = [
+            {"prompt_id": pid, "order": order, "verdict": v, "prompt": "q",
+             "response_a": _words(la, "alpha") + "\n", "response_b": "  " + _words(lb, "beta")}
+            for pid, (ab, ba, la, lb) in prompts.items()
+            for order, v in (("ab", ab), ("ba", ba))
+            if v is not None
+        ]  # fmt: skip
+        store.record_verdicts(s, j.id, rows)
+        return j.id
+
+
+def test_length_diagnostics_of_a_judgement(server: Server, client) -> None:
+    from klq.judge.stats import length_controlled_win_rate
+
+    a, b = create_run(client)["id"], create_run(client)["id"]
+    # d = words of A - words of B: -6, -4, -2, 0, 2, 4, 6, 8 over the 8 valid prompts (B has 10 words)
+    prompts = {
+        "p0": ("B", "B", 4, 10), "p1": ("A", "A", 6, 10),      # d -6: B wins, d -4: A wins
+        "p2": ("B", "B", 8, 10), "p3": ("tie", "tie", 10, 10), # d -2: B, d 0: tie
+        "p4": ("A", "B", 12, 10), "p5": ("A", "A", 14, 10),    # d 2: position-inconsistent -> tie, d 4: A
+        "p6": ("A", "A", 16, 10), "p7": ("A", "A", 18, 10),    # d 6, d 8: A
+        "x0": ("invalid", "A", 40, 1),                          # invalid: left out of every length number
+        "x1": ("A", None, 50, 1),                               # one order only: pending, left out
+    }  # fmt: skip
+    jid = _record(server, a, b, prompts)
+    length = client.get(f"/judgements/{jid}", params={"include_verdicts": False}).json()["result"]["length"]
+
+    valid = [prompts[f"p{i}"] for i in range(8)]
+    assert length["unit"] == "words" and length["prompts"] == 8
+    assert length["mean_length_a"] == pytest.approx(sum(v[2] for v in valid) / 8)  # 11
+    assert length["mean_length_b"] == pytest.approx(10.0)
+    # the quartiles of d (linear interpolation): -6 + 1.75 * 2 = -2.5, (0 + 2) / 2 = 1, 4 + 0.25 * 2 = 4.5
+    assert [(k["low"], k["high"], k["prompts"]) for k in length["buckets"]] == [
+        (None, -2.5, 2), (-2.5, 1.0, 2), (1.0, 4.5, 2), (4.5, None, 2)
+    ]  # fmt: skip
+    # A's score per bucket (ties half): {B, A} = 1/2, {B, tie} = 0.5/2, {tie, A} = 1.5/2, {A, A} = 2/2
+    successes = [1.0, 0.5, 1.5, 2.0]
+    for bucket, wins, diffs in zip(length["buckets"], successes, [(-6, -4), (-2, 0), (2, 4), (6, 8)], strict=True):
+        assert bucket["win_rate"] == pytest.approx(wins / 2)
+        assert bucket["mean_diff"] == pytest.approx(sum(diffs) / 2)
+        assert (bucket["ci_low"], bucket["ci_high"]) == pytest.approx(wilson_interval(wins, 2))
+    # the length-controlled rate is the library's fit on the same prompts (in prompt-id order)
+    score = {"A": 1.0, "B": 0.0, "tie": 0.5}
+    scores = [0.0, 1.0, 0.0, 0.5, 0.5, 1.0, 1.0, 1.0]
+    assert [score.get(v[0]) if v[0] == v[1] else 0.5 for v in valid] == scores
+    lc = length_controlled_win_rate(scores, [v[2] for v in valid], [v[3] for v in valid], n_resamples=1000, seed=0)
+    assert length["lc_win_rate"] == pytest.approx(lc.win_rate)
+    assert (length["lc_ci_low"], length["lc_ci_high"]) == pytest.approx((lc.low, lc.high))
+    assert length["length_preference"] == pytest.approx(lc.phi) and lc.phi > 0  # here A wins when longer
+    assert length["length_scale"] == pytest.approx(lc.length_scale)
+
+    # the list has it only when asked; a judgement without two valid prompts has none
+    few = _record(server, a, b, {"p0": ("A", "A", 3, 2), "p1": ("invalid", "invalid", 3, 2)})
+    listed = {j["id"]: j for j in client.get("/judgements", params={"run_id": a}).json()["items"]}
+    assert listed[jid]["result"]["length"] is None
+    asked = {j["id"]: j for j in client.get("/judgements", params={"run_id": a, "include_length": True}).json()["items"]}
+    assert asked[jid]["result"]["length"] == length and asked[few]["result"]["length"] is None
+    assert client.get(f"/judgements/{few}").json()["result"]["length"] is None
+    assert client.get(f"/judgements/{jid}", params={"include_length": False}).json()["result"]["length"] is None
+
+
+def test_length_control_equals_the_raw_rate_when_length_is_unrelated(server: Server, client) -> None:
+    a, b = create_run(client)["id"], create_run(client)["id"]
+    # every length difference (-6 .. 6) has the same record, 3 A wins and 1 B win: raw win-rate 0.75
+    prompts = {
+        f"d{d + 6:02d}-{k}": ("A", "A", 10 + d, 10) if k < 3 else ("B", "B", 10 + d, 10)
+        for d in (-6, -3, 0, 3, 6)
+        for k in range(4)
+    }
+    jid = _record(server, a, b, prompts)
+    got = client.get(f"/judgements/{jid}").json()["result"]
+    assert got["win_rate"] == pytest.approx(0.75)
+    assert got["length"]["lc_win_rate"] == pytest.approx(0.75, abs=1e-3)
+    assert got["length"]["length_preference"] == pytest.approx(0.0, abs=1e-3)
+    assert got["length"]["lc_ci_low"] < 0.75 < got["length"]["lc_ci_high"]
+
+
+def test_length_diagnostics_of_a_page_take_one_query(server: Server, client) -> None:
+    from test_backend_experiments import QueryCounter
+
+    a, b = create_run(client)["id"], create_run(client)["id"]
+    ids = [_record(server, a, b, {f"p{i}": ("A", "B", i, 2) for i in range(3)}) for _ in range(4)]
+    counts = []
+    for some in (ids[:1], ids):
+        with server.db.session() as s, QueryCounter(server.db.engine) as q:
+            lengths = store.judgement_lengths(s, some)
+        counts.append(q.n)
+        assert set(lengths) == set(some) and all(v is not None for v in lengths.values())
+    assert counts[0] == counts[1]

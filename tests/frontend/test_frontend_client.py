@@ -268,6 +268,30 @@ def test_judgements(api, server, seeded):
         assert store.get_judgement(s, new["id"]) is None
 
 
+def test_length_diagnostics_and_leaderboard(api, seeded, experiment):
+    j = _conforms(api, "get_judgement", seeded.judgement, include_verdicts=False)
+    length = j["result"]["length"]
+    assert length["unit"] == "words" and length["prompts"] == 4 and length["mean_length_a"] == 5.0
+    assert api.get_judgement(seeded.judgement, include_length=False)["result"]["length"] is None
+    assert api.wait_for_judgement(seeded.judgement, timeout=10)["result"]["length"] == length
+    page = _conforms(api, "list_judgements", run_id=seeded.klq, include_length=True)
+    assert next(x for x in page["items"] if x["id"] == seeded.judgement)["result"]["length"] == length
+    assert all(x["result"]["length"] is None for x in api.list_judgements(run_id=seeded.klq)["items"])
+
+    board = _conforms(api, "leaderboard", "gold", experiment_id=experiment.id, group_by="algorithm_tau")
+    assert {p["player"] for p in board["players"]} == {
+        "algorithm_tau:klq@0.05", "algorithm_tau:klq@0.1", "algorithm_tau:ppo@0.05", "algorithm_tau:ppo@0.1",
+        "reference:builtin:sft",
+    }  # fmt: skip
+    assert board["anchor"] == "reference:builtin:sft" and board["experiment_id"] == experiment.id
+    seeded_runs = api.leaderboard(tag="seed")  # the seeded KLQ-vs-PPO judgement: KLQ wins 3 of 4 prompts
+    assert [p["run_ids"] for p in seeded_runs["players"]] == [[seeded.klq], [seeded.ppo]]
+    assert seeded_runs["comparisons"] == 4 and seeded_runs["players"][0]["wins"] == 3
+    with pytest.raises(APIError) as err:
+        api.leaderboard("magic")
+    assert err.value.status == 422 and "judge_backend" in err.value.field_errors
+
+
 def test_logs(api, server, seeded):
     with server.db.write_session() as s:
         rid = store.create_run(s, seed_config(), name="client-log", queue="cpu").id

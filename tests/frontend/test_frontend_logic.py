@@ -728,6 +728,47 @@ def test_win_rates_and_not_judged():
     assert logic.win_rates_frame({}).empty and logic.not_judged_frame({}).empty
 
 
+def test_length_diagnostics_and_leaderboard_frames():
+    length = {
+        "unit": "words", "prompts": 6, "mean_length_a": 42.0, "mean_length_b": 35.456, "lc_win_rate": 0.5812,
+        "lc_ci_low": 0.44, "lc_ci_high": 0.712, "length_preference": 0.8, "length_scale": 7.0,
+        "buckets": [
+            {"low": None, "high": -2.5, "prompts": 3, "mean_diff": -6.0, "win_rate": 1 / 3, "ci_low": 0.06, "ci_high": 0.79},
+            {"low": -2.5, "high": None, "prompts": 3, "mean_diff": 4.0, "win_rate": 1.0, "ci_low": None, "ci_high": None},
+        ],
+    }  # fmt: skip
+    assert logic.format_lc_win_rate(length) == "58.1% (95% CI 44.0–71.2%)"
+    assert logic.format_lc_win_rate(None) == "–" and logic.format_mean_lengths(None) == "–"
+    assert logic.format_mean_lengths(length) == "42.0 / 35.5"
+    buckets = logic.length_buckets_frame(length)
+    assert list(buckets["words A − B"]) == ["[−∞, -2.5)", "[-2.5, ∞)"]
+    assert list(buckets["95% CI"]) == ["6.0–79.0%", "–"] and list(buckets["prompts"]) == [3, 3]
+    assert logic.length_buckets_frame(None).empty
+
+    results = results_json()
+    results["win_rates"][0]["length"] = length
+    rates = logic.win_rates_frame(results)
+    assert rates.iloc[0]["length-controlled"] == "58.1% (95% CI 44.0–71.2%)"
+    assert rates.iloc[0]["words A / B"] == "42.0 / 35.5" and rates.iloc[1]["length-controlled"] == "–"
+
+    def player(key, kind, rating, **extra):
+        return {"player": key, "label": extra.pop("label", key), "kind": kind, "run_ids": extra.pop("run_ids", [1]),
+                "step": None, "algorithm": None, "kl_coef": None, "reference": None, "rating": rating,
+                "ci_low": rating - 50, "ci_high": rating + 50, "comparisons": 8, "wins": 5, "ties": 1,
+                "losses": 2, **extra}  # fmt: skip
+
+    board = {"players": [
+        player("run:3@50", "run", 1100.4, label="#3 klq-a @ step 50", algorithm="klq"),
+        player("algorithm_tau:ppo@0.05", "algorithm_tau", 1020.0, algorithm="ppo", kl_coef=0.05, run_ids=[4, 5]),
+        player("reference:builtin:sft", "reference", 1000.0, reference="builtin:sft"),
+    ]}  # fmt: skip
+    df = logic.leaderboard_frame(board, {"klq": "KLQ"})
+    assert list(df["rank"]) == [1, 2, 3]
+    assert list(df["player"]) == ["#3 klq-a @ step 50 (KLQ)", "PPO τ=0.05", "SFT (builtin:sft)"]
+    assert df.iloc[0]["95% CI"] == "1050–1150" and df.iloc[1]["runs"] == "#4, #5"
+    assert logic.leaderboard_frame({"players": []}).empty
+
+
 def test_points_and_frontier_lines_per_algorithm():
     results = results_json()
     points = logic.experiment_points_frame(results).set_index("run_id")

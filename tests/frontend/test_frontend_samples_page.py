@@ -4,6 +4,8 @@ generated text always rendered as literal text, never as HTML or Markdown."""
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pytest
 from frontend_testkit import (
     PROMPTS,
     XSS_JUDGE,
@@ -109,6 +111,26 @@ def test_judgement_results_with_ci(app_env, seeded):
         log.unlink()
     # a queued judgement is watched with a progress bar
     assert any(f"Judgement {seeded.queued_judgement}: queued" in p.proto.text for p in at.get("progress"))
+
+
+def test_judgement_length_diagnostics_beside_the_win_rate(app_env, seeded):
+    at = page("samples", both(seeded), tab="Judgements")
+    with app_env.client() as c:
+        length = c.get(f"/judgements/{seeded.judgement}").json()["result"]["length"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Length-controlled win rate of A"] == f"{100 * length['lc_win_rate']:.1f}%"
+    assert metrics["95% CI (bootstrap)"] == f"{100 * length['lc_ci_low']:.1f}–{100 * length['lc_ci_high']:.1f}%"
+    # the seeded texts: KLQ's responses have 5 words each; PPO's 7 (p0), 6 (p1: the markup) and 5 (p2, p3)
+    assert metrics["Mean words A / B"] == f"5.0 / {(7 + 6 + 5 + 5) / 4:.1f}"
+    buckets = next(d.value for d in at.dataframe if "words A − B" in d.value.columns)
+    assert list(buckets["prompts"]) == [b["prompts"] for b in length["buckets"]] and buckets["prompts"].sum() == 4
+    filled = buckets[buckets["prompts"] > 0]  # a quartile can be empty when differences repeat
+    assert list(filled["A's win rate"]) == pytest.approx([b["win_rate"] for b in length["buckets"] if b["prompts"]])
+    chart = next(n for n in walk(at.main) if getattr(n, "type", None) == "vega_lite_chart")
+    data = [pa.ipc.open_stream(d.data.data).read_pandas() for d in chart.proto.datasets]
+    rows = next(d for d in data if "measure" in d.columns).set_index("measure")
+    assert rows.loc["length-controlled", "rate"] == pytest.approx(length["lc_win_rate"])
+    assert rows.loc["win rate", "rate"] == pytest.approx(0.75)
 
 
 def test_launch_a_judgement(app_env, seeded):

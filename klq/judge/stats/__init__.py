@@ -33,12 +33,20 @@ Conventions (used everywhere in `klq.judge`):
 
 The package, by concern (every name is re-exported here): `klq.judge.stats.winrate` (verdicts, the
 intervals, counts, position consistency, `summarize`), `klq.judge.stats.length` (length buckets and length
-control), `klq.judge.stats.ratings` (Bradley-Terry on the Elo scale) and `klq.judge.stats.agreement` (rater
-agreement). SciPy is imported inside the functions that need it, so importing `klq.judge` stays cheap.
+control; `word_count`, the length unit of `klq judge` and the API), `klq.judge.stats.ratings` (Bradley-Terry
+on the Elo scale) and `klq.judge.stats.agreement` (rater agreement). SciPy is imported inside the functions
+that need it, so importing `klq.judge` stays cheap.
 """
 
 from klq.judge.stats.agreement import AGREEMENT_LABELS, RaterAgreement, cohen_kappa, rater_agreement
-from klq.judge.stats.length import LengthBucket, LengthControl, length_buckets, length_controlled_win_rate
+from klq.judge.stats.length import (
+    LengthBucket,
+    LengthControl,
+    length_buckets,
+    length_control_of_verdicts,
+    length_controlled_win_rate,
+    word_count,
+)
 from klq.judge.stats.ratings import ELO_PER_LOGIT, BradleyTerryRating, bradley_terry, elo_win_probability
 from klq.judge.stats.winrate import (
     VERDICT_SCORE,
@@ -74,6 +82,7 @@ __all__ = [
     "count_verdicts",
     "elo_win_probability",
     "length_buckets",
+    "length_control_of_verdicts",
     "length_controlled_win_rate",
     "position_consistency",
     "rater_agreement",
@@ -81,5 +90,6 @@ __all__ = [
     "summarize",
     "t_value",
     "wilson_interval",
+    "word_count",
     "z_value",
 ]

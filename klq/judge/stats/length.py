@@ -1,5 +1,6 @@
 """Length diagnostics: A's win-rate by length-difference bucket and the length-controlled win-rate
-(AlpacaEval 2's GLM); the conventions are `klq.judge.stats`'s."""
+(AlpacaEval 2's GLM), and the length unit of `klq judge` and the API (`word_count`); the conventions are
+`klq.judge.stats`'s."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from klq.judge.stats.winrate import _percentile_bootstrap, wilson_interval
+from klq.judge.stats.winrate import VERDICT_SCORE, _percentile_bootstrap, wilson_interval
 
 # Ridge on the GLM intercept: only so that an all-A (or all-B) record has a finite optimum (sigmoid(theta) is
 # then 1 - 1e-5 instead of theta running off to infinity); it moves no realistic estimate.
@@ -230,3 +231,22 @@ def length_controlled_win_rate(
         seed=seed,
         l2=l2,
     )
+
+
+def word_count(text: str) -> int:
+    """A response's length in the length diagnostics of `klq judge` and the API: its number of words,
+    ``len(text.split())`` (runs of whitespace separate words). Words, not tokens: a stored judgement keeps
+    the texts only, and the two policies (and the judge) may use different tokenizers."""
+    return len(text.split())
+
+
+def length_control_of_verdicts(
+    verdicts: Sequence[str], len_a: Sequence[float], len_b: Sequence[float], **options: Any
+) -> LengthControl | None:
+    """`length_controlled_win_rate` of per-prompt combined verdicts (policy space: "A", "B", "tie",
+    "invalid"; scored by `VERDICT_SCORE`, invalid ones dropped) and the responses' lengths; `options` are
+    its keyword arguments. None when fewer than two verdicts are valid (no fit, no bootstrap)."""
+    scores = [VERDICT_SCORE.get(v) for v in verdicts]
+    if sum(s is not None for s in scores) < 2:
+        return None
+    return length_controlled_win_rate(scores, len_a, len_b, **options)
