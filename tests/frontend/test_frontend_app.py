@@ -35,6 +35,7 @@ def test_navigation_lists_the_pages(app_env, seeded):
         ("compare", "Compare runs"),
         ("samples", "Samples & judgements"),
         ("experiments", "Experiments"),
+        ("leaderboard", "Leaderboard"),
     ):
         assert page(name).title[0].value == title
 
