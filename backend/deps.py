@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import store
-from .db import Database
+from .db import Database, unavailable_reason
 from .models import ApiToken, utcnow
 from .settings import Settings
 
@@ -40,14 +40,29 @@ def get_db(request: Request) -> Database:
     return request.app.state.db
 
 
-def read_session(request: Request) -> Iterator[Session]:
-    with request.app.state.db.session() as session:
+def _closed_quietly_on_outage(session: Session) -> Iterator[Session]:
+    """The request's session, closed at the end. If the database went away meanwhile (a restart ends every
+    connection), closing it, which rolls back on a dead connection, fails too: the request has already had
+    its answer (503 from the query that failed first), so that second failure is logged in one line, not
+    raised into the ASGI server as an unhandled exception."""
+    try:
         yield session
+    finally:
+        try:
+            session.close()
+        except SQLAlchemyError as err:
+            reason = unavailable_reason(err)
+            if reason is None:
+                raise
+            log.warning("closing a request's database session: the database is unavailable (%s)", reason)
+
+
+def read_session(request: Request) -> Iterator[Session]:
+    yield from _closed_quietly_on_outage(request.app.state.db.session())
 
 
 def write_session(request: Request) -> Iterator[Session]:
-    with request.app.state.db.write_session() as session:
-        yield session
+    yield from _closed_quietly_on_outage(request.app.state.db.write_session())
 
 
 ReadSession = Annotated[Session, Depends(read_session)]
