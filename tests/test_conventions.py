@@ -386,7 +386,7 @@ def test_stored_samples_have_no_stop_sequence_and_keep_stopped_by(tmp_path):
     prompts = [Prompt(str(i), f"w{i} w{i + 1}") for i in range(len(rows))]
     cfg = cfg_of(device="cpu", **{"rollout.response_length": 5, "rollout.stop_sequences": [STOP]})
     sink = JSONLSink(tmp_path / "run")
-    _evaluate(cfg, m, m.policy, prompts, torch.device("cpu"), None, sink, 7, Accelerator(cpu=True))
+    _evaluate(cfg, m, m.policy, prompts, torch.device("cpu"), None, sink, 7, Accelerator(cpu=True), None)  # no in-training judge
     sink.close()
     stored = read_jsonl(tmp_path / "run" / "samples.jsonl")
     assert [s["response"] for s in stored] == EXPECTED["texts"]

@@ -347,13 +347,14 @@ def test_launch_watch_samples_compare(stack: Stack, browser) -> None:
         judgement = c.get("/judgements").json()["items"][0]
     assert (judgement["run_a"], judgement["run_b"], judgement["num_prompts"]) == (a, b, 4)
     page.get_by_role("tab", name="Judgements").click()
-    metric = page.get_by_test_id("stMetric").filter(has_text="Win rate of A")
+    # the label exactly: the length-controlled metrics beside it have "win rate of A" and "95% CI" in theirs
+    metric = page.get_by_test_id("stMetric").filter(has=page.get_by_text("Win rate of A", exact=True))
     metric.wait_for(timeout=600_000)
     with stack.api.client() as c:
         judgement = c.get(f"/judgements/{judgement['id']}").json()
     assert judgement["status"] == "succeeded", judgement
     assert f"{100 * judgement['result']['win_rate']:.1f}%" in metric.inner_text()
-    ci = page.get_by_test_id("stMetric").filter(has_text="95% CI").inner_text()
+    ci = page.get_by_test_id("stMetric").filter(has=page.get_by_text("95% CI", exact=True)).inner_text()
     assert f"{100 * judgement['result']['ci_low']:.1f}" in ci
     shot(page, "06-judgement-result")
     phase("judgement done")
