@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 from klq.config import RunConfig
 
 from .. import experiments as ex
-from ..models import TERMINAL_STATUSES, Experiment, Judgement, Metric, MetricLatest, Run, Verdict, utcnow
+from ..models import TERMINAL_STATUSES, Experiment, Judgement, Metric, MetricLatest, Run, utcnow
 from ..schemas import ExperimentGrid, ExperimentResults
 from ._common import Conflict, NotFound
-from .judgements import create_judgement, request_judgement_cancel
+from .judgements import create_judgement, request_judgement_cancel, verdict_rows
 from .runs import clean_tags, create_run, delete_run, request_cancel
 
 # Judgements of an experiment are judged with the judge config minus the experiment's own keys.
@@ -217,20 +217,7 @@ def experiment_results(session: Session, experiment_id: int) -> ExperimentResult
             .group_by(Metric.run_id)
         ).all()
     )
-    verdicts: dict[int, list[tuple[str, str, str, str, str]]] = {}
-    for jid, *row in session.execute(
-        select(
-            Verdict.judgement_id,
-            Verdict.prompt_id,
-            Verdict.order,
-            Verdict.verdict,
-            Verdict.response_a,
-            Verdict.response_b,
-        )
-        .join(Judgement, Judgement.id == Verdict.judgement_id)
-        .where(Judgement.experiment_id == experiment_id)
-    ):
-        verdicts.setdefault(jid, []).append(tuple(row))  # type: ignore[arg-type]
+    verdicts = verdict_rows(session, Judgement.experiment_id == experiment_id)
     return ex.results(
         experiment_id,
         view.status,

@@ -238,20 +238,33 @@ def judgement_lengths(
 ) -> dict[int, LengthDiagnosticsOut | None]:
     """The length diagnostics of several judgements (backend.winrate.length_diagnostics; None while fewer
     than two prompts have a valid verdict), from their verdict rows fetched in one query."""
-    rows: dict[int, list[tuple[str, str, str, str, str]]] = {jid: [] for jid in judgement_ids}
+    rows: dict[int, list[VerdictRow]] = {jid: [] for jid in judgement_ids}
     if rows:
-        for jid, *row in session.execute(
-            select(
-                Verdict.judgement_id,
-                Verdict.prompt_id,
-                Verdict.order,
-                Verdict.verdict,
-                Verdict.response_a,
-                Verdict.response_b,
-            ).where(Verdict.judgement_id.in_(list(rows)))
-        ):
-            rows[jid].append(tuple(row))  # type: ignore[arg-type]
+        rows.update(verdict_rows(session, Verdict.judgement_id.in_(list(rows))))
     return {jid: length_diagnostics(r) for jid, r in rows.items()}
+
+
+VerdictRow = tuple[str, str, str, str, str]  # (prompt_id, order, verdict, response_a, response_b)
+
+
+def verdict_rows(session: Session, *where: Any) -> dict[int, list[VerdictRow]]:
+    """The verdict rows matching ``where`` (on Verdict, or Judgement, which is joined), by judgement id, in
+    one query: what backend.winrate summarises (win-rates, length diagnostics)."""
+    rows: dict[int, list[VerdictRow]] = {}
+    for jid, *row in session.execute(
+        select(
+            Verdict.judgement_id,
+            Verdict.prompt_id,
+            Verdict.order,
+            Verdict.verdict,
+            Verdict.response_a,
+            Verdict.response_b,
+        )
+        .join(Judgement, Judgement.id == Verdict.judgement_id)
+        .where(*where)
+    ):
+        rows.setdefault(jid, []).append(tuple(row))  # type: ignore[arg-type]
+    return rows
 
 
 def _has_tag(run_id: Any, tag: str) -> Any:
