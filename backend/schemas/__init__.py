@@ -92,6 +92,7 @@ from .samples import (
     SampleOut,
     SamplePage,
     SampleStep,
+    SampleTokens,
 )
 from .tokens import (
     Health,
@@ -162,6 +163,7 @@ __all__ = [
     "SampleOut",
     "SamplePage",
     "SampleStep",
+    "SampleTokens",
     "Scope",
     "Series",
     "SeriesResponse",
