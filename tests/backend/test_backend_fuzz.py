@@ -39,7 +39,10 @@ def _seed(server: Server, client) -> dict[str, int]:
         store.write_samples(
             s,
             rid,
-            [{"step": 1, "prompt_id": f"p{i}", "prompt": "q", "response": "r", "tokens": tokens} for i in range(3)],
+            [
+                {"step": 1, "prompt_id": f"p{i}", "prompt": "q", "response": "r", "tokens": tokens}
+                for i in range(3)
+            ],
         )
         sample_id = store.list_samples(s, rid, limit=1)[0][0].id
         ckpt = store.add_checkpoint(s, rid, 50, policy, is_final=True)
