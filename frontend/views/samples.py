@@ -1,7 +1,8 @@
 """Samples & judgements: the same prompts side by side for several runs at chosen steps, with scores,
 KL and a word-level diff against a baseline run; the judge's verdicts and raw output where a judgement of
 the runs exists; launching a judgement, watching its progress, and its win-rate with the 95% CI next to
-its length diagnostics (length-controlled win-rate, mean lengths, win-rate by length difference).
+its length diagnostics (length-controlled win-rate, mean lengths, win-rate by length difference) and its
+agreement with human votes on the same pairs (the Vote page collects them).
 
 Generated text is shown as text only (code blocks and tables), never as HTML or Markdown."""
 
@@ -368,6 +369,42 @@ with tab_judgements:
                     )
             elif r["win_rate"] is not None:
                 st.caption("Length diagnostics need two or more prompts with a valid verdict.")
+            agreement = ui.call(
+                ui.judgement_agreement, api, jid, j["completed"], what="the agreement with human votes"
+            )
+            st.markdown(
+                "**Agreement of judges with these votes**"
+                if logic.is_human(j)
+                else "**Agreement with human votes**"
+            )
+            if agreement:
+                st.dataframe(
+                    logic.agreement_frame(agreement),
+                    hide_index=True,
+                    width="stretch",
+                    column_config={
+                        "agreement": st.column_config.NumberColumn(format="percent"),
+                        "kappa": st.column_config.NumberColumn("Cohen's kappa", format="%.3f"),
+                    },
+                )
+            else:
+                st.caption(
+                    "No human votes on these pairs yet."
+                    if not logic.is_human(j)
+                    else "No automatic judgement shares pairs with these votes yet."
+                )
+            if (
+                not logic.is_human(j)
+                and j["completed"]
+                and st.button(
+                    "Vote on these pairs blind",
+                    icon=":material/how_to_vote:",
+                    key="judge.vote",
+                    help="Start a voting session on this judgement's pairs (the Vote page): its agreement "
+                    "with your votes then shows here",
+                )
+            ):
+                ui.go("vote", source=jid)
             if j.get("error"):
                 st.error("The judgement failed:")
                 ui.text_block(j["error"])
