@@ -109,7 +109,7 @@ def voting(judgement_id: int) -> None:
     pair = ballot["pair"]
     if pair is None:
         st.success(
-            f"Session {judgement_id} is {ballot['status']}: {ballot['completed']} of {ballot['total']} voted."
+            f"Session {judgement_id}: {ballot['status']}, {ballot['completed']} of {ballot['total']} voted."
         )
         j = ui.call(api.get_judgement, judgement_id, include_verdicts=False, what="the session")
         if j:

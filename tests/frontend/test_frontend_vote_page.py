@@ -61,7 +61,7 @@ def test_start_vote_reveal_next_and_finish(app_env) -> None:
         widget(at, "vote.next").click().run()
     assert seen_markup
     text = all_text(at)
-    assert f"Session {session} is succeeded: 3 of 3 voted." in text
+    assert f"Session {session}: succeeded, 3 of 3 voted." in text
     agreement = next(d.value for d in at.dataframe if "kappa" in d.value.columns)
     assert list(agreement["automatic judgement"]) == [sv.judgement] and list(agreement["pairs"]) == [3]
     with Client(app_env.url, app_env.token) as api:
