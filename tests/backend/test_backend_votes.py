@@ -392,3 +392,26 @@ def test_matched_labels_turn_crossed_votes_and_skip_other_responses() -> None:
     # p_o = 2/3; judge A=1 B=1 tie=1, human A=2 B=0 tie=1: p_e = (1*2 + 0 + 1*1) / 9 = 1/3; kappa = 1/2
     assert out[0].kappa == pytest.approx(0.5)
     assert agreement_rows(2, judgements, rows, {2: ["alice"]})[0].model_dump() == out[0].model_dump()
+
+
+def test_concurrent_votes_on_one_pair_store_one(server: Server, client) -> None:
+    """Eight voters send their vote on the same pair at once: exactly one is stored (201), the others are
+    409, whatever the interleaving (the judgement's row is locked from the check to the commit)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, b = (r["id"] for r in _runs(client))
+    auto = _automatic(server, client, a, b, {"p0": ("A", "A"), "p1": ("B", "B")})
+    hid = client.post("/judgements", json={"judge": {"backend": "human"}, "source_judgement": auto}).json()[
+        "id"
+    ]
+    pid = client.get(f"/judgements/{hid}/ballot/next").json()["pair"]["prompt_id"]
+
+    def vote(choice: str) -> int:
+        with server.client() as c:
+            return c.post(f"/judgements/{hid}/votes", json={"prompt_id": pid, "choice": choice}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(vote, ["left", "right", "tie", "left"] * 2))
+    assert sorted(codes) == [201] + [409] * 7, codes
+    got = client.get(f"/judgements/{hid}").json()
+    assert got["completed"] == 1 and got["verdicts_total"] == 1 and got["status"] == "running"

@@ -123,3 +123,17 @@ def test_judgement_view_shows_the_agreement_with_votes(app_env) -> None:
     assert list(next(d.value for d in at.dataframe if "kappa" in d.value.columns)["automatic judgement"]) == [
         sv.judgement
     ]
+
+
+def test_side_by_side_shows_votes_as_votes(app_env) -> None:
+    sv = seed_votes(app_env, "side-by-side")
+    with Client(app_env.url, app_env.token) as api:
+        session = api.create_human_judgement(source_judgement=sv.judgement)
+        while (pair := api.next_ballot(session["id"])["pair"]) is not None:
+            api.vote(session["id"], pair["prompt_id"], "tie", comment="<b>same</b>")
+    at = page("samples", {"runs": f"{sv.run_a},{sv.run_b}"})
+    assert widget(at, "samples.judgement").value == sv.judgement  # the automatic judgement by default
+    widget(at, "samples.judgement").set_value(session["id"]).run()
+    labels = [e.label for e in at.expander]
+    assert labels.count(f"Human vote: tie (A = #{sv.run_a}, B = #{sv.run_b})") == 3, labels
+    assert "<b>same</b>" in texts(at, "code") and "by admin" in all_text(at)
