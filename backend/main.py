@@ -35,6 +35,7 @@ from .routers import (
     runs,
     samples,
     tokens,
+    votes,
 )
 from .settings import Settings, get_settings
 
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         checkpoints.router,
         logs.router,
         judgements.router,
+        votes.router,
         leaderboard.router,
         experiments.router,
         tokens.router,

@@ -35,6 +35,7 @@ TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 VERDICTS = ("A", "B", "tie", "invalid")
 ORDERS = ("ab", "ba")
 SCOPES = ("read", "write", "admin")
+HUMAN = "human"  # the judge backend of people's votes (a judgement that no worker runs: backend/store/votes.py)
 # of an experiment's judgements (docs/EXPERIMENTS.md): vs_sft, or klq_vs_<algorithm> for each algorithm KLQ is
 # judged against (the registry's names, at most 16 characters; the application checks them)
 JUDGEMENT_KIND_CHECK = "kind IS NULL OR kind = 'vs_sft' OR kind LIKE 'klq_vs_%'"
@@ -243,6 +244,8 @@ class Judgement(Base):
         ForeignKey("experiments.id", ondelete="CASCADE"), index=True
     )
     kind: Mapped[str | None] = mapped_column(String(32))  # JUDGEMENT_KIND_CHECK
+    # human votes on the pairs of this (automatic) judgement; None: on runs' stored samples, or not human
+    source_judgement_id: Mapped[int | None] = mapped_column(ForeignKey("judgements.id", ondelete="SET NULL"))
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -285,7 +288,32 @@ class Verdict(Base):
     order: Mapped[str] = mapped_column("order", String(2))  # "ab": A shown first; "ba": swapped
     verdict: Mapped[str] = mapped_column(String(8))  # in terms of the policies, not the positions
     raw_output: Mapped[str | None] = mapped_column(Text)
+    voter: Mapped[str | None] = mapped_column(String(100))  # a human vote's API token name; None: a judge's
+    comment: Mapped[str | None] = mapped_column(Text)  # a human voter's optional comment
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BallotPair(Base):
+    """A pair that a human judgement (judge backend ``human``) puts to its voters: the prompt and the two
+    policies' responses, at ``position`` in the order they are voted on, shown with ``order`` ("ab": A's
+    response on the left; "ba": on the right). Its vote, once cast, is the judgement's verdict row of this
+    prompt_id (backend/store/votes.py)."""
+
+    __tablename__ = "ballot_pairs"
+    __table_args__ = (
+        UniqueConstraint("judgement_id", "prompt_id"),
+        UniqueConstraint("judgement_id", "position"),
+        CheckConstraint(_in('"order"', ORDERS), name="order"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    judgement_id: Mapped[int] = mapped_column(ForeignKey("judgements.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    prompt_id: Mapped[str] = mapped_column(String(200))
+    prompt: Mapped[str] = mapped_column(Text)
+    response_a: Mapped[str] = mapped_column(Text)
+    response_b: Mapped[str] = mapped_column(Text)
+    order: Mapped[str] = mapped_column("order", String(2))
 
 
 class ApiToken(Base):

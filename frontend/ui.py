@@ -28,8 +28,10 @@ PAGE_FILES = {
     "samples": "views/samples.py",
     "experiments": "views/experiments.py",
     "leaderboard": "views/leaderboard.py",
+    "vote": "views/vote.py",
 }
-JUDGE_BACKENDS = ["gold", "reward_model", "local_hf", "openai"]  # the judge backends of GET/POST /judgements
+# the judge backends a worker runs (POST /judgements); "human" (people's votes) is started on the Vote page
+JUDGE_BACKENDS = ["gold", "reward_model", "local_hf", "openai"]
 LC_HELP = (
     "Length-controlled win-rate of A (AlpacaEval 2's model of the verdicts on the length difference): "
     "the win-rate it predicts for responses of equal length."
@@ -211,6 +213,13 @@ def judgement_length(api: Client, judgement_id: int, completed: int) -> dict | N
     """A judgement's length diagnostics (GET /judgements/{id}: a bootstrap on the server), cached per
     progress count like ``verdicts``; None while fewer than two prompts have a valid verdict."""
     return api.get_judgement(judgement_id, include_verdicts=False)["result"]["length"]
+
+
+@st.cache_data(ttl=10, hash_funcs=_HASH, show_spinner=False, max_entries=50)
+def judgement_agreement(api: Client, judgement_id: int, completed: int) -> list[dict]:
+    """A judgement's agreement with the judgements of the other kind (human votes for an automatic one),
+    cached briefly per progress count (the other judgements' votes change it too: a short ttl)."""
+    return list(api.judgement_agreement(judgement_id))
 
 
 @st.cache_data(ttl=10, hash_funcs=_HASH, show_spinner=False, max_entries=50)
@@ -463,7 +472,12 @@ def line_chart(
         area = (
             alt.Chart(band)
             .mark_area(opacity=0.18)
-            .encode(x=x_enc, y=alt.Y("low:Q", title=None), y2="high:Q", color=alt.Color(f"{color}:N", legend=legend))
+            .encode(
+                x=x_enc,
+                y=alt.Y("low:Q", title=None),
+                y2="high:Q",
+                color=alt.Color(f"{color}:N", legend=legend),
+            )
         )
         chart = alt.layer(area, chart)
     return chart.properties(title=title, height=height).interactive(bind_y=False)

@@ -14,6 +14,7 @@ from ..schemas import (
     INT32_MAX,
     MAX_PAGE,
     STEP_MAX,
+    AgreementOut,
     JudgementOut,
     LengthDiagnosticsOut,
     RunDetail,
@@ -23,6 +24,7 @@ from ..schemas import (
 from ..schemas._common import _text
 
 RunId = Annotated[int, Path(ge=1, le=INT32_MAX, description="run id")]
+JudgementPath = Annotated[int, Path(ge=1, le=INT32_MAX, description="judgement id")]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"page size (at most {MAX_PAGE})")]
 Offset = Annotated[int, Query(ge=0, le=INT32_MAX)]
 StepQuery = Annotated[int | None, Query(ge=0, le=STEP_MAX)]
@@ -85,9 +87,12 @@ def json_response(content: Any, status_code: int = 200) -> Response:
     return Response(to_json(content), status_code=status_code, media_type="application/json")
 
 
-def judgement_out(j: Judgement, length: LengthDiagnosticsOut | None = None) -> JudgementOut:
-    """A judgement as the API shows it; ``length``: its length diagnostics (store.judgement_lengths), if
-    they were asked for."""
+def judgement_out(
+    j: Judgement, length: LengthDiagnosticsOut | None = None, agreement: list[AgreementOut] | None = None
+) -> JudgementOut:
+    """A judgement as the API shows it; ``length``: its length diagnostics (store.judgement_lengths), and
+    ``agreement``: its agreement with the judgements of the other kind (backend.agreement), if they were
+    asked for."""
     return JudgementOut(
         id=j.id,
         status=j.status,
@@ -106,6 +111,8 @@ def judgement_out(j: Judgement, length: LengthDiagnosticsOut | None = None) -> J
         cancel_requested=j.cancel_requested,
         completed=j.completed,
         total=j.total,
+        source_judgement=j.source_judgement_id,
+        agreement=agreement,
         result=WinRateOut(
             wins_a=j.wins_a,
             wins_b=j.wins_b,

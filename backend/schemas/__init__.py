@@ -1,7 +1,7 @@
 """Pydantic models of the API's requests and responses (what the OpenAPI document shows).
 
 One module per resource: ``runs``, ``metrics``, ``samples``, ``checkpoints``, ``logs``, ``judgements``,
-``experiments``, ``leaderboard``, ``algorithms``, ``tokens`` (tokens and health); ``_common`` the id and step bounds, the
+``experiments``, ``leaderboard``, ``votes``, ``algorithms``, ``tokens`` (tokens and health); ``_common`` the id and step bounds, the
 checked text types and the base of request bodies. Every public name is importable from ``backend.schemas``
 itself.
 """
@@ -99,8 +99,24 @@ from .tokens import (
     TokenCreated,
     TokenOut,
 )
+from .votes import (
+    AgreementOut,
+    BallotOut,
+    BallotPairOut,
+    Choice,
+    RevealedSide,
+    VoteCreate,
+    VoteOut,
+)
 
 __all__ = [
+    "AgreementOut",
+    "BallotOut",
+    "BallotPairOut",
+    "Choice",
+    "RevealedSide",
+    "VoteCreate",
+    "VoteOut",
     "AlgorithmOut",
     "CheckpointOut",
     "ComparedPrompt",

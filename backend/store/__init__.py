@@ -27,7 +27,7 @@ write's own transaction (``leases.require_lease``, ``leases.leased_by``). Withou
 writes: cancel, delete, a failed dispatch) writes are unconditional.
 
 The package has one module per resource: ``runs``, ``metrics``, ``samples``, ``checkpoints``,
-``judgements``, ``experiments``, ``tokens``; ``leases`` is the lease and life of a leased job (claim,
+``judgements``, ``votes`` (human judgements: voting sessions, votes, agreement inputs), ``experiments``, ``tokens``; ``leases`` is the lease and life of a leased job (claim,
 heartbeat, fenced status changes, reaping, re-queue, attempts), once for runs and judgements; ``_common``
 the exceptions and SQL helpers. Every public name is importable from ``backend.store`` itself.
 """
@@ -72,6 +72,7 @@ from .judgements import (
     delete_judgement,
     get_judgement,
     heartbeat_judgement,
+    is_human,
     judgement_lengths,
     leaderboard_rows,
     list_judgements,
@@ -145,8 +146,37 @@ from .tokens import (
     touch_token,
     write_token_file,
 )
+from .votes import (
+    AgreementInputs,
+    NotOnBallot,
+    Pair,
+    agreement_inputs,
+    ballot_order,
+    close_human_judgement,
+    create_human_judgement,
+    draw_pairs,
+    judgement_pairs,
+    next_ballot,
+    policy_verdict,
+    record_vote,
+    sample_pairs,
+)
 
 __all__ = [
+    "AgreementInputs",
+    "NotOnBallot",
+    "Pair",
+    "agreement_inputs",
+    "ballot_order",
+    "close_human_judgement",
+    "create_human_judgement",
+    "draw_pairs",
+    "is_human",
+    "judgement_pairs",
+    "next_ballot",
+    "policy_verdict",
+    "record_vote",
+    "sample_pairs",
     "AlignedSamples",
     "Conflict",
     "ExperimentView",

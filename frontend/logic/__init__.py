@@ -53,11 +53,16 @@ from frontend.logic.format import (
     percent_range,
 )
 from frontend.logic.judgements import (
+    agreement_frame,
     format_lc_win_rate,
     format_mean_lengths,
+    is_human,
+    judge_label,
     leaderboard_frame,
     length_buckets_frame,
     player_label,
+    reveal_text,
+    session_label,
 )
 from frontend.logic.labels import (
     PAIR_PREFIX,
@@ -155,6 +160,11 @@ __all__ = [
     "judgement_progress",
     "latest_value",
     "leaderboard_frame",
+    "agreement_frame",
+    "is_human",
+    "judge_label",
+    "reveal_text",
+    "session_label",
     "length_buckets_frame",
     "local_schema_defs",
     "merge_series",

@@ -379,3 +379,65 @@ def widget(at: AppTest, key: str) -> Any:
 
 def checkpoint_dir(server: Server, run_id: int) -> Path:
     return server.data_dir / "runs" / str(run_id) / "checkpoints" / "step-0000050"
+
+
+# --- human votes -----------------------------------------------------------------------------------------
+
+VOTE_MARKUP = "<script>document.title='pwned'</script> see [the docs](http://example.com) **now**"
+
+
+@dataclass
+class SeededVotes:
+    run_a: int
+    run_b: int
+    name_a: str
+    name_b: str
+    judgement: int  # an automatic (gold) judgement of run_a against run_b, with verdicts on every prompt
+    responses: dict[str, tuple[str, str]]  # prompt_id -> (run_a's response, run_b's)
+
+
+def seed_votes(server: Server, tag: str) -> SeededVotes:
+    """Two finished runs of their own (names ``vote-<tag>-left-run`` / ``-right-run``, tag ``votes``) with
+    samples at step 10 on three prompts (one response carries HTML and a Markdown link) and a finished gold
+    judgement of them whose verdicts carry the same responses: what a voting session is made from."""
+    name_a, name_b = f"vote-{tag}-alpha-run", f"vote-{tag}-omega-run"
+    prompts = {"v0": "describe the sea :", "v1": "describe the hill :", "v2": XSS_PROMPT}
+    responses = {
+        "v0": ("the sea is blue .", "the sea is blue and very wide ."),
+        "v1": (VOTE_MARKUP, "the hill is green ."),
+        "v2": ("the tea was fine .", "the tea was bitter ."),
+    }
+    with server.db.write_session() as s:
+        a = _run(s, server, name_a, seed_config("klq"), tags=("votes",))
+        b = _run(s, server, name_b, seed_config("ppo"), tags=("votes",))
+        for rid, side in ((a, 0), (b, 1)):
+            store.write_samples(
+                s,
+                rid,
+                [
+                    {"step": 10, "prompt_id": pid, "prompt": prompts[pid], "response": responses[pid][side]}
+                    for pid in prompts
+                ],
+            )
+            store.finish_run(s, rid, "succeeded")
+        j = store.create_judgement(s, run_a_id=a, run_b_id=b, num_prompts=3, judge={"backend": "gold"})
+        store.set_judgement_status(s, j.id, "running")
+        store.record_verdicts(
+            s,
+            j.id,
+            [
+                {
+                    "prompt_id": pid,
+                    "order": order,
+                    "verdict": "A" if pid != "v1" else "B",
+                    "prompt": prompts[pid],
+                    "response_a": responses[pid][0],
+                    "response_b": responses[pid][1],
+                    "raw_output": "gold",
+                }
+                for pid in prompts
+                for order in ("ab", "ba")
+            ],
+        )
+        store.set_judgement_status(s, j.id, "succeeded")
+    return SeededVotes(a, b, name_a, name_b, j.id, responses)
