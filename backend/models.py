@@ -150,6 +150,9 @@ class Run(Base):
     progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # why the previous attempt ended (a stall, a killed process, a lost worker); kept across attempts
     last_error: Mapped[str | None] = mapped_column(Text)
+    # klq.provenance.collect() of the latest attempt's training process: git commit and dirty flag,
+    # library versions, device, GPU, host (None until a worker has started it)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     tag_rows: Mapped[list[RunTag]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="RunTag.tag"

@@ -43,6 +43,7 @@ __all__ = [
     "NotJudged",
     "PlannedRun",
     "PooledWinRate",
+    "Provenance",
     "ResultRow",
     "RunDetail",
     "RunPage",
@@ -530,6 +531,24 @@ class PooledWinRate(TypedDict):
     length: LengthDiagnostics | None
 
 
+class Provenance(TypedDict):
+    """``Provenance``: in RunDetail.provenance. What trained a run (klq.provenance.collect() of its latest
+    attempt's training process)."""
+
+    # HEAD of the git checkout of klq's source; None if not one
+    git_commit: str | None
+    # tracked files differed from git_commit
+    git_dirty: bool | None
+    # installed versions: klq-lab, torch, transformers, accelerate
+    packages: dict[str, str | None]
+    python: str | None
+    # the training device, e.g. "cuda:0" or "cpu"
+    device: str | None
+    # the CUDA device's name
+    gpu: str | None
+    host: str | None
+
+
 class ResultRow(TypedDict):
     """``ResultRow``: in ExperimentResults.rows."""
 
@@ -579,6 +598,8 @@ class RunDetail(TypedDict):
     # latest value of each metric key
     latest: dict[str, LatestValue]
     config: dict[str, Any]
+    # the code, library versions, device and host that trained it; None until started
+    provenance: Provenance | None
     attempts: int
     # why the previous attempt ended (a stall, a killed process, a lost worker), if one did
     last_error: str | None

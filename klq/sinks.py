@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass
@@ -28,6 +28,10 @@ class Sink(Protocol):
 
     def log_checkpoint(self, step: int, path: str, final: bool) -> None: ...
 
+    def log_provenance(self, provenance: dict[str, Any]) -> None:
+        """Record klq.provenance.collect() of the process that (re)starts the run: the latest start's wins."""
+        ...
+
     def should_stop(self) -> bool:
         """Polled at every iteration boundary: True stops the run cleanly (a user's cancel)."""
         ...
@@ -41,13 +45,15 @@ class Sink(Protocol):
 
 
 class JSONLSink:
-    """metrics.jsonl, samples.jsonl and checkpoints.jsonl in a run's output directory.
+    """metrics.jsonl, samples.jsonl and checkpoints.jsonl in a run's output directory, and provenance.json
+    (klq.provenance: the code, library versions, device and host of the latest start).
 
     On resume from step S, records past S (written after the checkpoint, before the interruption) are
     dropped first, so every step appears exactly once.
     """
 
     FILES = ("metrics.jsonl", "samples.jsonl", "checkpoints.jsonl")
+    PROVENANCE = "provenance.json"
 
     def __init__(self, out_dir: str | Path, resume_step: int | None = None) -> None:
         self.out_dir = Path(out_dir)
@@ -77,6 +83,9 @@ class JSONLSink:
 
     def log_checkpoint(self, step: int, path: str, final: bool) -> None:
         self._write("checkpoints.jsonl", {"step": step, "path": path, "final": final})
+
+    def log_provenance(self, provenance: dict[str, Any]) -> None:
+        (self.out_dir / self.PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
 
     def should_stop(self) -> bool:
         return (self.out_dir / "STOP").exists()

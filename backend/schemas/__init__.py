@@ -77,6 +77,7 @@ from .metrics import (
 )
 from .runs import (
     LatestValue,
+    Provenance,
     RunClone,
     RunCreate,
     RunDetail,
@@ -151,6 +152,7 @@ __all__ = [
     "ResultRow",
     "RunClone",
     "RunCreate",
+    "Provenance",
     "RunDetail",
     "RunPage",
     "RunPatch",
