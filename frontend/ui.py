@@ -726,7 +726,7 @@ _LAYOUT_COLUMNS = {"position", "token", "id", "label", "x", "x2", "line", "shown
 
 
 def token_color_scale(quantity: str, domain: Sequence[float] | None) -> alt.Scale:
-    """The colour scale of a quantity: diverging around 0 (logic.DIVERGING) or sequential, over ``domain``
+    """The colour scale of a quantity: diverging around 0 or sequential (logic.quantity_kind), over ``domain``
     (logic.color_domain: shared by the samples shown together, so that equal colours mean equal values)."""
     if logic.quantity_kind(quantity) == "diverging":
         # redblue runs from red (low) to blue (high): reversed, the positive side is red

@@ -53,6 +53,7 @@ __all__ = [
     "SampleComparison",
     "SamplePage",
     "SampleStep",
+    "SampleTokens",
     "Series",
     "SeriesResponse",
     "TagCount",
@@ -659,18 +660,27 @@ class RunSummary(TypedDict):
 
 
 class Sample(TypedDict):
-    """``SampleOut``: in ComparedPrompt.samples, SamplePage.items."""
+    """``SampleOut``: GET /runs/{run_id}/prompts/{prompt_id}/samples; in ComparedPrompt.samples,
+    SamplePage.items."""
 
     id: int
     run_id: int
     step: int
+    # eval: a held-out sample; train: a recorded training rollout of iteration `step`
+    kind: str
+    # train: the rollout's row in its iteration's batch; eval: 0
+    sample_index: int
     prompt_id: str
     prompt: str
     response: str
+    # response tokens, the stop token included
+    response_length: int | None
     score: float | None
     gold_score: float | None
     kl: float | None
     extra: dict[str, Any] | None
+    # a token record exists: GET /samples/{id}/tokens
+    has_tokens: bool
 
 
 class SampleComparison(TypedDict):
@@ -697,6 +707,25 @@ class SampleStep(TypedDict):
 
     step: int
     count: int
+
+
+class SampleTokens(TypedDict):
+    """``SampleTokens``: GET /samples/{sample_id}/tokens. A sample's response token by token: every list
+    has one entry per response token."""
+
+    sample_id: int
+    run_id: int
+    step: int
+    kind: str
+    prompt_id: str
+    algorithm: str
+    token_ids: list[int]
+    # each token's text piece, decoded alone (plain text, never markup)
+    tokens: list[str]
+    # name -> one value per token (NaN and infinities as null): logp, logp_ref, k1, k3, entropy; value
+    # (V_old) with a value model; KLQ: q, delta, target; PPO: reward, advantage_raw, advantage, return;
+    # RLOO/GRPO: advantage (the sequence advantage on every token)
+    quantities: dict[str, list[float | None]]
 
 
 class Series(TypedDict):

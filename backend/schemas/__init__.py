@@ -93,6 +93,7 @@ from .samples import (
     SampleOut,
     SamplePage,
     SampleStep,
+    SampleTokens,
 )
 from .tokens import (
     Health,
@@ -164,6 +165,7 @@ __all__ = [
     "SampleOut",
     "SamplePage",
     "SampleStep",
+    "SampleTokens",
     "Scope",
     "Series",
     "SeriesResponse",

@@ -124,13 +124,19 @@ from .runs import (
     tag_counts,
     update_run_meta,
 )
+from .samples import FILTERS as SAMPLE_FILTERS
+from .samples import SORT_KEYS as SAMPLE_SORT_KEYS
 from .samples import (
     AlignedSamples,
+    TrainRetention,
     compare_samples,
     iter_samples,
     latest_sample_steps,
     list_samples,
+    prompt_samples,
+    prune_train_samples,
     sample_steps,
+    sample_tokens,
     write_samples,
 )
 from .tokens import (
@@ -149,6 +155,9 @@ from .tokens import (
 
 __all__ = [
     "AlignedSamples",
+    "SAMPLE_FILTERS",
+    "SAMPLE_SORT_KEYS",
+    "TrainRetention",
     "Conflict",
     "ExperimentView",
     "HeartbeatResult",
@@ -207,6 +216,8 @@ __all__ = [
     "list_judgements",
     "list_runs",
     "list_samples",
+    "prompt_samples",
+    "prune_train_samples",
     "list_tokens",
     "list_verdicts",
     "mark_redispatched",
@@ -231,6 +242,7 @@ __all__ = [
     "revoke_token",
     "rows_per_statement",
     "sample_steps",
+    "sample_tokens",
     "set_experiment_error",
     "set_judgement_status",
     "set_progress",

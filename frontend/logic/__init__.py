@@ -106,12 +106,10 @@ from frontend.logic.samples import (
     word_diff,
 )
 from frontend.logic.tokens import (
-    DIVERGING,
     FILTERS,
     LINE_CHARS,
     QUANTITY_HELP,
     QUANTITY_ORDER,
-    SEQUENTIAL,
     SORT_KEYS,
     color_domain,
     display_piece,
@@ -128,12 +126,10 @@ from frontend.logic.tokens import (
 )
 
 __all__ = [
-    "DIVERGING",
     "FILTERS",
     "LINE_CHARS",
     "QUANTITY_HELP",
     "QUANTITY_ORDER",
-    "SEQUENTIAL",
     "SORT_KEYS",
     "color_domain",
     "display_piece",

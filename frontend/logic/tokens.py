@@ -15,11 +15,12 @@ from typing import Any
 import pandas as pd
 
 from frontend.logic.format import format_number
+from klq.client.samples import DIVERGING_QUANTITIES, SAMPLE_FILTERS, SAMPLE_SORT_KEYS
 
-# Signed quantities, coloured on a diverging scale centred on 0 (where the sign is the point: which tokens
-# add KL, which have a positive advantage); the others on a sequential scale over their range.
-DIVERGING = ("k1", "k3", "delta", "advantage", "advantage_raw", "reward")
-SEQUENTIAL = ("logp", "logp_ref", "entropy", "value", "q", "target", "return")
+# Signed quantities (klq.client's DIVERGING_QUANTITIES: k1, k3, delta, advantage, advantage_raw, reward)
+# are coloured on a diverging scale centred on 0, where the sign is the point (which tokens add KL, which
+# have a positive advantage); the others (logp, logp_ref, entropy, value, q, target, return) on a
+# sequential scale over their range.
 QUANTITY_ORDER = ("k1", "k3", "logp", "logp_ref", "entropy", "value", "q", "delta", "target", "reward",
                   "advantage_raw", "advantage", "return")  # fmt: skip
 QUANTITY_HELP = {
@@ -37,7 +38,7 @@ QUANTITY_HELP = {
     "advantage": "the advantage the policy loss used (whitened for PPO; the sequence's for RLOO/GRPO)",
     "return": "the value target (PPO)",
 }
-SORT_KEYS = {
+_SORT_LABELS = {
     "score": "reward-model score",
     "gold": "gold reward",
     "kl": "KL",
@@ -46,13 +47,15 @@ SORT_KEYS = {
     "step": "step",
     "prompt_id": "prompt id",
 }
-FILTERS = ("score", "gold", "kl", "length")  # min_<name> and max_<name> of GET /runs/{id}/samples
+SORT_KEYS = {key: _SORT_LABELS.get(key, key) for key in SAMPLE_SORT_KEYS}  # GET /runs/{id}/samples' sort
+# what min_<name> and max_<name> of GET /runs/{id}/samples bound: score, gold, kl, length
+FILTERS = tuple(dict.fromkeys(name.split("_", 1)[1] for name in SAMPLE_FILTERS))
 LINE_CHARS = 72  # characters per line of the token view (tokens wrap like text)
 
 
 def quantity_kind(name: str) -> str:
     """'diverging' (centred on 0) or 'sequential'; a quantity this dashboard does not know is sequential."""
-    return "diverging" if name in DIVERGING else "sequential"
+    return "diverging" if name in DIVERGING_QUANTITIES else "sequential"
 
 
 def present_quantities(samples: Iterable[Mapping[str, Any]]) -> list[str]:

@@ -22,6 +22,7 @@ TABLES = {
     "metrics",
     "metric_latest",
     "samples",
+    "sample_tokens",
     "checkpoints",
     "judgements",
     "verdicts",
