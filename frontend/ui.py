@@ -721,6 +721,7 @@ SEQUENTIAL_SCHEME = "viridis"
 TOKEN_CHAR_PX = 8.5  # px per character of the token view's monospace text at TOKEN_FONT_PX
 TOKEN_FONT_PX = 13
 TOKEN_LINE_PX = 24
+TOKEN_LEGEND_PX = 240  # length of the colour legend's gradient
 # the columns of logic.token_layout that are not quantities (those go into the tooltips)
 _LAYOUT_COLUMNS = {"position", "token", "id", "label", "x", "x2", "line", "shown", "ink"}
 
@@ -759,7 +760,12 @@ def token_chart(
     base = alt.Chart(layout).encode(x=x, y=y, tooltip=tooltip)
     rects = base.mark_rect(stroke="white", strokeWidth=1).encode(
         x2="x2:Q",
-        color=alt.Color("shown:Q", title=quantity, scale=token_color_scale(quantity, domain)),
+        color=alt.Color(
+            "shown:Q",
+            title=quantity,
+            scale=token_color_scale(quantity, domain),
+            legend=alt.Legend(orient="top", direction="horizontal", gradientLength=TOKEN_LEGEND_PX),
+        ),
     )
     text = base.mark_text(
         align="left", baseline="middle", dx=1, font="monospace", fontSize=TOKEN_FONT_PX
@@ -767,7 +773,11 @@ def token_chart(
         text=alt.Text("label:N"),
         color=alt.Color("ink:N", scale=None),
     )
-    chart = alt.layer(rects, text).properties(width=width_chars * TOKEN_CHAR_PX, height=lines * TOKEN_LINE_PX)
+    # "pad": the plot gets exactly this size (one character column is TOKEN_CHAR_PX wide, like the text),
+    # the legend is added around it; "fit" would squeeze the plot to make room for the legend
+    chart = alt.layer(rects, text).properties(
+        width=width_chars * TOKEN_CHAR_PX, height=lines * TOKEN_LINE_PX, autosize=alt.AutoSizeParams(type="pad")
+    )
     return chart.properties(title=title) if title else chart
 
 
@@ -794,11 +804,16 @@ def token_heatmap(frame: pd.DataFrame, quantity: str, domain: Sequence[float] | 
 
 
 def token_view(
-    sample_tokens: Mapping[str, Any], quantity: str, domain: Sequence[float] | None, *, key: str
+    sample_tokens: Mapping[str, Any],
+    quantity: str,
+    domain: Sequence[float] | None,
+    *,
+    key: str,
+    line_chars: int = logic.LINE_CHARS,
 ) -> None:
-    """A sample's token view (token_chart) and, below it, the table of its tokens: text, id and every
-    quantity."""
-    layout = logic.token_layout(sample_tokens, quantity, domain)
+    """A sample's token view (token_chart, lines of ``line_chars`` characters) and, below it, the table of
+    its tokens: text, id and every quantity."""
+    layout = logic.token_layout(sample_tokens, quantity, domain, line_chars)
     if layout.empty:
         st.caption("This sample has no response tokens.")
         return
@@ -812,8 +827,11 @@ def token_view(
         width="stretch",
         height=min(400, 38 + 35 * len(layout)),
         column_config={
-            q: st.column_config.NumberColumn(q, format="%.4g", help=logic.QUANTITY_HELP.get(q))
-            for q in logic.present_quantities([sample_tokens])
+            "token": st.column_config.TextColumn("token", width="medium"),
+            **{
+                q: st.column_config.NumberColumn(q, format="%.4g", help=logic.QUANTITY_HELP.get(q))
+                for q in logic.present_quantities([sample_tokens])
+            },
         },
         key=f"{key}.table",
     )

@@ -198,6 +198,7 @@ with tab_samples:
 # --- tokens ----------------------------------------------------------------------------------------------
 
 TOP_K = [10, 25, 50, 100, 200]
+PAIR_LINE_CHARS = 48  # narrower lines side by side: each view fits its half of the page
 MAX_HEATMAP_STEPS = 60  # the prompt-across-steps view reads one token record per step, at most this many
 
 
@@ -327,6 +328,7 @@ def tokens_side_by_side(api: Client, pair: list[int]) -> None:
     item = items[pid]
     st.markdown(f"**Prompt** {ui.md_escape(pid)}")
     ui.text_block(item["prompt"])
+    picker = st.container()  # the quantity's selectbox above the two views (it needs both sides' tokens)
     cols = st.columns(2)
     sides = []
     for col, rid, sample in zip(cols, pair, item["samples"]):
@@ -337,7 +339,8 @@ def tokens_side_by_side(api: Client, pair: list[int]) -> None:
     held = [t for t in sides if t is not None]
     if not held:
         return
-    quantity = quantity_picker(held, key="tokens.pair_quantity")
+    with picker:
+        quantity = quantity_picker(held, key="tokens.pair_quantity")
     if not quantity:
         return
     # one domain for both sides: the same colour is the same value in either run
@@ -349,7 +352,7 @@ def tokens_side_by_side(api: Client, pair: list[int]) -> None:
             if quantity not in logic.present_quantities([tokens]):
                 st.caption(f"#{pair[i]} has no {quantity} (its algorithm does not compute it).")
                 continue
-            ui.token_view(tokens, quantity, domain, key=f"tokens.pair.{i}")
+            ui.token_view(tokens, quantity, domain, key=f"tokens.pair.{i}", line_chars=PAIR_LINE_CHARS)
 
 
 with tab_tokens:

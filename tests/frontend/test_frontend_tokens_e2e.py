@@ -7,6 +7,7 @@ link is made. Screenshots of the token view and of two runs side by side go to t
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,39 +95,45 @@ def open_tokens(page, url: str, charts: int) -> None:
     wait_idle(page)
 
 
-def hover_tokens(page, chart) -> dict[str, str]:
-    """Hover along the first line of a token view, left to right, collecting the tooltip shown over each
-    token: {token text as the tooltip shows it: the tooltip's innerHTML}."""
+def drawn_tokens(chart) -> list[str]:
+    """The text of the token view's text marks (SVG <text> elements), in order."""
+    return chart.locator("g.layer_1_marks text").all_text_contents()
+
+
+def hover_tokens(page, chart) -> dict[str, tuple[str, list[str]]]:
+    """Hover over each token's rectangle of a token view and read the tooltip Vega shows: {the token as the
+    tooltip's "token" row shows it: (that row's value cell's innerHTML, the tooltip's row names)}."""
     chart.scroll_into_view_if_needed()
-    view = chart.locator("canvas, svg").first
-    box = view.bounding_box()
-    assert box is not None
-    tooltip = page.locator("#vg-tooltip-element")
+    marks = chart.locator("g.layer_0_marks path[role=graphics-symbol]")
     seen: dict[str, str] = {}
-    x = box["x"] + 2
-    while x < box["x"] + min(box["width"], 500):
-        page.mouse.move(x, box["y"] + 17)
-        page.wait_for_timeout(60)
-        if tooltip.count() and tooltip.is_visible():
-            text = tooltip.inner_text()
-            for line in text.splitlines():
-                parts = line.split("\t") if "\t" in line else line.split(None, 1)
-                if parts and parts[0].strip() == "token" and len(parts) > 1:
-                    seen.setdefault(parts[1].strip(), tooltip.inner_html())
-        x += 6
+    for i in range(marks.count()):
+        box = marks.nth(i).bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        cell = page.locator("#vg-tooltip-element.visible td.value").first
+        cell.wait_for()
+        keys = page.locator("#vg-tooltip-element.visible td.key").all_text_contents()
+        seen[cell.text_content()] = (cell.inner_html(), keys)
+        page.mouse.move(0, 0)
+        page.locator("#vg-tooltip-element.visible").wait_for(state="detached")
     return seen
 
 
 def test_token_view_shows_markup_literally(stack: Stack, tab) -> None:
     s = stack.seeded
     open_tokens(tab, f"{stack.ui_url}/samples?runs={s.klq}", 1)
+    tab.get_by_role("combobox", name="Sample (2 match)").click()  # prompt t0's: the one with the markup
+    tab.get_by_role("option", name=re.compile(r"^t0 @ step 30 ")).click()
+    wait_idle(tab)
     chart = tab.get_by_test_id("stVegaLiteChart").first
+    chart.locator("g.layer_1_marks text", has_text="alert(1)").wait_for()
+    drawn = drawn_tokens(chart)
+    assert TOKEN_SCRIPT in drawn and TOKEN_LINK in drawn, drawn  # drawn as text, literally
     seen = hover_tokens(tab, chart)
-    assert TOKEN_SCRIPT in seen, f"tooltips seen: {list(seen)}"
-    assert TOKEN_LINK in seen, f"tooltips seen: {list(seen)}"
-    # escaped in the tooltip's HTML: text, not an element
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in seen[TOKEN_SCRIPT]
-    assert "k1" in seen[TOKEN_SCRIPT] and "entropy" in seen[TOKEN_SCRIPT]  # every quantity on hover
+    assert TOKEN_SCRIPT in seen and TOKEN_LINK in seen, f"tooltips seen: {list(seen)}"
+    html, keys = seen[TOKEN_SCRIPT]
+    assert html == "&lt;script&gt;alert(1)&lt;/script&gt;"  # escaped: text, not an element
+    assert keys[:3] == ["token", "id", "position"] and {"k1", "k3", "logp", "entropy", "q", "delta"} <= set(keys)
+    assert seen[TOKEN_LINK][0] == TOKEN_LINK  # no link made of it
     # nothing in the page was made from the tokens: no link to e.com, no script element with alert
     assert tab.locator("a[href='http://e.com']").count() == 0
     assert tab.evaluate("[...document.scripts].filter(s => s.text.includes('alert(1)')).length") == 0
