@@ -722,6 +722,7 @@ TOKEN_CHAR_PX = 8.5  # px per character of the token view's monospace text at TO
 TOKEN_FONT_PX = 13
 TOKEN_LINE_PX = 24
 TOKEN_LEGEND_PX = 240  # length of the colour legend's gradient
+HEATMAP_ROW_PX = 22  # height of a step's row in the prompt-across-steps heatmap
 # the columns of logic.token_layout that are not quantities (those go into the tooltips)
 _LAYOUT_COLUMNS = {"position", "token", "id", "label", "x", "x2", "line", "shown", "ink"}
 
@@ -784,7 +785,6 @@ def token_chart(
 def token_heatmap(frame: pd.DataFrame, quantity: str, domain: Sequence[float] | None) -> alt.Chart:
     """One prompt across a run's steps (logic.steps_heatmap): a step x token-position grid coloured by
     ``quantity``, each cell's token and value in its tooltip."""
-    steps = int(frame["step"].nunique()) if len(frame) else 1
     return (
         alt.Chart(frame)
         .mark_rect()
@@ -799,7 +799,7 @@ def token_heatmap(frame: pd.DataFrame, quantity: str, domain: Sequence[float] | 
                 alt.Tooltip("value:Q", title=quantity, format=".4g"),
             ],
         )
-        .properties(height=min(CHART_HEIGHT * 2, 40 + 18 * steps))
+        .properties(height=alt.Step(HEATMAP_ROW_PX))  # a row per step, whatever the number of steps
     )
 
 
