@@ -275,8 +275,10 @@ def tokens_of_one_run(api: Client, rid: int) -> None:
         return
     query, k = sample_query_controls("tokens.q")
     got = ui.call(api.list_samples, rid, step=step, kind="eval", limit=k, **query, what="samples")
-    if not got or not got["items"]:
-        st.info("No samples match." if got else "")
+    if got is None:  # the API's error is shown
+        return
+    if not got["items"]:
+        st.info("No samples match.")
         return
     by_id = {s["id"]: s for s in got["items"]}
     sid = st.selectbox(
@@ -398,7 +400,9 @@ with tab_steps:
                     stride = -(-len(shown) // MAX_HEATMAP_STEPS)
                     shown = shown[::-1][::stride][::-1]
                     st.caption(f"Every {stride}th of {len(with_tokens)} steps with token data.")
-                records = [t for t in (ui.call(ui.sample_tokens, api, s["id"]) for s in shown) if t]
+                pairs = [(s, ui.call(ui.sample_tokens, api, s["id"])) for s in shown]
+                pairs = [(s, t) for s, t in pairs if t is not None]
+                records = [t for _, t in pairs]
                 quantity = quantity_picker(records, key="steps.quantity")
                 if quantity:
                     domain = logic.color_domain(
@@ -410,7 +414,7 @@ with tab_steps:
                             width="stretch",
                         )
                     else:
-                        for t, s in zip(records, shown):
+                        for s, t in pairs:
                             with st.container(border=True):
                                 st.caption(logic.sample_label(s))
                                 ui.token_view(t, quantity, domain, key=f"steps.view.{s['id']}")
