@@ -100,10 +100,16 @@ def token_table(sample: Mapping[str, Any]) -> pd.DataFrame:
     return frame
 
 
+_VISIBLE_BREAKS = {"\r\n": "↵", "\n": "↵", "\r": "↵", "\t": "⇥"}
+
+
 def display_piece(piece: str) -> str:
     """A token's text for the token view: line breaks and tabs made visible (↵, ⇥) so that each token
-    stays on its line; everything else (markup included) as is: the chart draws text, never HTML."""
-    return piece.replace("\r\n", "↵").replace("\n", "↵").replace("\r", "↵").replace("\t", "⇥")
+    stays on its line, other control characters escaped (ESC as \\x1b: invisible, or not even allowed in
+    SVG text); everything else (markup included) as is: the chart draws text, never HTML."""
+    for raw, shown in _VISIBLE_BREAKS.items():
+        piece = piece.replace(raw, shown)
+    return "".join(f"\\x{ord(ch):02x}" if ord(ch) < 32 or 127 <= ord(ch) < 160 else ch for ch in piece)
 
 
 def token_layout(

@@ -108,6 +108,7 @@ def test_token_layout_wraps_like_text():
 
 def test_display_piece_shows_breaks_and_keeps_markup():
     assert logic.display_piece("a\r\nb\nc\td") == "a↵b↵c⇥d"
+    assert logic.display_piece("\x1b[31mred\x00\x7f") == "\\x1b[31mred\\x00\\x7f"  # escaped, not invisible
     assert logic.display_piece(SCRIPT) == SCRIPT and logic.display_piece(LINK) == LINK
 
 
