@@ -37,7 +37,9 @@ def load_samples(run_dir: str | Path, step: int, kind: str = "eval") -> list[dic
     run_dir = Path(run_dir)
     samples_path, tokens_path = run_dir / "samples.jsonl", run_dir / "sample_tokens.jsonl"
     if not samples_path.exists() or not tokens_path.exists():
-        raise InspectError(f"{run_dir} has no samples.jsonl and sample_tokens.jsonl (not a klq train output?)")
+        raise InspectError(
+            f"{run_dir} has no samples.jsonl and sample_tokens.jsonl (not a klq train output?)"
+        )
     records = {
         (r["kind"], r["step"], r["prompt_id"], r["sample_index"]): r
         for r in read_jsonl(tokens_path)
@@ -48,11 +50,15 @@ def load_samples(run_dir: str | Path, step: int, kind: str = "eval") -> list[dic
         key = (s.get("kind", "eval"), s["step"], s["prompt_id"], s.get("sample_index", 0))
         if key in records:
             samples.append({**s, "tokens": records[key]})
-    at_step = sorted((s for s in samples if s["step"] == step), key=lambda s: (s["sample_index"], s["prompt_id"]))
+    at_step = sorted(
+        (s for s in samples if s["step"] == step), key=lambda s: (s["sample_index"], s["prompt_id"])
+    )
     if not at_step:
         steps = sorted({s["step"] for s in samples})
-        raise InspectError(f"no {kind} samples with token records at step {step}; steps that have them: "
-                           f"{', '.join(map(str, steps)) or 'none'}")
+        raise InspectError(
+            f"no {kind} samples with token records at step {step}; steps that have them: "
+            f"{', '.join(map(str, steps)) or 'none'}"
+        )
     return at_step
 
 
@@ -109,9 +115,11 @@ def _fmt(value: float | None) -> str:
 def _header(index: int, s: dict[str, Any]) -> str:
     gold = "" if s.get("gold_score") is None else f"  gold {s['gold_score']:+.3f}"
     where = f"rollout {s['sample_index']}" if s["kind"] == "train" else "eval"
-    return (f"[{index}] step {s['step']} {where}  prompt {s['prompt_id']}  score {s['score']:+.3f}{gold}  "
-            f"KL {s['kl']:.3f}  {len(s['tokens']['token_ids'])} tokens\n"
-            f"prompt:   {printable(s['prompt'])}")
+    return (
+        f"[{index}] step {s['step']} {where}  prompt {s['prompt_id']}  score {s['score']:+.3f}{gold}  "
+        f"KL {s['kl']:.3f}  {len(s['tokens']['token_ids'])} tokens\n"
+        f"prompt:   {printable(s['prompt'])}"
+    )
 
 
 def render(samples: list[tuple[int, dict[str, Any]]], quantity: str, colour: bool) -> str:
@@ -124,29 +132,48 @@ def render(samples: list[tuple[int, dict[str, Any]]], quantity: str, colour: boo
         kind = "diverging, centred on 0" if quantity in DIVERGING_QUANTITIES else "sequential"
         steps = [scale[0] + (scale[1] - scale[0]) * i / 8 for i in range(9)]
         swatches = "".join(_painted("  ", colour_of(quantity, v, scale)) for v in steps)
-        lines.append(f"{quantity} ({kind}): {_fmt(scale[0])} {swatches} {_fmt(scale[1])}"
-                     + ("   missing: " + _painted("  ", colour_of(quantity, None, scale)) if None in values else ""))
+        lines.append(
+            f"{quantity} ({kind}): {_fmt(scale[0])} {swatches} {_fmt(scale[1])}"
+            + ("   missing: " + _painted("  ", colour_of(quantity, None, scale)) if None in values else "")
+        )
     for index, s in samples:
         lines += ["", _header(index, s)]
         record = s["tokens"]
         pieces, qs = record["tokens"], record["quantities"][quantity]
         if colour:
-            lines.append("response: " + "".join(
-                _painted(printable(p), colour_of(quantity, v, scale)) for p, v in zip(pieces, qs, strict=True)))
+            lines.append(
+                "response: "
+                + "".join(
+                    _painted(printable(p), colour_of(quantity, v, scale))
+                    for p, v in zip(pieces, qs, strict=True)
+                )
+            )
         else:
             lines.append(f"{'t':>4}  {'token':<20} {quantity}")
-            lines += [f"{t:>4}  {printable(p):<20} {_fmt(v)}" for t, (p, v) in enumerate(zip(pieces, qs, strict=True))]
+            lines += [
+                f"{t:>4}  {printable(p):<20} {_fmt(v)}"
+                for t, (p, v) in enumerate(zip(pieces, qs, strict=True))
+            ]
     return "\n".join(lines) + "\n"
 
 
-def inspect_run(run_dir: str | Path, step: int, quantity: str = "k1", sample: int | None = None,
-                kind: str = "eval", colour: bool = False, out: TextIO | None = None) -> None:
+def inspect_run(
+    run_dir: str | Path,
+    step: int,
+    quantity: str = "k1",
+    sample: int | None = None,
+    kind: str = "eval",
+    colour: bool = False,
+    out: TextIO | None = None,
+) -> None:
     """Print the samples of ``kind`` at ``step`` (or the ``sample``-th of them) coloured by ``quantity``.
     Raises InspectError naming what the run has when the step, the sample or the quantity is not there."""
     samples = list(enumerate(load_samples(run_dir, step, kind)))
     if sample is not None:
         if not 0 <= sample < len(samples):
-            raise InspectError(f"--sample {sample}: step {step} has {len(samples)} {kind} samples (0..{len(samples) - 1})")
+            raise InspectError(
+                f"--sample {sample}: step {step} has {len(samples)} {kind} samples (0..{len(samples) - 1})"
+            )
         samples = [samples[sample]]
     names = list(samples[0][1]["tokens"]["quantities"])
     if quantity not in names:
@@ -165,14 +192,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="a standalone run's samples token by token, coloured by a per-token quantity")
+    p = sub.add_parser(
+        "inspect", help="a standalone run's samples token by token, coloured by a per-token quantity"
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a `klq train` output directory")
-    p.add_argument("--step", type=int, required=True, help="the eval step (or, with --kind train, the iteration)")
-    p.add_argument("--quantity", default="k1",
-                   help="logp, logp_ref, k1 (default), k3, entropy, value; KLQ: q, delta, target; PPO: reward, "
-                   "advantage_raw, advantage, return; RLOO/GRPO: advantage")
+    p.add_argument(
+        "--step", type=int, required=True, help="the eval step (or, with --kind train, the iteration)"
+    )
+    p.add_argument(
+        "--quantity",
+        default="k1",
+        help="logp, logp_ref, k1 (default), k3, entropy, value; KLQ: q, delta, target; PPO: reward, "
+        "advantage_raw, advantage, return; RLOO/GRPO: advantage",
+    )
     p.add_argument("--sample", type=int, help="only the I-th sample of the step (as numbered in the listing)")
-    p.add_argument("--kind", choices=("eval", "train"), default="eval",
-                   help="eval: held-out samples (default); train: the recorded training rollouts")
+    p.add_argument(
+        "--kind",
+        choices=("eval", "train"),
+        default="eval",
+        help="eval: held-out samples (default); train: the recorded training rollouts",
+    )
     p.add_argument("--no-color", action="store_true", help="plain text even on a terminal")
     p.set_defaults(func=cmd_inspect)

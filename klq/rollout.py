@@ -81,7 +81,8 @@ def _filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
 _BLOCK = 256  # vocabulary entries per block of the two-level inverse-CDF search in _sample_token
 
 
-def _sample_token(scaled: Tensor, top_k: int, top_p: float) -> tuple[Tensor, Tensor]:
+def _sample_token(scaled: Tensor, top_k: int, top_p: float,
+                  with_entropy: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """One token per row of temperature-scaled (B, V) logits, and its log-prob under softmax(scaled).
 
     Inverse-CDF sampling with one uniform number per row: the same categorical distribution as
@@ -90,11 +91,15 @@ def _sample_token(scaled: Tensor, top_k: int, top_p: float) -> tuple[Tensor, Ten
     sum per block of 256 entries, a float64 cumulative sum over the ~200 block sums to pick the block, and
     one over the chosen block to pick the token. Entries that top-k / top-p removed have weight 0 and are
     never drawn (strictly-greater search, and the residual is kept below the chosen block's total).
+    Returns (token (B,), its log-prob (B,), the entropy of softmax(scaled) (B,) if with_entropy else None:
+    logsumexp - E[scaled], from the same exp pass).
     """
     B, V = scaled.shape
     peak = scaled.max(-1, keepdim=True).values
     unnorm = (scaled - peak).exp()
-    lse = peak.squeeze(-1) + unnorm.sum(-1).log()  # logsumexp(scaled), from the same exp pass
+    total = unnorm.sum(-1)
+    lse = peak.squeeze(-1) + total.log()  # logsumexp(scaled), from the same exp pass
+    entropy = lse - (unnorm * scaled).sum(-1) / total if with_entropy else None
     weights = unnorm if top_k <= 0 and top_p >= 1.0 else (_filter_logits(scaled, top_k, top_p) - peak).exp()
     full = V // _BLOCK * _BLOCK
     sums = weights[:, :full].reshape(B, -1, _BLOCK).sum(-1)
@@ -111,7 +116,7 @@ def _sample_token(scaled: Tensor, top_k: int, top_p: float) -> tuple[Tensor, Ten
     offset = torch.searchsorted(in_block, residual, right=True).clamp(max=_BLOCK - 1)
     token = (block * _BLOCK + offset).squeeze(-1)
     logp = scaled.gather(-1, token[:, None]).squeeze(-1) - lse
-    return token, logp
+    return token, logp, entropy
 
 
 @torch.no_grad()
@@ -153,12 +158,13 @@ def sample(
         if greedy:
             token = scaled.argmax(-1)
             logp = scaled.gather(-1, token[:, None]).squeeze(-1) - torch.logsumexp(scaled, -1)
+            entropy = _entropy(scaled) if entropies is not None else None
         else:
-            token, logp = _sample_token(scaled, top_k, top_p)
+            token, logp, entropy = _sample_token(scaled, top_k, top_p, with_entropy=entropies is not None)
         tokens[:, t] = torch.where(finished, pad_token_id, token)
         logprobs[:, t] = torch.where(finished, 0.0, logp)
         if entropies is not None:
-            entropies[:, t] = torch.where(finished, 0.0, _entropy(scaled))
+            entropies[:, t] = torch.where(finished, 0.0, entropy)
         finished |= token == eos_token_id
         if bool(finished.all()) or t == max_new_tokens - 1:
             break

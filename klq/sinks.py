@@ -15,7 +15,9 @@ class TokenRecord:
 
     token_ids: list[int]  # (T,)
     tokens: list[str]  # (T,) each token's text piece, decoded alone
-    quantities: dict[str, list[float]]  # name -> (T,): logp, logp_ref, k1, k3, entropy, value, the algorithm's
+    quantities: dict[
+        str, list[float]
+    ]  # name -> (T,): logp, logp_ref, k1, k3, entropy, value, the algorithm's
 
 
 @dataclass

@@ -23,14 +23,39 @@ ENTROPY = [1.0, 3.0, 2.0, None, 0.5]
 def run_dir(tmp_path: Path) -> Path:
     sink = JSONLSink(tmp_path)
     record = TokenRecord([5, 6, 7, 8, 9], PIECES, {"logp": [-1.0] * 5, "k1": K1, "entropy": ENTROPY})
-    other = TokenRecord([1, 2], ["a", "b"], {"logp": [-0.5, -0.5], "k1": [0.25, -0.25], "entropy": [1.5, 1.5]})
-    sink.log_samples(3, [
-        SampleRecord(3, "p1", "the prompt", "resp", 0.5, 0.0, gold_score=0.1, response_length=5, token_record=record),
-        SampleRecord(3, "p2", "other", "ab", -0.5, 0.0, response_length=2, token_record=other),
-        SampleRecord(3, "p0", "x", "y", 0.0, 0.0, kind="train", sample_index=4, response_length=2,
-                     token_record=other),
-        SampleRecord(3, "p9", "no record", "z", 0.0, 0.0),
-    ])
+    other = TokenRecord(
+        [1, 2], ["a", "b"], {"logp": [-0.5, -0.5], "k1": [0.25, -0.25], "entropy": [1.5, 1.5]}
+    )
+    sink.log_samples(
+        3,
+        [
+            SampleRecord(
+                3,
+                "p1",
+                "the prompt",
+                "resp",
+                0.5,
+                0.0,
+                gold_score=0.1,
+                response_length=5,
+                token_record=record,
+            ),
+            SampleRecord(3, "p2", "other", "ab", -0.5, 0.0, response_length=2, token_record=other),
+            SampleRecord(
+                3,
+                "p0",
+                "x",
+                "y",
+                0.0,
+                0.0,
+                kind="train",
+                sample_index=4,
+                response_length=2,
+                token_record=other,
+            ),
+            SampleRecord(3, "p9", "no record", "z", 0.0, 0.0),
+        ],
+    )
     sink.close()
     return tmp_path
 
@@ -45,7 +70,9 @@ def test_plain_text_one_token_per_line_escaped(run_dir: Path) -> None:
     assert [r[0] for r in rows[:5]] == ["0", "1", "2", "3", "4"]
     assert [r[-1] for r in rows[:5]] == ["+0", "+2", "-1", "+0.5", "-2"]
     assert "<script>" in text and "\\n" in text and "\\x1b[2J" in text and "[a](http://x)" in text
-    assert "[1] step 3 eval  prompt p2" in text and "p9" not in text  # a sample without a record is not listed
+    assert (
+        "[1] step 3 eval  prompt p2" in text and "p9" not in text
+    )  # a sample without a record is not listed
 
 
 def test_colours_diverge_around_zero_for_k1_and_are_sequential_for_entropy(run_dir: Path) -> None:
@@ -76,8 +103,13 @@ def test_colours_diverge_around_zero_for_k1_and_are_sequential_for_entropy(run_d
 
 def test_errors_name_what_the_run_has(run_dir: Path) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "klq.cli", "inspect", str(run_dir), *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "klq.cli", "inspect", str(run_dir), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     ok = cli("--step", "3", "--kind", "train", "--quantity", "entropy")  # stdout is a pipe: plain text
     assert ok.returncode == 0, ok.stderr

@@ -41,8 +41,20 @@ SampleKindQuery = Annotated[
     Query(description="eval: held-out samples (default); train: the recorded training rollouts"),
 ]
 SortQuery = Literal[
-    "score", "-score", "gold", "-gold", "kl", "-kl", "length", "-length",
-    "rm_gold_gap", "-rm_gold_gap", "step", "-step", "prompt_id", "-prompt_id",
+    "score",
+    "-score",
+    "gold",
+    "-gold",
+    "kl",
+    "-kl",
+    "length",
+    "-length",
+    "rm_gold_gap",
+    "-rm_gold_gap",
+    "step",
+    "-step",
+    "prompt_id",
+    "-prompt_id",
 ]  # store.SAMPLE_SORT_KEYS, '-' first for descending
 Bound = Annotated[float | None, Query(allow_inf_nan=False)]
 LengthBound = Annotated[int | None, Query(ge=0, le=INT32_MAX)]
@@ -76,21 +88,34 @@ def list_samples(
     offset: Offset = 0,
 ) -> SamplePage:
     bounds = {
-        "min_score": min_score, "max_score": max_score, "min_gold": min_gold, "max_gold": max_gold,
-        "min_kl": min_kl, "max_kl": max_kl, "min_length": min_length, "max_length": max_length,
+        "min_score": min_score,
+        "max_score": max_score,
+        "min_gold": min_gold,
+        "max_gold": max_gold,
+        "min_kl": min_kl,
+        "max_kl": max_kl,
+        "min_length": min_length,
+        "max_length": max_length,
     }
     problems = [
         (("query", f"min_{name}"), f"min_{name} is above max_{name}")
         for name in ("score", "gold", "kl", "length")
-        if bounds[f"min_{name}"] is not None and bounds[f"max_{name}"] is not None
+        if bounds[f"min_{name}"] is not None
+        and bounds[f"max_{name}"] is not None
         and bounds[f"min_{name}"] > bounds[f"max_{name}"]
     ]
     if problems:
         raise FieldErrors(problems)
     store.require_run(session, run_id)
     items, total = store.list_samples(
-        session, run_id, step=step, kind=kind, sort=sort,
-        filters={k: v for k, v in bounds.items() if v is not None}, limit=limit, offset=offset,
+        session,
+        run_id,
+        step=step,
+        kind=kind,
+        sort=sort,
+        filters={k: v for k, v in bounds.items() if v is not None},
+        limit=limit,
+        offset=offset,
     )
     return SamplePage(
         items=[SampleOut.model_validate(s) for s in items], total=total, limit=limit, offset=offset
@@ -119,8 +144,8 @@ def prompt_samples(
     response_model=SampleTokens,
     dependencies=[CanRead],
     summary="A sample's response token by token",
-    description="Token ids, their text pieces and the per-token quantities (docs/ALGORITHMS.md, \"Per-token "
-    "quantities\"); 404 if the sample does not exist or has no token record.",
+    description='Token ids, their text pieces and the per-token quantities (docs/ALGORITHMS.md, "Per-token '
+    'quantities"); 404 if the sample does not exist or has no token record.',
 )
 def sample_tokens(
     sample_id: Annotated[int, Path(ge=1, le=INT32_MAX, description="sample id")], session: ReadSession
@@ -130,8 +155,13 @@ def sample_tokens(
         raise store.NotFound(f"sample {sample_id} has no token record (or does not exist)")
     sample, algorithm, record = found
     return SampleTokens(
-        sample_id=sample.id, run_id=sample.run_id, step=sample.step, kind=sample.kind,
-        prompt_id=sample.prompt_id, algorithm=algorithm, **record,
+        sample_id=sample.id,
+        run_id=sample.run_id,
+        step=sample.step,
+        kind=sample.kind,
+        prompt_id=sample.prompt_id,
+        algorithm=algorithm,
+        **record,
     )
 
 

@@ -13,7 +13,9 @@ class SampleOut(BaseModel):
     id: int
     run_id: int
     step: int
-    kind: str = Field(description="eval: a held-out sample; train: a recorded training rollout of iteration `step`")
+    kind: str = Field(
+        description="eval: a held-out sample; train: a recorded training rollout of iteration `step`"
+    )
     sample_index: int = Field(description="train: the rollout's row in its iteration's batch; eval: 0")
     prompt_id: str
     prompt: str

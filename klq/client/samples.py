@@ -16,7 +16,16 @@ if TYPE_CHECKING:
 SampleKind = Literal["eval", "train"]
 # GET /runs/{id}/samples' sort keys (a '-' first: descending) and bounds (min_x <= x <= max_x)
 SAMPLE_SORT_KEYS = ("score", "gold", "kl", "length", "rm_gold_gap", "step", "prompt_id")
-SAMPLE_FILTERS = ("min_score", "max_score", "min_gold", "max_gold", "min_kl", "max_kl", "min_length", "max_length")
+SAMPLE_FILTERS = (
+    "min_score",
+    "max_score",
+    "min_gold",
+    "max_gold",
+    "min_kl",
+    "max_kl",
+    "min_length",
+    "max_length",
+)
 # per-token quantities centred on 0 (a diverging colour scale); the others are sequential
 DIVERGING_QUANTITIES = frozenset({"k1", "k3", "delta", "advantage", "advantage_raw", "reward"})
 
@@ -49,7 +58,12 @@ class SamplesAPI(ClientBase):
         descending (top/bottom k = sort + limit). Bounds: ``filters={"min_score": 0.5}`` or the same as
         keywords (``min_score=0.5``), names in SAMPLE_FILTERS."""
         return self._get(
-            f"/runs/{int(run_id)}/samples", step=step, kind=kind, sort=sort, limit=limit, offset=offset,
+            f"/runs/{int(run_id)}/samples",
+            step=step,
+            kind=kind,
+            sort=sort,
+            limit=limit,
+            offset=offset,
             **_filter_params({**(filters or {}), **bounds}),
         )
 
@@ -105,8 +119,9 @@ class SamplesAPI(ClientBase):
         ``list_samples``), fetched page by page."""
         offset = 0
         while True:
-            page = self.list_samples(run_id, step=step, kind=kind, sort=sort, filters=filters, limit=page_size,
-                                     offset=offset)
+            page = self.list_samples(
+                run_id, step=step, kind=kind, sort=sort, filters=filters, limit=page_size, offset=offset
+            )
             yield from page["items"]
             offset += len(page["items"])
             if not page["items"] or offset >= page["total"]:

@@ -34,12 +34,21 @@ def make_samples(seed: int, step: int, kind: str = "eval", per_prompt: int = 1) 
     out = []
     for index, pid in enumerate(p for p in PROMPT_IDS for _ in range(per_prompt)):
         n = rng.randrange(1, 12)
-        out.append({
-            "step": step, "prompt_id": pid, "prompt": f"prompt {pid}", "response": f"response {pid} {step}",
-            "kind": kind, "sample_index": index if kind == "train" else 0, "response_length": n,
-            "score": rng.uniform(-1, 1), "gold_score": None if rng.random() < 0.2 else rng.uniform(-1, 1),
-            "kl": rng.uniform(0, 5), "tokens": token_record(rng, n),
-        })
+        out.append(
+            {
+                "step": step,
+                "prompt_id": pid,
+                "prompt": f"prompt {pid}",
+                "response": f"response {pid} {step}",
+                "kind": kind,
+                "sample_index": index if kind == "train" else 0,
+                "response_length": n,
+                "score": rng.uniform(-1, 1),
+                "gold_score": None if rng.random() < 0.2 else rng.uniform(-1, 1),
+                "kl": rng.uniform(0, 5),
+                "tokens": token_record(rng, n),
+            }
+        )
     return out
 
 
@@ -62,23 +71,38 @@ def test_filters_and_sorting_match_values_computed_here(server: Server, client) 
     def gap(s):
         return None if s["gold_score"] is None else s["score"] - s["gold_score"]
 
-    columns = {"score": lambda s: s["score"], "gold": lambda s: s["gold_score"], "kl": lambda s: s["kl"],
-               "length": lambda s: s["response_length"], "rm_gold_gap": gap}
+    columns = {
+        "score": lambda s: s["score"],
+        "gold": lambda s: s["gold_score"],
+        "kl": lambda s: s["kl"],
+        "length": lambda s: s["response_length"],
+        "rm_gold_gap": gap,
+    }
     for key, value in columns.items():
         for descending in (False, True):
             have = [s for s in samples if value(s) is not None]
             expected = sorted(have, key=value, reverse=descending) + [s for s in samples if value(s) is None]
             got = listed(sort=("-" if descending else "") + key)
-            assert [x for x in got[: len(have)]] == [(s["step"], s["prompt_id"]) for s in expected[: len(have)]], key
-            assert set(got[len(have):]) == {(s["step"], s["prompt_id"]) for s in samples if value(s) is None}
+            assert [x for x in got[: len(have)]] == [
+                (s["step"], s["prompt_id"]) for s in expected[: len(have)]
+            ], key
+            assert set(got[len(have) :]) == {(s["step"], s["prompt_id"]) for s in samples if value(s) is None}
     # top / bottom k = sort + limit; the RM-gold gap: "reward-model score up, gold down"
     top3 = client.get(f"/runs/{rid}/samples", params={"sort": "-rm_gold_gap", "limit": 3}).json()
     best = sorted((s for s in samples if gap(s) is not None), key=gap, reverse=True)[:3]
     assert [x["score"] - x["gold_score"] for x in top3["items"]] == pytest.approx([gap(s) for s in best])
     assert top3["total"] == len(samples)
     # bounds, each and together, against the same predicate computed here
-    bounds = {"min_score": -0.2, "max_score": 0.6, "min_gold": -0.5, "max_gold": 0.9, "min_kl": 1.0, "max_kl": 4.0,
-              "min_length": 3, "max_length": 9}
+    bounds = {
+        "min_score": -0.2,
+        "max_score": 0.6,
+        "min_gold": -0.5,
+        "max_gold": 0.9,
+        "min_kl": 1.0,
+        "max_kl": 4.0,
+        "min_length": 3,
+        "max_length": 9,
+    }
     field = {"score": "score", "gold": "gold_score", "kl": "kl", "length": "response_length"}
 
     def keeps(s, name, bound):
@@ -88,13 +112,18 @@ def test_filters_and_sorting_match_values_computed_here(server: Server, client) 
     for name, bound in bounds.items():
         expected = sorted((s["step"], s["prompt_id"]) for s in samples if keeps(s, name, bound))
         assert listed(**{name: bound}) == expected, name
-    expected = sorted((s["step"], s["prompt_id"]) for s in samples if all(keeps(s, n, b) for n, b in bounds.items()))
+    expected = sorted(
+        (s["step"], s["prompt_id"]) for s in samples if all(keeps(s, n, b) for n, b in bounds.items())
+    )
     page = client.get(f"/runs/{rid}/samples", params={**bounds, "sort": "step"}).json()
     assert [(x["step"], x["prompt_id"]) for x in page["items"]] == expected and page["total"] == len(expected)
-    assert listed(step=20, sort="-kl") == [(20, s["prompt_id"]) for s in
-                                           sorted(make_samples(1, 20), key=lambda s: -s["kl"])]
+    assert listed(step=20, sort="-kl") == [
+        (20, s["prompt_id"]) for s in sorted(make_samples(1, 20), key=lambda s: -s["kl"])
+    ]
     # the training rollouts: kind=train, with their sample index
-    train = client.get(f"/runs/{rid}/samples", params={"kind": "train", "sort": "-score", "limit": 100}).json()
+    train = client.get(
+        f"/runs/{rid}/samples", params={"kind": "train", "sort": "-score", "limit": 100}
+    ).json()
     assert train["total"] == 2 * len(PROMPT_IDS)
     assert [x["kind"] for x in train["items"]] == ["train"] * train["total"]
     assert sorted(x["sample_index"] for x in train["items"]) == list(range(train["total"]))
@@ -173,7 +202,10 @@ def test_retention_keeps_last_n_and_every_mth_training_step(server: Server, clie
         write(server, rid, make_samples(3, step, kind="train", per_prompt=1), retention=retention)
         if step % 8 == 0:
             write(server, rid, make_samples(3, step), retention=retention)  # eval samples: all kept
-    kept = {x["step"] for x in client.get(f"/runs/{rid}/samples", params={"kind": "train", "limit": 500}).json()["items"]}
+    kept = {
+        x["step"]
+        for x in client.get(f"/runs/{rid}/samples", params={"kind": "train", "limit": 500}).json()["items"]
+    }
     assert kept == {10, 20, 22, 23, 24, 25}
     evals = {x["step"] for x in client.get(f"/runs/{rid}/samples", params={"limit": 500}).json()["items"]}
     assert evals == {8, 16, 24}
@@ -181,12 +213,18 @@ def test_retention_keeps_last_n_and_every_mth_training_step(server: Server, clie
         sample_ids = set(s.scalars(select(Sample.id).where(Sample.run_id == rid)))
         token_ids = set(s.scalars(select(SampleTokens.sample_id).join(Sample).where(Sample.run_id == rid)))
         assert token_ids == sample_ids and len(sample_ids) == 6 * len(PROMPT_IDS) + 3 * len(PROMPT_IDS)
-        orphans = s.scalar(select(func.count()).select_from(SampleTokens).where(
-            ~SampleTokens.sample_id.in_(select(Sample.id))))
+        orphans = s.scalar(
+            select(func.count())
+            .select_from(SampleTokens)
+            .where(~SampleTokens.sample_id.in_(select(Sample.id)))
+        )
         assert orphans == 0
     only_last = store.TrainRetention(keep_last=2, keep_every=0)
     write(server, rid, make_samples(3, 26, kind="train"), retention=only_last)
-    kept = {x["step"] for x in client.get(f"/runs/{rid}/samples", params={"kind": "train", "limit": 500}).json()["items"]}
+    kept = {
+        x["step"]
+        for x in client.get(f"/runs/{rid}/samples", params={"kind": "train", "limit": 500}).json()["items"]
+    }
     assert kept == {25, 26}
 
 
@@ -200,8 +238,14 @@ def test_deleting_a_run_deletes_its_samples_and_token_records(server: Server, cl
     with server.db.session() as s:
         assert s.scalar(select(func.count()).select_from(Sample).where(Sample.run_id == rid)) == 0
         assert s.scalar(select(func.count()).select_from(SampleTokens)) == before - 3 * len(PROMPT_IDS)
-        assert s.scalar(select(func.count()).select_from(SampleTokens).where(
-            ~SampleTokens.sample_id.in_(select(Sample.id)))) == 0
+        assert (
+            s.scalar(
+                select(func.count())
+                .select_from(SampleTokens)
+                .where(~SampleTokens.sample_id.in_(select(Sample.id)))
+            )
+            == 0
+        )
     assert client.get(f"/runs/{other}/samples").json()["total"] == len(PROMPT_IDS)
 
 
@@ -225,8 +269,9 @@ def test_client_methods(server: Server, client) -> None:
         expected = sorted((s for s in samples if s["score"] >= -0.5), key=lambda s: -s["kl"])[:2]
         assert [x["kl"] for x in page["items"]] == pytest.approx([s["kl"] for s in expected])
         latest = api.samples(rid, kind="eval", sort="score", filter={"max_kl": 3.0})
-        assert [x["score"] for x in latest] == pytest.approx(sorted(
-            s["score"] for s in samples if s["step"] == 20 and s["kl"] <= 3.0))
+        assert [x["score"] for x in latest] == pytest.approx(
+            sorted(s["score"] for s in samples if s["step"] == 20 and s["kl"] <= 3.0)
+        )
         train = api.samples(rid, kind="train")
         assert len(train) == 2 * len(PROMPT_IDS) and {x["step"] for x in train} == {20}
         across = api.prompt_samples(rid, "p/1 a")

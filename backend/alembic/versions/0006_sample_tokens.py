@@ -22,7 +22,9 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("samples", schema=None) as batch_op:
         batch_op.add_column(sa.Column("kind", sa.String(length=8), server_default="eval", nullable=False))
-        batch_op.add_column(sa.Column("sample_index", sa.Integer(), server_default=sa.text("0"), nullable=False))
+        batch_op.add_column(
+            sa.Column("sample_index", sa.Integer(), server_default=sa.text("0"), nullable=False)
+        )
         batch_op.add_column(sa.Column("response_length", sa.Integer(), nullable=True))
         batch_op.drop_constraint(op.f("uq_samples_run_id_step_prompt_id"), type_="unique")
         batch_op.create_unique_constraint(
@@ -53,7 +55,9 @@ def downgrade() -> None:
     with op.batch_alter_table("samples", schema=None) as batch_op:
         batch_op.drop_constraint(op.f("ck_samples_kind"), type_="check")
         batch_op.drop_constraint(op.f("uq_samples_run_id_kind_step_prompt_id_sample_index"), type_="unique")
-        batch_op.create_unique_constraint(op.f("uq_samples_run_id_step_prompt_id"), ["run_id", "step", "prompt_id"])
+        batch_op.create_unique_constraint(
+            op.f("uq_samples_run_id_step_prompt_id"), ["run_id", "step", "prompt_id"]
+        )
         batch_op.drop_column("response_length")
         batch_op.drop_column("sample_index")
         batch_op.drop_column("kind")
