@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -151,6 +152,9 @@ class Run(Base):
     progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # why the previous attempt ended (a stall, a killed process, a lost worker); kept across attempts
     last_error: Mapped[str | None] = mapped_column(Text)
+    # klq.provenance.collect() of the latest attempt's training process: git commit and dirty flag,
+    # library versions, device, GPU, host (None until a worker has started it)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     tag_rows: Mapped[list[RunTag]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="RunTag.tag"
@@ -192,21 +196,49 @@ class MetricLatest(Base):
     wall_time: Mapped[float | None] = mapped_column(Float)
 
 
+SAMPLE_KINDS = ("eval", "train")
+
+
 class Sample(Base):
+    """A held-out eval sample (kind 'eval', one per prompt and eval step) or a recorded training rollout
+    (kind 'train', ``sample_index`` = its row in the iteration's batch)."""
+
     __tablename__ = "samples"
-    __table_args__ = (UniqueConstraint("run_id", "step", "prompt_id"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "kind", "step", "prompt_id", "sample_index"),
+        CheckConstraint("kind IN ('eval', 'train')", name="kind"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(8), default="eval", server_default="eval")
     step: Mapped[int] = mapped_column(BigInteger)
     prompt_id: Mapped[str] = mapped_column(String(200))
+    sample_index: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     prompt: Mapped[str] = mapped_column(Text)
     response: Mapped[str] = mapped_column(Text)
+    response_length: Mapped[int | None] = mapped_column(Integer)
     score: Mapped[float | None] = mapped_column(Float)
     gold_score: Mapped[float | None] = mapped_column(Float)
     kl: Mapped[float | None] = mapped_column(Float)
     extra: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SampleTokens(Base):
+    """A sample's response token by token, packed: one row per sample, not one per token. T tokens:
+    ``token_ids`` T little-endian int32; ``tokens`` the T text pieces (JSON list); ``quantities`` the
+    values of the quantities named in ``names`` (JSON list, Q of them) as Q x T little-endian float32, row-major (NaN for
+    a missing value). Deleted with its sample (and so with its run)."""
+
+    __tablename__ = "sample_tokens"
+
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True)
+    num_tokens: Mapped[int] = mapped_column(Integer)
+    token_ids: Mapped[bytes] = mapped_column(LargeBinary)
+    tokens: Mapped[list[str]] = mapped_column(JSON)
+    names: Mapped[list[str]] = mapped_column(JSON)
+    quantities: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Checkpoint(Base):

@@ -28,6 +28,7 @@ bench/NOTES.md; MFU against --peak-tflops on a GPU).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -116,6 +117,7 @@ def run_ours(a: argparse.Namespace) -> None:
                   "dtype": dtype},
         "rollout": {"response_length": shape["response_len"], "temperature": a.temperature,
                     "num_generations": a.num_generations if group else 1},
+        "capture": {"train_rollouts": a.capture},
         "train": {"total_episodes": a.batch_size * (a.warmup + a.iterations), "batch_size": a.batch_size,
                   "minibatch_size": a.minibatch_size, "micro_batch_size": a.micro_batch_size,
                   "num_epochs": a.epochs, "learning_rate": a.learning_rate},
@@ -148,9 +150,13 @@ def run_ours(a: argparse.Namespace) -> None:
             generation.clear()
 
         def log_samples(self, step, samples):
-            pass
+            # what the JSONL sink would write (the recorded rollouts' token records, serialised), not kept
+            json.dumps([dataclasses.asdict(s) for s in samples])
 
         def log_checkpoint(self, step, path, final):
+            pass
+
+        def log_provenance(self, provenance):
             pass
 
         def should_stop(self):
@@ -224,6 +230,10 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, help="for MFU (default: H100 dense bf16 on cuda, none on cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--capture", type=int, default=8,
+                   help="capture.train_rollouts of the '+capture' sides (ours-klq+capture, ...: the same run "
+                   "recording that many training rollouts per iteration token by token); the plain ours-* sides "
+                   "record none (as TRL)")
     p.add_argument("--worker", choices=["ppo", "klq", *GROUP_ALGORITHMS], help=argparse.SUPPRESS)
     p.add_argument("--assets", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -246,7 +256,7 @@ def main() -> None:
     sides = [s.strip() for s in a.sides.split(",") if s.strip()]
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads),
            "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    unknown = set(sides) - set(ALL_SIDES)
+    unknown = {s.removesuffix("+capture") for s in sides} - set(ALL_SIDES)
     if unknown:
         raise SystemExit(f"unknown sides {sorted(unknown)}: choose from {', '.join(ALL_SIDES)}")
     trl_python = HERE / ".venv-trl" / "bin" / "python"
@@ -280,14 +290,16 @@ def main() -> None:
                     cmd.append("--bf16")
             else:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--shape", a.shape, "--worker",
-                       side.removeprefix("ours-"), *common, "--minibatch-size", str(a.minibatch_size),
-                       "--epochs", str(a.epochs), "--num-generations", str(a.num_generations)]
+                       side.removeprefix("ours-").removesuffix("+capture"), *common,
+                       "--minibatch-size", str(a.minibatch_size), "--epochs", str(a.epochs),
+                       "--num-generations", str(a.num_generations),
+                       "--capture", str(a.capture if side.endswith("+capture") else 0)]
             results[side].append(_run(cmd, env))
     _report(a, results, started)
 
 
 def _value_free(side: str) -> bool:
-    return side.removeprefix("ours-").removeprefix("trl-") in GROUP_ALGORITHMS
+    return side.removeprefix("ours-").removeprefix("trl-").removesuffix("+capture") in GROUP_ALGORITHMS
 
 
 def _report(a: argparse.Namespace, results: dict[str, list[dict]], started: str) -> None:
@@ -364,6 +376,12 @@ def _report(a: argparse.Namespace, results: dict[str, list[dict]], started: str)
         print(f"KLQ time per iteration / ours PPO's:    {k['iteration_s'] / o['iteration_s']:.2f}    (goal <= 1.0)")
         print(f"KLQ / PPO, best iteration:              {k['best_s'] / o['best_s']:.2f}")
         print(f"KLQ / PPO, by CPU time:                 {k['cpu_s'] / o['cpu_s']:.2f}")
+    for side in summary:
+        plain = side.removesuffix("+capture")
+        if side != plain and plain in summary:  # token records on vs off, the same run interleaved
+            o, c = summary[plain], summary[side]
+            print(f"{plain} capture {a.capture} rollouts/iteration on / off: {c['iteration_s'] / o['iteration_s']:.3f} "
+                  f"wall, {c['best_s'] / o['best_s']:.3f} best, {c['cpu_s'] / o['cpu_s']:.3f} CPU   (goal < 1.03)")
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "started": started, "machine": _machine(),
                                             "results": results, "summary": summary}, indent=2))

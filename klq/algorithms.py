@@ -94,6 +94,50 @@ class Algorithm:
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
+        # The algorithm's own quantities of the batch `targets` last saw, name -> (B, T), or (B,) for one
+        # value per response: the tensors it built anyway (kept by reference, no copy), for `token_quantities`.
+        self.quantities: dict[str, Tensor] = {}
+
+    def token_quantities(self, batch: Rollout) -> dict[str, Tensor]:
+        """Per-token quantities of `batch` for the token records (docs/ALGORITHMS.md "Per-token
+        quantities"), name -> (B, T), zero beyond each response: the rollout's logp, logp_ref, k1, k3,
+        entropy (where the rollout kept it) and value (V_old, with a value model), and the algorithm's own
+        from its last `targets(batch)` call. Elementwise arithmetic on tensors the rollout and `targets`
+        already hold: no forward pass."""
+        import torch
+
+        from klq import losses
+
+        mask = batch.response_mask
+        on = mask.bool()
+
+        def response(x: Tensor) -> Tensor:
+            return torch.where(on, x, 0.0)
+
+        out = {
+            "logp": batch.logp_old,
+            "logp_ref": batch.logp_ref,
+            "k1": response(batch.logp_old - batch.logp_ref),
+            "k3": losses.kl_k3(batch.logp_old, batch.logp_ref, mask),
+        }
+        if batch.entropy is not None:
+            out["entropy"] = batch.entropy
+        if batch.values_old is not None:
+            out["value"] = response(batch.values_old)
+        for name, q in self.quantities.items():
+            out[name] = response(q if q.dim() == 2 else q[:, None].expand_as(mask))
+        return out
+
+    def eval_token_quantities(self, batch: Rollout) -> dict[str, Tensor]:
+        """`token_quantities` of a batch the training loop did not make targets for (held-out samples):
+        `targets` runs on it first (its statistics are over this batch: PPO's whitening, for one), except
+        for an algorithm that needs more responses per prompt than the batch has (RLOO and GRPO on eval's
+        one response per prompt have no group baseline: the rollout's quantities only)."""
+        if batch.num_generations >= self.min_generations:
+            self.targets(batch)
+        else:
+            self.quantities = {}
+        return self.token_quantities(batch)
 
     def slots(self, mask: Tensor) -> Tensor | None:
         """Positions that carry values, value targets and the terminal reward: None = the response tokens
@@ -137,6 +181,7 @@ class KLQ(Algorithm):
             "q/old_action_value_avg": losses.masked_mean(t["q_old"], mask).item(),
         }
         targets = {"targets": t["targets"], "q_old": t["q_old"]}
+        self.quantities = {"q": t["q_old"], "delta": t["td_errors"], "target": t["targets"]}
         return (targets if slots is None else {**targets, "slots": slots}), metrics
 
     def loss(self, logp, values, mb, mask):
@@ -179,11 +224,13 @@ class PPO(Algorithm):
         slots = self.slots(mask)
         value_mask = mask if slots is None else slots
         rewards = losses.ppo_rewards(batch.scores, batch.logp_old, batch.logp_ref, mask, cfg.kl_coef, slots)
-        advantages, returns = losses.gae_advantages(rewards, batch.values_old, value_mask, cfg.gamma, cfg.lam)
+        raw_advantages, returns = losses.gae_advantages(rewards, batch.values_old, value_mask, cfg.gamma, cfg.lam)
         if cfg.ppo.whiten_advantages:
-            advantages = losses.masked_whiten(advantages, mask)
+            advantages = losses.masked_whiten(raw_advantages, mask)
         else:
-            advantages = torch.where(mask.bool(), advantages, 0.0)  # the policy acts on response tokens only
+            advantages = torch.where(mask.bool(), raw_advantages, 0.0)  # the policy acts on response tokens only
+        self.quantities = {"reward": rewards, "advantage_raw": raw_advantages, "advantage": advantages,
+                           "return": returns}
         metrics = {
             "ppo/returns_avg": losses.masked_mean(returns, mask).item(),
             "ppo/advantages_avg": losses.masked_mean(advantages, mask).item(),
@@ -246,6 +293,7 @@ class RLOO(Algorithm):
         rewards = losses.sequence_rewards_with_kl(batch.scores, batch.logp_old, batch.logp_ref,
                                                   batch.response_mask, self.cfg.kl_coef)
         advantages = losses.rloo_advantages(rewards, k)
+        self.quantities = {"advantage": advantages}  # (B,): the same on every token of a response
         metrics = {**_group_metrics(batch.scores, k), "rloo/advantages_avg": advantages.mean().item(),
                    "rloo/advantages_abs_avg": advantages.abs().mean().item()}
         return {"advantages": advantages}, metrics
@@ -276,6 +324,7 @@ class GRPO(Algorithm):
 
         k = batch.num_generations
         advantages = losses.grpo_advantages(batch.scores, k, self.cfg.grpo.scale_rewards)
+        self.quantities = {"advantage": advantages}  # (B,): the same on every token of a response
         metrics = {**_group_metrics(batch.scores, k), "grpo/advantages_abs_avg": advantages.abs().mean().item()}
         return {"advantages": advantages}, metrics
 

@@ -46,6 +46,7 @@ __all__ = [
     "NotJudged",
     "PlannedRun",
     "PooledWinRate",
+    "Provenance",
     "ResultRow",
     "RevealedSide",
     "RunDetail",
@@ -56,6 +57,7 @@ __all__ = [
     "SampleComparison",
     "SamplePage",
     "SampleStep",
+    "SampleTokens",
     "Series",
     "SeriesResponse",
     "TagCount",
@@ -601,6 +603,24 @@ class PooledWinRate(TypedDict):
     length: LengthDiagnostics | None
 
 
+class Provenance(TypedDict):
+    """``Provenance``: in RunDetail.provenance. What trained a run (klq.provenance.collect() of its latest
+    attempt's training process)."""
+
+    # HEAD of the git checkout of klq's source; None if not one
+    git_commit: str | None
+    # tracked files differed from git_commit
+    git_dirty: bool | None
+    # installed versions: klq-lab, torch, transformers, accelerate
+    packages: dict[str, str | None]
+    python: str | None
+    # the training device, e.g. "cuda:0" or "cpu"
+    device: str | None
+    # the CUDA device's name
+    gpu: str | None
+    host: str | None
+
+
 class ResultRow(TypedDict):
     """``ResultRow``: in ExperimentResults.rows."""
 
@@ -663,6 +683,8 @@ class RunDetail(TypedDict):
     # latest value of each metric key
     latest: dict[str, LatestValue]
     config: dict[str, Any]
+    # the code, library versions, device and host that trained it; None until started
+    provenance: Provenance | None
     attempts: int
     # why the previous attempt ended (a stall, a killed process, a lost worker), if one did
     last_error: str | None
@@ -722,18 +744,27 @@ class RunSummary(TypedDict):
 
 
 class Sample(TypedDict):
-    """``SampleOut``: in ComparedPrompt.samples, SamplePage.items."""
+    """``SampleOut``: GET /runs/{run_id}/prompts/{prompt_id}/samples; in ComparedPrompt.samples,
+    SamplePage.items."""
 
     id: int
     run_id: int
     step: int
+    # eval: a held-out sample; train: a recorded training rollout of iteration `step`
+    kind: str
+    # train: the rollout's row in its iteration's batch; eval: 0
+    sample_index: int
     prompt_id: str
     prompt: str
     response: str
+    # response tokens, the stop token included
+    response_length: int | None
     score: float | None
     gold_score: float | None
     kl: float | None
     extra: dict[str, Any] | None
+    # a token record exists: GET /samples/{id}/tokens
+    has_tokens: bool
 
 
 class SampleComparison(TypedDict):
@@ -760,6 +791,25 @@ class SampleStep(TypedDict):
 
     step: int
     count: int
+
+
+class SampleTokens(TypedDict):
+    """``SampleTokens``: GET /samples/{sample_id}/tokens. A sample's response token by token: every list
+    has one entry per response token."""
+
+    sample_id: int
+    run_id: int
+    step: int
+    kind: str
+    prompt_id: str
+    algorithm: str
+    token_ids: list[int]
+    # each token's text piece, decoded alone (plain text, never markup)
+    tokens: list[str]
+    # name -> one value per token (NaN and infinities as null): logp, logp_ref, k1, k3, entropy; value
+    # (V_old) with a value model; KLQ: q, delta, target; PPO: reward, advantage_raw, advantage, return;
+    # RLOO/GRPO: advantage (the sequence advantage on every token)
+    quantities: dict[str, list[float | None]]
 
 
 class Series(TypedDict):

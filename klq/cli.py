@@ -1,4 +1,4 @@
-"""The library's `klq` commands: train, build-assets, judge (no server needed).
+"""The library's `klq` commands: train, build-assets, judge, inspect (no server needed).
 
 The `klq` console script is klqlab/cli.py, which adds the service commands (up, api, worker, ui,
 migrate) to this parser; `python -m klq.cli` runs the library's commands alone."""
@@ -89,9 +89,11 @@ def build_parser(
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_build_assets)
 
+    from klq.inspect_tokens import add_inspect_parser
     from klq.judge.cli import add_judge_parser
 
     add_judge_parser(sub)
+    add_inspect_parser(sub)
     if add_commands is not None:
         add_commands(sub)
     return parser

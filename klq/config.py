@@ -276,6 +276,24 @@ class TrainConfig(_Strict):
         return max(1, self.total_episodes // self.batch_size)
 
 
+class CaptureConfig(_Strict):
+    """Per-token records of samples (logp, logp_ref, k1, k3, entropy, V_old and the algorithm's own
+    quantities, docs/ALGORITHMS.md "Per-token quantities"): for every held-out eval sample, and for a few
+    training rollouts per iteration, taken from the tensors the rollout and the algorithm already hold."""
+
+    train_rollouts: int = Field(
+        8, ge=0, description="training rollouts recorded per iteration, token by token: the best half and the "
+        "worst half of the batch by reward-model score (all of them if the batch is smaller); 0 = none"
+    )
+    keep_train_last: int = Field(
+        10, ge=0, description="the database keeps the recorded training rollouts of the last N iterations ..."
+    )
+    keep_train_every: int = Field(
+        10, ge=0, description="... and of every M-th iteration (0: only the last N). Eval samples are all kept; "
+        "a standalone run's JSONL keeps everything"
+    )
+
+
 class RunConfig(_Strict):
     """A run. Besides these fields, one section per registered algorithm with parameters (``cfg.klq``,
     ``cfg.ppo``, a plugin's): extra keys are allowed only as those sections, each validated by its
@@ -307,6 +325,7 @@ class RunConfig(_Strict):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval_judge: EvalJudgeConfig = Field(default_factory=EvalJudgeConfig)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
 
     @model_validator(mode="wrap")
     @classmethod

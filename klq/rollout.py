@@ -41,6 +41,7 @@ class Rollout:
     gold_scores: Tensor | None = None  # (B,) the task's ground-truth reward where it has one
     extras: dict[str, Tensor] = field(default_factory=dict)
     num_generations: int = 1  # k: responses per prompt
+    entropy: Tensor | None = None  # (B, T) the policy's entropy at s_t at sampling time (with_entropy), 0 after the end
 
     @property
     def group_ids(self) -> Tensor:
@@ -80,7 +81,8 @@ def _filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
 _BLOCK = 256  # vocabulary entries per block of the two-level inverse-CDF search in _sample_token
 
 
-def _sample_token(scaled: Tensor, top_k: int, top_p: float) -> tuple[Tensor, Tensor]:
+def _sample_token(scaled: Tensor, top_k: int, top_p: float,
+                  with_entropy: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """One token per row of temperature-scaled (B, V) logits, and its log-prob under softmax(scaled).
 
     Inverse-CDF sampling with one uniform number per row: the same categorical distribution as
@@ -89,11 +91,15 @@ def _sample_token(scaled: Tensor, top_k: int, top_p: float) -> tuple[Tensor, Ten
     sum per block of 256 entries, a float64 cumulative sum over the ~200 block sums to pick the block, and
     one over the chosen block to pick the token. Entries that top-k / top-p removed have weight 0 and are
     never drawn (strictly-greater search, and the residual is kept below the chosen block's total).
+    Returns (token (B,), its log-prob (B,), the entropy of softmax(scaled) (B,) if with_entropy else None:
+    logsumexp - E[scaled], from the same exp pass).
     """
     B, V = scaled.shape
     peak = scaled.max(-1, keepdim=True).values
     unnorm = (scaled - peak).exp()
-    lse = peak.squeeze(-1) + unnorm.sum(-1).log()  # logsumexp(scaled), from the same exp pass
+    total = unnorm.sum(-1)
+    lse = peak.squeeze(-1) + total.log()  # logsumexp(scaled), from the same exp pass
+    entropy = lse - (unnorm * scaled).sum(-1) / total if with_entropy else None
     weights = unnorm if top_k <= 0 and top_p >= 1.0 else (_filter_logits(scaled, top_k, top_p) - peak).exp()
     full = V // _BLOCK * _BLOCK
     sums = weights[:, :full].reshape(B, -1, _BLOCK).sum(-1)
@@ -110,7 +116,7 @@ def _sample_token(scaled: Tensor, top_k: int, top_p: float) -> tuple[Tensor, Ten
     offset = torch.searchsorted(in_block, residual, right=True).clamp(max=_BLOCK - 1)
     token = (block * _BLOCK + offset).squeeze(-1)
     logp = scaled.gather(-1, token[:, None]).squeeze(-1) - lse
-    return token, logp
+    return token, logp, entropy
 
 
 @torch.no_grad()
@@ -125,12 +131,15 @@ def sample(
     greedy: bool = False,
     top_k: int = 0,
     top_p: float = 1.0,
-) -> tuple[Tensor, Tensor]:
+    with_entropy: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """Autoregressive sampling with the model's KV cache.
 
     query_ids, query_mask: (B, P) left-padded. Returns (response_ids (B, T), logprobs (B, T)), T =
     max_new_tokens: tokens after a row's EOS are pad, their log-probs 0. Log-probs are of the chosen token
     under softmax(logits / temperature), the distribution training recomputes (greedy picks its argmax).
+    ``with_entropy``: a third (B, T) tensor, the entropy of softmax(logits / temperature) at each step
+    (0 after EOS), from the logits sampling has anyway (the token view's entropy, no extra forward).
     """
     batch = query_ids.shape[0]
     device = query_ids.device
@@ -142,16 +151,20 @@ def sample(
     next_position = mask.sum(-1, keepdim=True)
     tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
+    entropies = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device) if with_entropy else None
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
         scaled = logits / temperature
         if greedy:
             token = scaled.argmax(-1)
             logp = scaled.gather(-1, token[:, None]).squeeze(-1) - torch.logsumexp(scaled, -1)
+            entropy = _entropy(scaled) if entropies is not None else None
         else:
-            token, logp = _sample_token(scaled, top_k, top_p)
+            token, logp, entropy = _sample_token(scaled, top_k, top_p, with_entropy=entropies is not None)
         tokens[:, t] = torch.where(finished, pad_token_id, token)
         logprobs[:, t] = torch.where(finished, 0.0, logp)
+        if entropies is not None:
+            entropies[:, t] = torch.where(finished, 0.0, entropy)
         finished |= token == eos_token_id
         if bool(finished.all()) or t == max_new_tokens - 1:
             break
@@ -161,7 +174,13 @@ def sample(
         )
         cache, logits = out.cache, out.logits[:, -1].float()
         next_position = next_position + 1
-    return tokens, logprobs
+    return (tokens, logprobs) if entropies is None else (tokens, logprobs, entropies)
+
+
+def _entropy(scaled: Tensor) -> Tensor:
+    """Entropy of softmax(scaled) per row. (B, V) -> (B,)."""
+    logp = torch.log_softmax(scaled, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
 
 
 EOS, LENGTH = "eos", "length"  # Rollout.stopped_by values besides a stop sequence's own text
@@ -303,13 +322,15 @@ def generate_and_score(
     greedy: bool = False,
     generation_batch_size: int = 64,
     num_generations: int = 1,
+    with_entropy: bool = False,
 ) -> Rollout:
     """Sample `num_generations` responses for each of `prompts` (B = len(prompts) * num_generations rows,
     the responses to a prompt adjacent) and compute everything the algorithms need, in chunks of
     `forward_batch_size` rows for the no-grad scoring passes. Sampling takes max(forward_batch_size,
     generation_batch_size) rows at a time (64: TRL's local_rollout_forward_batch_size): a decode step
     costs about the same for 16 rows as for 64 (it reads every weight once either way), so fewer,
-    wider chunks mean fewer decode steps per batch."""
+    wider chunks mean fewer decode steps per batch. ``with_entropy``: also the sampling-time entropy per
+    token (Rollout.entropy), for the token records."""
     prompts = [p for p in prompts for _ in range(num_generations)]
     tok = models.tokenizer
     enc = tok([p.text for p in prompts], return_tensors="pt", padding=True, truncation=True,
@@ -323,10 +344,11 @@ def generate_and_score(
     for start in range(0, len(prompts), sample_rows):
         rows = slice(start, start + sample_rows)
         chunks.append(sample(policy, query_ids[rows], query_mask[rows], T, tok.eos_token_id, tok.pad_token_id,
-                             cfg.temperature, greedy, cfg.top_k, cfg.top_p))
+                             cfg.temperature, greedy, cfg.top_k, cfg.top_p, with_entropy=with_entropy))
     policy.train(was_training)
     response_ids = torch.cat([c[0] for c in chunks])
     logp_old = torch.cat([c[1] for c in chunks])
+    entropy = torch.cat([c[2] for c in chunks]) if with_entropy else None
     cut = cut_responses(response_ids, tok.eos_token_id, tok.pad_token_id, tok, cfg.stop_sequences)
     response_ids, response_mask, ended, responses = cut.ids, cut.mask, cut.ended, cut.texts
     input_ids = torch.cat([query_ids, response_ids], dim=1)
@@ -369,4 +391,5 @@ def generate_and_score(
         stopped_by=cut.stopped_by,
         gold_scores=None if gold is None else torch.tensor(gold, dtype=torch.float32, device=device),
         num_generations=num_generations,
+        entropy=None if entropy is None else torch.where(response_mask.bool(), entropy, 0.0),
     )

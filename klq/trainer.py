@@ -37,8 +37,9 @@ from klq.algorithms import make_algorithm
 from klq.config import RunConfig
 from klq.judge.in_training import WinRateVsReference
 from klq.models import Models, load_models, resolve_device, resolve_dtype, response_logits
+from klq.provenance import collect as collect_provenance
 from klq.rollout import Rollout, generate_and_score
-from klq.sinks import JSONLSink, SampleRecord, Sink
+from klq.sinks import JSONLSink, SampleRecord, Sink, TokenRecord
 from klq.tasks import Prompt, Task, filter_prompts_by_length, load_task
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,8 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
     if sink is None and accelerator.is_main_process:
         sink = JSONLSink(out_dir, resume_step=start_iteration if resume else None)
     (out_dir / "run_config.json").write_text(cfg.model_dump_json(indent=2))
+    if sink is not None and accelerator.is_main_process:
+        sink.log_provenance(collect_provenance(device))
 
     random.seed(cfg.seed + accelerator.process_index)
     torch.manual_seed(cfg.seed + accelerator.process_index)
@@ -229,6 +232,8 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
     win_rate = _win_rate_vs_reference(cfg, task, eval_prompts, models, out_dir, device, judge_settings) \
         if accelerator.is_main_process else None
 
+    # token records of a few training rollouts per iteration (the main process's own batch)
+    capture_train = cfg.capture.train_rollouts > 0 and accelerator.is_main_process
     bar = None
     if progress and accelerator.is_main_process:
         from tqdm.auto import tqdm
@@ -251,11 +256,13 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
             prompts = batch_prompts(train_prompts, iteration, tc.batch_size // rc.num_generations,
                                     accelerator.process_index, world, cfg.seed)
             batch = generate_and_score(models, unwrapped_policy, prompts, rc, device, cfg.task.max_prompt_length,
-                                       tc.micro_batch_size, gold, num_generations=rc.num_generations)
+                                       tc.micro_batch_size, gold, num_generations=rc.num_generations,
+                                       with_entropy=capture_train)
             if not torch.isfinite(batch.scores).all():
                 raise TrainingError(f"reward model returned non-finite scores at iteration {iteration + 1}")
             t1 = time.perf_counter()
             targets, target_metrics = algorithm.targets(batch)
+            captured = _capture_train(cfg, algorithm, batch, models.tokenizer, iteration + 1) if capture_train else []
             iteration_lr = scheduler.get_last_lr()[0]
             stats = _update(cfg, algorithm, accelerator, policy, value, optimizer, scheduler, batch, targets,
                             iteration, last_checkpoint)
@@ -281,7 +288,9 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
             })
             if iteration % cfg.eval_interval == 0 or iteration == num_iterations:
                 metrics.update(_evaluate(cfg, models, unwrapped_policy, eval_prompts, device, gold, sink, iteration,
-                                         accelerator, win_rate))
+                                         accelerator, win_rate, algorithm=algorithm, train_samples=captured))
+            elif captured and sink is not None:
+                sink.log_samples(iteration, captured)
             if accelerator.is_main_process and sink is not None:
                 sink.log_metrics(iteration, metrics)
             if iteration % cfg.checkpoint_interval == 0 or iteration == num_iterations:
@@ -410,14 +419,71 @@ def _iteration_metrics(cfg: RunConfig, batch: Rollout, stats: dict[str, float], 
     return metrics
 
 
+# ------------------------------------------------------------------------------------------ token records
+
+
+def capture_rows(scores: torch.Tensor, k: int) -> list[int]:
+    """The rows of a batch whose training rollouts are recorded token by token: the k // 2 lowest and the
+    k - k // 2 highest reward-model scores (all rows when k >= B), in row order. scores: (B,)."""
+    if k >= len(scores):
+        return list(range(len(scores)))
+    order = torch.argsort(scores.detach().float().cpu(), stable=True).tolist()
+    return sorted(order[: k // 2] + order[len(order) - (k - k // 2):])
+
+
+def _token_pieces(tokenizer, rows: list[list[int]]) -> list[list[str]]:
+    """Each token's text decoded alone (a byte-level BPE piece of a multi-byte character shows as the
+    replacement character). One batched decode over the distinct ids."""
+    distinct = sorted({i for ids in rows for i in ids})
+    decoded = tokenizer.batch_decode([[i] for i in distinct], skip_special_tokens=False,
+                                     clean_up_tokenization_spaces=False)
+    piece = dict(zip(distinct, decoded, strict=True))
+    return [[piece[i] for i in ids] for ids in rows]
+
+
+def sample_records(batch: Rollout, quantities: dict[str, torch.Tensor], rows: list[int], tokenizer, step: int,
+                   kind: str) -> list[SampleRecord]:
+    """SampleRecords with token records for `rows` of `batch`; `quantities`: name -> (B, T) tensors
+    (Algorithm.token_quantities). One device-to-host copy for all of them. A training rollout's
+    sample_index is its row in the batch; an eval sample's is 0 (one response per prompt)."""
+    index = torch.tensor(rows, device=batch.response_mask.device)
+    names = list(quantities)
+    values = torch.stack([quantities[n][index].float() for n in names]).cpu().tolist() if names else []
+    lengths = batch.response_mask[index].sum(1).long().tolist()
+    ids = [row[:n] for row, n in zip(batch.response_ids[index].tolist(), lengths, strict=True)]
+    pieces = _token_pieces(tokenizer, ids)
+    kl, scores = batch.kl[index].tolist(), batch.scores[index].tolist()
+    gold = None if batch.gold_scores is None else batch.gold_scores[index].tolist()
+    records = []
+    for j, row in enumerate(rows):
+        n = lengths[j]
+        prompt = batch.prompts[row]
+        records.append(SampleRecord(
+            step=step, prompt_id=prompt.id, prompt=prompt.text, response=batch.responses[row], score=scores[j],
+            kl=kl[j], gold_score=None if gold is None else gold[j], stopped_by=batch.stopped_by[row], kind=kind,
+            sample_index=row if kind == "train" else 0, response_length=n,
+            token_record=TokenRecord(ids[j], pieces[j], {name: values[q][j][:n] for q, name in enumerate(names)}),
+        ))
+    return records
+
+
+def _capture_train(cfg: RunConfig, algorithm, batch: Rollout, tokenizer, step: int) -> list[SampleRecord]:
+    """The token records of iteration `step`'s recorded training rollouts (capture.train_rollouts of them),
+    from what the rollout and the algorithm's targets already computed."""
+    rows = capture_rows(batch.scores, cfg.capture.train_rollouts)
+    with torch.no_grad():
+        return sample_records(batch, algorithm.token_quantities(batch), rows, tokenizer, step, "train")
+
+
 @torch.no_grad()
-def _eval_rollout(cfg: RunConfig, models: Models, policy, prompts: list[Prompt], device, gold) -> Rollout:
+def _eval_rollout(cfg: RunConfig, models: Models, policy, prompts: list[Prompt], device, gold,
+                  with_entropy: bool = False) -> Rollout:
     """`policy`'s responses to the held-out prompts as eval decodes them (greedy unless eval_temperature >
     0), scored: the trained policy's at each eval, the reference's once for the eval judge."""
     greedy = cfg.rollout.eval_temperature == 0
     rollout_cfg = cfg.rollout if greedy else cfg.rollout.model_copy(update={"temperature": cfg.rollout.eval_temperature})
     return generate_and_score(models, policy, prompts, rollout_cfg, device, cfg.task.max_prompt_length,
-                              cfg.train.micro_batch_size, gold, greedy=greedy)
+                              cfg.train.micro_batch_size, gold, greedy=greedy, with_entropy=with_entropy)
 
 
 def _win_rate_vs_reference(cfg: RunConfig, task: Task, prompts: list[Prompt], models: Models, out_dir: Path,
@@ -442,23 +508,21 @@ def _win_rate_vs_reference(cfg: RunConfig, task: Task, prompts: list[Prompt], mo
 
 @torch.no_grad()
 def _evaluate(cfg: RunConfig, models: Models, policy, prompts: list[Prompt], device, gold, sink: Sink | None,
-              iteration: int, accelerator: Accelerator, win_rate: WinRateVsReference | None) -> dict[str, float]:
-    """Responses to the held-out prompts (greedy unless eval_temperature > 0), recorded as samples; at the
-    evals `win_rate` is due, judged against the reference's responses."""
+              iteration: int, accelerator: Accelerator, win_rate: WinRateVsReference | None, *,
+              algorithm=None, train_samples: list[SampleRecord] = ()) -> dict[str, float]:
+    """Responses to the held-out prompts (greedy unless eval_temperature > 0), recorded as samples with
+    their token records (`algorithm`'s quantities over this batch; default: cfg's algorithm), in one
+    write together with `train_samples` (the iteration's recorded training rollouts); at the evals
+    `win_rate` is due, judged against the reference's responses."""
     if not prompts or not accelerator.is_main_process:
         return {}
-    batch = _eval_rollout(cfg, models, policy, prompts, device, gold)
+    batch = _eval_rollout(cfg, models, policy, prompts, device, gold, with_entropy=True)
     kl = batch.kl
     if sink is not None:
-        sink.log_samples(iteration, [
-            SampleRecord(
-                step=iteration, prompt_id=p.id, prompt=p.text, response=batch.responses[i],
-                score=float(batch.scores[i]), kl=float(kl[i]),
-                gold_score=None if batch.gold_scores is None else float(batch.gold_scores[i]),
-                stopped_by=batch.stopped_by[i],
-            )
-            for i, p in enumerate(prompts)
-        ])
+        algorithm = algorithm or make_algorithm(cfg)
+        quantities = algorithm.eval_token_quantities(batch)
+        records = sample_records(batch, quantities, list(range(len(prompts))), models.tokenizer, iteration, "eval")
+        sink.log_samples(iteration, [*train_samples, *records])
     out = {"eval/scores": batch.scores.mean().item(), "eval/kl": kl.mean().item()}
     if batch.gold_scores is not None:
         out["eval/gold_scores"] = batch.gold_scores.mean().item()

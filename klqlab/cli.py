@@ -1,4 +1,4 @@
-"""The `klq` console script: the library's commands (klq/cli.py: train, build-assets, judge) plus the
+"""The `klq` console script: the library's commands (klq/cli.py: train, build-assets, judge, inspect) plus the
 commands that start KLQ Lab's services (up, api, worker, ui, migrate), which need backend/ and worker/
 and so the `app` extra. Without it the library's commands still run (this module imports only klq at
 its top) and a service command says, in one line, what to install.

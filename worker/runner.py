@@ -114,7 +114,10 @@ def train_main(run_id: int, owner: str) -> int:
         log.info("run %s had already finished training (final checkpoint found): succeeded", run_id)
         return EXIT_OK
     sink = (
-        RetryingSink(DatabaseSink(db, run_id, owner), get_settings().db_retry_timeout)
+        RetryingSink(
+            DatabaseSink(db, run_id, owner, store.TrainRetention(cfg.capture.keep_train_last, cfg.capture.keep_train_every)),
+            get_settings().db_retry_timeout,
+        )
         if state.is_main_process
         else None
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from sqlalchemy import select
 
@@ -19,8 +20,11 @@ LeaseLost = store.LeaseLost
 
 
 class DatabaseSink:
-    def __init__(self, db: Database, run_id: int, owner: str) -> None:
-        self.db, self.run_id, self.owner = db, run_id, owner
+    """``retention``: which recorded training rollouts the database keeps (the run's capture settings);
+    None keeps them all."""
+
+    def __init__(self, db: Database, run_id: int, owner: str, retention: store.TrainRetention | None = None) -> None:
+        self.db, self.run_id, self.owner, self.retention = db, run_id, owner, retention
         self.preempted = False  # should_stop said stop because the worker is shutting down (not a cancel)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
@@ -39,14 +43,23 @@ class DatabaseSink:
             session.commit()
 
     def log_samples(self, step: int, samples: list[SampleRecord]) -> None:
+        """The step's samples and their token records in one fenced transaction (store.write_samples)."""
         with self.db.write_session() as session:
             # stopped_by has no column of its own: it goes into the sample's JSON `extra`
-            rows = [{**vars(s), "extra": {"stopped_by": s.stopped_by} if s.stopped_by else None} for s in samples]
-            store.write_samples(session, self.run_id, rows, owner=self.owner)
+            rows = [
+                {**vars(s), "extra": {"stopped_by": s.stopped_by} if s.stopped_by else None,
+                 "tokens": None if s.token_record is None else vars(s.token_record)}
+                for s in samples
+            ]
+            store.write_samples(session, self.run_id, rows, owner=self.owner, retention=self.retention)
 
     def log_checkpoint(self, step: int, path: str, final: bool) -> None:
         with self.db.write_session() as session:
             store.add_checkpoint(session, self.run_id, step, path, is_final=final, owner=self.owner)
+
+    def log_provenance(self, provenance: dict[str, Any]) -> None:
+        with self.db.write_session() as session:
+            store.set_provenance(session, self.run_id, provenance, owner=self.owner)
 
     def should_stop(self) -> bool:
         """True on a user's cancel, or when the worker is shutting down (store.request_preempt: then
@@ -100,6 +113,9 @@ class RetryingSink:
 
     def log_checkpoint(self, step: int, path: str, final: bool) -> None:
         self._retry(f"recording the checkpoint of step {step}", self.sink.log_checkpoint, step, path, final)
+
+    def log_provenance(self, provenance: dict[str, Any]) -> None:
+        self._retry("recording the run's provenance", self.sink.log_provenance, provenance)
 
     def should_stop(self) -> bool:
         return self._retry("reading the cancel flag", self.sink.should_stop)

@@ -75,7 +75,12 @@ def run_summary(run: Run, latest: dict | None = None, *, detail: bool = False) -
     data = run_summary_data(run, latest)
     if detail:
         return RunDetail(
-            **data, config=run.config, attempts=run.attempts, last_error=run.last_error, updated_at=run.updated_at
+            **data,
+            config=run.config,
+            provenance=run.provenance,
+            attempts=run.attempts,
+            last_error=run.last_error,
+            updated_at=run.updated_at,
         )
     return RunSummary(**data)
 

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
@@ -29,29 +29,139 @@ from ..schemas import (
     SampleOut,
     SamplePage,
     SampleStep,
+    SampleTokens,
 )
 from .common import Limit, Offset, RunId, StepQuery
 
 router = APIRouter(tags=["samples"])
 
 
+SampleKindQuery = Annotated[
+    Literal["eval", "train"],
+    Query(description="eval: held-out samples (default); train: the recorded training rollouts"),
+]
+SortQuery = Literal[
+    "score",
+    "-score",
+    "gold",
+    "-gold",
+    "kl",
+    "-kl",
+    "length",
+    "-length",
+    "rm_gold_gap",
+    "-rm_gold_gap",
+    "step",
+    "-step",
+    "prompt_id",
+    "-prompt_id",
+]  # store.SAMPLE_SORT_KEYS, '-' first for descending
+Bound = Annotated[float | None, Query(allow_inf_nan=False)]
+LengthBound = Annotated[int | None, Query(ge=0, le=INT32_MAX)]
+
+
 @router.get(
     "/runs/{run_id}/samples",
     response_model=SamplePage,
     dependencies=[CanRead],
-    summary="Samples of a run, paged",
+    summary="Samples of a run, filtered, sorted and paged",
+    description="`kind=train`: the training rollouts recorded at each iteration (`step`). `sort`: score, gold, "
+    "kl, length (response tokens), rm_gold_gap (score - gold_score: reward-model score up, gold down), step "
+    "or prompt_id, '-' first for descending, NULLs last; top/bottom k = sort + limit. Bounds keep samples "
+    "with min_x <= x <= max_x (a sample without that value is left out).",
 )
 def list_samples(
     run_id: RunId,
     session: ReadSession,
     step: Annotated[StepQuery, Query(description="only this step")] = None,
+    kind: SampleKindQuery = "eval",
+    sort: SortQuery | None = None,
+    min_score: Bound = None,
+    max_score: Bound = None,
+    min_gold: Bound = None,
+    max_gold: Bound = None,
+    min_kl: Bound = None,
+    max_kl: Bound = None,
+    min_length: LengthBound = None,
+    max_length: LengthBound = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> SamplePage:
+    bounds = {
+        "min_score": min_score,
+        "max_score": max_score,
+        "min_gold": min_gold,
+        "max_gold": max_gold,
+        "min_kl": min_kl,
+        "max_kl": max_kl,
+        "min_length": min_length,
+        "max_length": max_length,
+    }
+    problems = [
+        (("query", f"min_{name}"), f"min_{name} is above max_{name}")
+        for name in ("score", "gold", "kl", "length")
+        if bounds[f"min_{name}"] is not None
+        and bounds[f"max_{name}"] is not None
+        and bounds[f"min_{name}"] > bounds[f"max_{name}"]
+    ]
+    if problems:
+        raise FieldErrors(problems)
     store.require_run(session, run_id)
-    items, total = store.list_samples(session, run_id, step=step, limit=limit, offset=offset)
+    items, total = store.list_samples(
+        session,
+        run_id,
+        step=step,
+        kind=kind,
+        sort=sort,
+        filters={k: v for k, v in bounds.items() if v is not None},
+        limit=limit,
+        offset=offset,
+    )
     return SamplePage(
         items=[SampleOut.model_validate(s) for s in items], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get(
+    "/runs/{run_id}/prompts/{prompt_id:path}/samples",
+    response_model=list[SampleOut],
+    dependencies=[CanRead],
+    summary="One prompt's samples across all steps of a run",
+    description="Ordered by step (then sample index); the prompt id URL-encoded in the path.",
+)
+def prompt_samples(
+    run_id: RunId,
+    prompt_id: Annotated[str, Path(min_length=1, max_length=200, description="the prompt's id")],
+    session: ReadSession,
+    kind: SampleKindQuery = "eval",
+) -> list[SampleOut]:
+    store.require_run(session, run_id)
+    return [SampleOut.model_validate(s) for s in store.prompt_samples(session, run_id, prompt_id, kind=kind)]
+
+
+@router.get(
+    "/samples/{sample_id}/tokens",
+    response_model=SampleTokens,
+    dependencies=[CanRead],
+    summary="A sample's response token by token",
+    description='Token ids, their text pieces and the per-token quantities (docs/ALGORITHMS.md, "Per-token '
+    'quantities"); 404 if the sample does not exist or has no token record.',
+)
+def sample_tokens(
+    sample_id: Annotated[int, Path(ge=1, le=INT32_MAX, description="sample id")], session: ReadSession
+) -> SampleTokens:
+    found = store.sample_tokens(session, sample_id)
+    if found is None:
+        raise store.NotFound(f"sample {sample_id} has no token record (or does not exist)")
+    sample, algorithm, record = found
+    return SampleTokens(
+        sample_id=sample.id,
+        run_id=sample.run_id,
+        step=sample.step,
+        kind=sample.kind,
+        prompt_id=sample.prompt_id,
+        algorithm=algorithm,
+        **record,
     )
 
 

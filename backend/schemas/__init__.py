@@ -77,6 +77,7 @@ from .metrics import (
 )
 from .runs import (
     LatestValue,
+    Provenance,
     RunClone,
     RunCreate,
     RunDetail,
@@ -92,6 +93,7 @@ from .samples import (
     SampleOut,
     SamplePage,
     SampleStep,
+    SampleTokens,
 )
 from .tokens import (
     Health,
@@ -167,6 +169,7 @@ __all__ = [
     "ResultRow",
     "RunClone",
     "RunCreate",
+    "Provenance",
     "RunDetail",
     "RunPage",
     "RunPatch",
@@ -178,6 +181,7 @@ __all__ = [
     "SampleOut",
     "SamplePage",
     "SampleStep",
+    "SampleTokens",
     "Scope",
     "Series",
     "SeriesResponse",

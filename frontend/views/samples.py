@@ -1,5 +1,7 @@
 """Samples & judgements: the same prompts side by side for several runs at chosen steps, with scores,
-KL and a word-level diff against a baseline run; the judge's verdicts and raw output where a judgement of
+KL and a word-level diff against a baseline run; every token of a sample coloured by a per-token quantity
+(k1, entropy, advantage, ...), alone or for the same prompt of two runs on one colour scale; one prompt
+across a run's steps; the training rollouts of a step, sorted and filtered; the judge's verdicts and raw output where a judgement of
 the runs exists; launching a judgement, watching its progress, and its win-rate with the 95% CI next to
 its length diagnostics (length-controlled win-rate, mean lengths, win-rate by length difference) and its
 agreement with human votes on the same pairs (the Vote page collects them).
@@ -26,7 +28,11 @@ run_ids = ui.pick_runs(api, key="samples.runs", max_selections=10, default_count
 if not run_ids:
     st.stop()
 names = ui.names_of(api, run_ids)
-tab_samples, tab_judgements = st.tabs(["Side by side", "Judgements"], key="samples.tab", on_change="rerun")
+tab_samples, tab_tokens, tab_steps, tab_train, tab_judgements = st.tabs(
+    ["Side by side", "Tokens", "Across steps", "Training rollouts", "Judgements"],
+    key="samples.tab",
+    on_change="rerun",
+)
 
 
 def verdict_text(vs: list) -> str:
@@ -206,6 +212,282 @@ with tab_samples:
                         with jc[1]:
                             st.caption(f"B ({b})")
                             ui.text_block(vs[0]["response_b"])
+
+
+# --- tokens ----------------------------------------------------------------------------------------------
+
+TOP_K = [10, 25, 50, 100, 200]
+PAIR_LINE_CHARS = 48  # narrower lines side by side: each view fits its half of the page
+MAX_HEATMAP_STEPS = 60  # the prompt-across-steps view reads one token record per step, at most this many
+
+
+def step_picker(api: Client, rid: int, key: str) -> int | None:
+    """A step (newest first) among those with eval samples of a run; None when it has none."""
+    available = [s["step"] for s in ui.call(ui.sample_steps, api, rid) or []]
+    if not available:
+        st.caption(f"#{rid} has no samples yet")
+        return None
+    return st.selectbox(
+        f"Step of #{rid} {ui.md_escape(names[rid])}",
+        list(reversed(available)),
+        key=key,
+        format_func=lambda s: f"step {s}",
+    )
+
+
+def sample_query_controls(key: str) -> tuple[dict, int]:
+    """Sort order, top/bottom k and min/max filters, as the keyword arguments of Client.list_samples
+    (logic.sample_query; the API sorts and filters) and the k."""
+    c = st.columns([2, 1, 1])
+    sort = c[0].selectbox(
+        "Sort by", list(logic.SORT_KEYS), key=f"{key}.sort", format_func=logic.SORT_KEYS.get
+    )
+    top = c[1].radio(
+        "Show", ["top", "bottom"], horizontal=True, key=f"{key}.top", help="highest or lowest first"
+    )
+    k = c[2].selectbox("k", TOP_K, index=1, key=f"{key}.k")
+    bounds = {}
+    with st.expander("Filters (min / max)"):
+        fc = st.columns(len(logic.FILTERS))
+        for col, name in zip(fc, logic.FILTERS):
+            with col:
+                lo = st.number_input(f"min {name}", value=None, key=f"{key}.min_{name}", format="%g")
+                hi = st.number_input(f"max {name}", value=None, key=f"{key}.max_{name}", format="%g")
+            bounds[name] = (lo, hi)
+    return logic.sample_query(sort, descending=top == "top", bounds=bounds), int(k)
+
+
+def fetch_tokens(api: Client, sample: dict | None) -> dict | None:
+    """A sample's SampleTokens, None (with a caption saying why) when it has none."""
+    if sample is None:
+        st.caption("no sample for this prompt")
+        return None
+    if not sample.get("has_tokens"):
+        st.caption("This sample has no token data (recorded by runs that capture tokens).")
+        return None
+    return ui.call(ui.sample_tokens, api, sample["id"], what=f"the tokens of sample {sample['id']}")
+
+
+def quantity_picker(samples: list[dict], key: str) -> str | None:
+    present = logic.present_quantities(samples)
+    if not present:
+        st.caption("No per-token quantities recorded.")
+        return None
+    return st.selectbox(
+        "Colour tokens by",
+        present,
+        key=key,
+        help="Diverging scale centred on 0 for k1, k3, delta, advantage, reward; sequential for the others. "
+        + " ".join(f"{q}: {logic.QUANTITY_HELP[q]}." for q in present if q in logic.QUANTITY_HELP),
+    )
+
+
+def sample_caption(rid: int, sample: dict) -> None:
+    st.markdown(f"**#{rid} {ui.md_escape(names[rid])}**")
+    st.caption(logic.sample_label(sample))
+
+
+def tokens_of_one_run(api: Client, rid: int) -> None:
+    """One run's samples at a step, sorted and filtered by the API, and the chosen one's token view."""
+    step = step_picker(api, rid, key=f"tokens.step.{rid}")
+    if step is None:
+        return
+    query, k = sample_query_controls("tokens.q")
+    got = ui.call(api.list_samples, rid, step=step, kind="eval", limit=k, **query, what="samples")
+    if got is None:  # the API's error is shown
+        return
+    if not got["items"]:
+        st.info("No samples match.")
+        return
+    by_id = {s["id"]: s for s in got["items"]}
+    sid = st.selectbox(
+        f"Sample ({got['total']} match)",
+        list(by_id),
+        key="tokens.sample",
+        format_func=lambda i: logic.sample_label(by_id[i]),
+    )
+    sample = by_id[sid]
+    st.markdown(f"**Prompt** {ui.md_escape(sample['prompt_id'])}")
+    ui.text_block(sample["prompt"])
+    tokens = fetch_tokens(api, sample)
+    if tokens is None:
+        ui.text_block(sample["response"])
+        return
+    quantity = quantity_picker([tokens], key="tokens.quantity")
+    if quantity:
+        domain = logic.color_domain(quantity, [tokens["quantities"].get(quantity, [])])
+        ui.token_view(tokens, quantity, domain, key="tokens.view")
+
+
+def tokens_side_by_side(api: Client, pair: list[int]) -> None:
+    """The same prompt for two runs (aligned by GET /samples/compare), each one's token view on one shared
+    colour scale: where each spends its KL, token by token."""
+    c = st.columns([1, 1, 1])
+    steps = []
+    for col, rid in zip(c[:2], pair):
+        with col:
+            steps.append(step_picker(api, rid, key=f"tokens.step.{rid}"))
+    if any(s is None for s in steps):
+        return
+    page = int(c[2].number_input("Page of prompts", 1, 100000, 1, key="tokens.page"))
+    cmp = ui.call(
+        api.compare_samples,
+        pair,
+        steps,
+        mode="intersection",
+        limit=PAGE_SIZE,
+        offset=(page - 1) * PAGE_SIZE,
+        what="samples",
+    )
+    if not cmp or not cmp["items"]:
+        st.info("The two runs have no prompt in common at these steps.")
+        return
+    items = {item["prompt_id"]: item for item in cmp["items"]}
+    pid = st.selectbox(
+        f"Prompt ({cmp['total']} in common)", list(items), key="tokens.prompt", format_func=str
+    )
+    item = items[pid]
+    st.markdown(f"**Prompt** {ui.md_escape(pid)}")
+    ui.text_block(item["prompt"])
+    picker = st.container()  # the quantity's selectbox above the two views (it needs both sides' tokens)
+    cols = st.columns(2)
+    sides = []
+    for col, rid, sample in zip(cols, pair, item["samples"]):
+        with col:
+            if sample is not None:
+                sample_caption(rid, sample)
+            sides.append(fetch_tokens(api, sample))
+    held = [t for t in sides if t is not None]
+    if not held:
+        return
+    with picker:
+        quantity = quantity_picker(held, key="tokens.pair_quantity")
+    if not quantity:
+        return
+    # one domain for both sides: the same colour is the same value in either run
+    domain = logic.color_domain(quantity, [t["quantities"].get(quantity, []) for t in held])
+    for i, (col, tokens) in enumerate(zip(cols, sides)):
+        with col:
+            if tokens is None:
+                continue
+            if quantity not in logic.present_quantities([tokens]):
+                st.caption(f"#{pair[i]} has no {quantity} (its algorithm does not compute it).")
+                continue
+            ui.token_view(tokens, quantity, domain, key=f"tokens.pair.{i}", line_chars=PAIR_LINE_CHARS)
+
+
+with tab_tokens:
+    if tab_tokens.open:  # only the open tab's work is done
+        if len(run_ids) >= 2:
+            st.caption(
+                f"The same prompt for #{run_ids[0]} and #{run_ids[1]} (the first two runs selected), "
+                "on one colour scale."
+            )
+            tokens_side_by_side(api, run_ids[:2])
+        else:
+            tokens_of_one_run(api, run_ids[0])
+
+
+# --- one prompt across steps -----------------------------------------------------------------------------
+
+with tab_steps:
+    if tab_steps.open:  # only the open tab's work is done
+        c = st.columns([1, 2, 1])
+        rid = c[0].selectbox("Run", run_ids, key="steps.run", format_func=lambda r: f"#{r} {names[r]}")
+        available = [s["step"] for s in ui.call(ui.sample_steps, api, rid) or []]
+        latest = (
+            ui.call(api.list_samples, rid, step=available[-1], limit=200, what="samples")
+            if available
+            else None
+        )
+        prompt_ids = sorted({s["prompt_id"] for s in (latest or {"items": []})["items"]})
+        if not prompt_ids:
+            st.info("No samples yet.")
+        else:
+            with c[1]:
+                pid = st.selectbox("Prompt", prompt_ids, key="steps.prompt", format_func=str)
+            view = c[2].radio("View", ["heatmap", "per step"], horizontal=True, key="steps.view")
+            across = ui.call(api.prompt_samples, rid, pid, kind="eval", what="the prompt's samples") or []
+            with_tokens = [s for s in across if s.get("has_tokens")]
+            if across:
+                ui.text_block(across[0]["prompt"])
+            if not with_tokens:
+                st.info("None of this prompt's samples has token data.")
+            else:
+                shown = with_tokens
+                if len(shown) > MAX_HEATMAP_STEPS:  # evenly spaced steps, the last included
+                    stride = -(-len(shown) // MAX_HEATMAP_STEPS)
+                    shown = shown[::-1][::stride][::-1]
+                    st.caption(f"Every {stride}th of {len(with_tokens)} steps with token data.")
+                pairs = [(s, ui.call(ui.sample_tokens, api, s["id"])) for s in shown]
+                pairs = [(s, t) for s, t in pairs if t is not None]
+                records = [t for _, t in pairs]
+                quantity = quantity_picker(records, key="steps.quantity")
+                if quantity:
+                    domain = logic.color_domain(
+                        quantity, [t["quantities"].get(quantity, []) for t in records]
+                    )
+                    if view == "heatmap":
+                        st.altair_chart(
+                            ui.token_heatmap(logic.steps_heatmap(records, quantity), quantity, domain),
+                            width="stretch",
+                        )
+                    else:
+                        for s, t in pairs:
+                            with st.container(border=True):
+                                st.caption(logic.sample_label(s))
+                                ui.token_view(t, quantity, domain, key=f"steps.view.{s['id']}")
+
+
+# --- training rollouts -----------------------------------------------------------------------------------
+
+with tab_train:
+    if tab_train.open:  # only the open tab's work is done
+        c = st.columns([1, 1])
+        rid = c[0].selectbox("Run", run_ids, key="train.run", format_func=lambda r: f"#{r} {names[r]}")
+        newest = ui.call(api.list_samples, rid, kind="train", sort="-step", limit=1, what="training rollouts")
+        if not newest or not newest["items"]:
+            st.info(
+                "No training rollouts recorded for this run (kept for the iterations its retention "
+                "settings choose)."
+            )
+        else:
+            step = int(
+                c[1].number_input(
+                    "Iteration",
+                    0,
+                    None,
+                    newest["items"][0]["step"],
+                    key=f"train.step.{rid}",
+                    help="the newest iteration with training rollouts by default",
+                )
+            )
+            query, k = sample_query_controls("train.q")
+            got = ui.call(api.list_samples, rid, step=step, kind="train", limit=k, **query, what="rollouts")
+            if got:
+                st.caption(f"{got['total']} rollout(s) of iteration {step} match")
+                if got["items"]:
+                    st.dataframe(
+                        logic.rollouts_frame(got["items"]),
+                        hide_index=True,
+                        width="stretch",
+                        key="train.table",
+                    )
+                    by_id = {s["id"]: s for s in got["items"]}
+                    sid = st.selectbox(
+                        "Rollout",
+                        list(by_id),
+                        key="train.sample",
+                        format_func=lambda i: logic.sample_label(by_id[i]),
+                    )
+                    sample = by_id[sid]
+                    ui.text_block(sample["prompt"])
+                    tokens = fetch_tokens(api, sample)
+                    if tokens is None:
+                        ui.text_block(sample["response"])
+                    elif quantity := quantity_picker([tokens], key="train.quantity"):
+                        domain = logic.color_domain(quantity, [tokens["quantities"].get(quantity, [])])
+                        ui.token_view(tokens, quantity, domain, key="train.view")
 
 
 # --- judgements ------------------------------------------------------------------------------------------

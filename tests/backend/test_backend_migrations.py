@@ -22,6 +22,7 @@ TABLES = {
     "metrics",
     "metric_latest",
     "samples",
+    "sample_tokens",
     "checkpoints",
     "judgements",
     "verdicts",
@@ -38,7 +39,7 @@ def test_upgrade_downgrade_upgrade(kind: str, tmp_path) -> None:
         try:
             assert migrate.current_revision(engine) is None
             migrate.upgrade(url)
-            assert migrate.current_revision(engine) == migrate.head_revision() == "0005"
+            assert migrate.current_revision(engine) == migrate.head_revision() == "0007"
             assert set(inspect(engine).get_table_names()) >= TABLES
             with engine.connect() as conn:
                 diff = compare_metadata(

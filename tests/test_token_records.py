@@ -1,0 +1,235 @@
+"""Token records (issue 14), end to end on the built-in task: what a standalone run stores per response
+token equals a fresh forward pass of the checkpoint that generated it, and the algorithms' quantities
+satisfy docs/ALGORITHMS.md's identities ("Per-token quantities"), each recomputed here independently of
+the trainer: sum of k1 = the sample's KL; KLQ: Q_old - V_old = tau * k1; PPO: the raw advantages are GAE
+of the stored rewards and values; RLOO/GRPO: one advantage per response, the group baseline's."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from klq import losses
+from klq.config import load_config
+from klq.models import load_models, response_logits
+from klq.sinks import read_jsonl
+from klq.trainer import capture_rows, train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+COMMON = {"logp", "logp_ref", "k1", "k3", "entropy"}
+OWN = {
+    "klq": {"value", "q", "delta", "target"},
+    "ppo": {"value", "reward", "advantage_raw", "advantage", "return"},
+    "rloo": {"advantage"},
+    "grpo": {"advantage"},
+}
+
+
+def tiny_run(algorithm: str, out: Path, **overrides):
+    """Two iterations of 16 rollouts (one epoch), a checkpoint and an eval after each."""
+    cfg = load_config(
+        CONFIGS / f"builtin-{algorithm}.yaml",
+        {
+            "train.total_episodes": 32,
+            "train.batch_size": 16,
+            "train.minibatch_size": 16,
+            "train.num_epochs": 1,
+            "checkpoint_interval": 1,
+            "eval_interval": 1,
+            "task.num_eval_prompts": 6,
+            **overrides,
+        },
+    )
+    train(cfg, out)
+    samples = read_jsonl(out / "samples.jsonl")
+    records = {
+        (r["kind"], r["step"], r["prompt_id"], r["sample_index"]): r
+        for r in read_jsonl(out / "sample_tokens.jsonl")
+    }
+    for s in samples:
+        s["tokens"] = records[(s["kind"], s["step"], s["prompt_id"], s["sample_index"])]
+    return cfg, samples
+
+
+@torch.no_grad()
+def fresh_pass(cfg, checkpoint: Path | None, samples: list[dict]) -> list[dict[str, list[float]]]:
+    """logp, logp_ref, entropy and V of each sample's response tokens, recomputed from `checkpoint`'s
+    policy and value model (None: the initial models) and the reference, one sample at a time."""
+    with_value = cfg.algorithm in ("klq", "ppo")
+    models = load_models(
+        cfg.model,
+        torch.device("cpu"),
+        policy_dir=str(checkpoint / "policy") if checkpoint else None,
+        value_dir=str(checkpoint / "value") if checkpoint and with_value else None,
+        with_value=with_value,
+    )
+    models.policy.eval()
+    out = []
+    for s in samples:
+        prompt_ids = models.tokenizer(s["prompt"])["input_ids"]
+        response = s["tokens"]["token_ids"]
+        ids = torch.tensor([prompt_ids + response])
+        mask = torch.ones_like(ids)
+        n = len(response)
+        target = torch.tensor([response])
+        t = cfg.rollout.temperature
+        logp, entropy = losses.logprobs_and_entropy(response_logits(models.policy, ids, mask, n), target, t)
+        logp_ref, _ = losses.logprobs_and_entropy(response_logits(models.reference, ids, mask, n), target, t)
+        got = {"logp": logp[0].tolist(), "logp_ref": logp_ref[0].tolist(), "entropy": entropy[0].tolist()}
+        if with_value:
+            got["value"] = models.value(ids, mask, n)[0].tolist()
+        out.append(got)
+    return out
+
+
+def close(a: list[float], b: list[float], tol: float = 2e-4) -> bool:
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=tol, abs_tol=tol) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("algorithm", ["klq", "ppo", "rloo", "grpo"])
+def test_stored_token_quantities_equal_a_fresh_forward_pass(algorithm, builtin_assets, tmp_path):
+    cfg, samples = tiny_run(algorithm, tmp_path)
+    evals = [s for s in samples if s["kind"] == "eval"]
+    trains = [s for s in samples if s["kind"] == "train"]
+    assert sorted({s["step"] for s in evals}) == [1, 2] and len(evals) == 2 * 6
+    assert [sum(s["step"] == step for s in trains) for step in (1, 2)] == [cfg.capture.train_rollouts] * 2
+    for s in samples:
+        record, n = s["tokens"], s["response_length"]
+        assert len(record["token_ids"]) == len(record["tokens"]) == n >= 1
+        names = set(record["quantities"])
+        assert names == COMMON | (
+            OWN[algorithm] if s["kind"] == "train" or algorithm in ("klq", "ppo") else set()
+        )
+        assert all(len(v) == n for v in record["quantities"].values())
+        q = record["quantities"]
+        assert close(q["k1"], [a - b for a, b in zip(q["logp"], q["logp_ref"])], 1e-5)
+        assert math.isclose(sum(q["k1"]), s["kl"], rel_tol=1e-4, abs_tol=1e-4), "sum of k1 = the sample's KL"
+        assert all(k3 >= 0 for k3 in q["k3"])
+    # an eval sample of step S was generated by checkpoint S; a training rollout of iteration S by S - 1
+    checkpoints = tmp_path / "checkpoints"
+    for step, kind, checkpoint in [
+        (2, "eval", checkpoints / "step-0000002"),
+        (2, "train", checkpoints / "step-0000001"),
+        (1, "train", None),
+    ]:
+        chosen = [s for s in samples if s["kind"] == kind and s["step"] == step]
+        for s, fresh in zip(chosen, fresh_pass(cfg, checkpoint, chosen), strict=True):
+            for name, values in fresh.items():
+                assert close(s["tokens"]["quantities"][name], values), (kind, step, s["prompt_id"], name)
+
+
+def test_the_worker_sink_stores_what_the_trainer_recorded(builtin_assets, tmp_path):
+    """The records of a real run through the worker's DatabaseSink (fenced, one transaction per step,
+    retention applied) into a migrated SQLite database, read back unpacked: float32 of the same values."""
+    from backend import store
+    from backend.db import Database
+    from backend.migrate import upgrade
+    from klq.sinks import SampleRecord, TokenRecord
+    from worker.sink import DatabaseSink
+
+    cfg, samples = tiny_run("ppo", tmp_path / "run", **{"train.total_episodes": 48})  # 3 iterations
+    url = f"sqlite:///{tmp_path / 'klq.db'}"
+    upgrade(url)
+    db = Database(url)
+    with db.write_session() as session:
+        run_id = store.create_run(session, cfg).id
+        assert store.acquire_lease(session, run_id, "w")
+    sink = DatabaseSink(db, run_id, "w", store.TrainRetention(keep_last=1, keep_every=2))
+    for step in (1, 2, 3):
+        sink.log_samples(
+            step,
+            [
+                SampleRecord(
+                    **{k: v for k, v in s.items() if k != "tokens"},
+                    token_record=TokenRecord(
+                        s["tokens"]["token_ids"], s["tokens"]["tokens"], s["tokens"]["quantities"]
+                    ),
+                )
+                for s in samples
+                if s["step"] == step
+            ],
+        )
+    with db.session() as session:
+        train_steps = {x.step for x in store.list_samples(session, run_id, kind="train", limit=500)[0]}
+        assert train_steps == {2, 3}  # the last iteration and every 2nd
+        listed, total = store.list_samples(session, run_id, limit=500)
+        assert total == 3 * 6 and all(x.has_tokens for x in listed)
+        for x in listed + store.list_samples(session, run_id, kind="train", limit=500)[0]:
+            stored = next(
+                s
+                for s in samples
+                if (s["kind"], s["step"], s["prompt_id"], s["sample_index"])
+                == (x.kind, x.step, x.prompt_id, x.sample_index)
+            )
+            sample, algorithm, record = store.sample_tokens(session, x.id)
+            assert algorithm == "ppo" and x.response_length == stored["response_length"]
+            assert record["token_ids"] == stored["tokens"]["token_ids"]
+            assert record["tokens"] == stored["tokens"]["tokens"]
+            for name, values in stored["tokens"]["quantities"].items():
+                assert record["quantities"][name] == [
+                    float(torch.tensor(v, dtype=torch.float32)) for v in values
+                ]
+    db.dispose()
+
+
+def test_klq_action_values_and_ppo_advantages(builtin_assets, tmp_path):
+    cfg, samples = tiny_run("klq", tmp_path / "klq")
+    for s in samples:
+        q = s["tokens"]["quantities"]
+        assert close([a - b for a, b in zip(q["q"], q["value"])], [cfg.kl_coef * k for k in q["k1"]], 1e-5), (
+            "Q_old - V_old = tau k1"
+        )
+        # G_t = Q_old + alpha Delta, Delta the backward sum of the deltas (alpha 1, no whitening)
+        deltas = torch.tensor([q["delta"]])
+        cum = losses.discounted_cumsum(deltas, torch.ones_like(deltas), cfg.gamma * cfg.lam)[0].tolist()
+        assert close(q["target"], [a + b for a, b in zip(q["q"], cum)], 1e-4)
+
+    cfg, samples = tiny_run("ppo", tmp_path / "ppo")
+    for s in samples:
+        q = s["tokens"]["quantities"]
+        rewards, values = torch.tensor([q["reward"]]), torch.tensor([q["value"]])
+        advantages, returns = losses.gae_advantages(
+            rewards, values, torch.ones_like(rewards), cfg.gamma, cfg.lam
+        )
+        assert close(q["advantage_raw"], advantages[0].tolist(), 1e-4)
+        assert close(q["return"], returns[0].tolist(), 1e-4)
+        # the reward: the k1 penalty on every token, the score at the last one
+        expected = [-cfg.kl_coef * k for k in q["k1"]]
+        expected[-1] += s["score"]
+        assert close(q["reward"], expected, 1e-4)
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_group_advantage_is_one_per_response_and_the_group_baseline(algorithm, builtin_assets, tmp_path):
+    cfg, samples = tiny_run(algorithm, tmp_path, **{"capture.train_rollouts": 16, "train.total_episodes": 16})
+    trains = [s for s in samples if s["kind"] == "train"]
+    assert sorted(s["sample_index"] for s in trains) == list(range(16))
+    k = cfg.rollout.num_generations
+    groups: dict[int, list[dict]] = defaultdict(list)
+    for s in trains:
+        groups[s["sample_index"] // k].append(s)
+    for members in groups.values():
+        assert len({s["prompt_id"] for s in members}) == 1 and len(members) == k
+        if algorithm == "rloo":
+            rewards = [s["score"] - cfg.kl_coef * s["kl"] for s in members]
+            expected = [r - (sum(rewards) - r) / (k - 1) for r in rewards]
+        else:
+            scores = [s["score"] for s in members]
+            expected = [(x - statistics.fmean(scores)) / (statistics.stdev(scores) + 1e-4) for x in scores]
+        for s, a in zip(members, expected, strict=True):
+            advantage = s["tokens"]["quantities"]["advantage"]
+            assert max(advantage) == min(advantage), "one advantage per response"
+            assert math.isclose(advantage[0], a, rel_tol=1e-4, abs_tol=1e-4)
+
+
+def test_capture_rows_are_the_best_and_worst_scored():
+    scores = torch.tensor([0.5, -1.0, 2.0, 0.0, 1.5, -0.5, 3.0])
+    assert capture_rows(scores, 4) == [1, 2, 5, 6]  # worst two (rows 1, 5), best two (rows 6, 2)
+    assert capture_rows(scores, 3) == [1, 2, 6]  # one worst, two best
+    assert capture_rows(scores, 10) == list(range(7))
+    assert capture_rows(scores, 0) == []
