@@ -191,6 +191,29 @@ class MetricLatest(Base):
     wall_time: Mapped[float | None] = mapped_column(Float)
 
 
+class MetricRollup(Base):
+    """Per-bucket summary of one series, kept exact at write time (store.metrics.write_metrics): at level
+    ``level`` (a shift: buckets of 2**level steps) bucket ``bucket`` covers steps
+    [bucket << level, (bucket + 1) << level). ``count`` finite points, and the minimum and maximum finite
+    point with their steps and wall times. Buckets without a finite point have no row. A downsampled read
+    of a long series reads these instead of every point (store.metrics.plot_points)."""
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(Integer)
+    min_value: Mapped[float] = mapped_column(Float)
+    min_step: Mapped[int] = mapped_column(BigInteger)
+    min_wall: Mapped[float | None] = mapped_column(Float)
+    max_value: Mapped[float] = mapped_column(Float)
+    max_step: Mapped[int] = mapped_column(BigInteger)
+    max_wall: Mapped[float | None] = mapped_column(Float)
+
+
 class Sample(Base):
     __tablename__ = "samples"
     __table_args__ = (UniqueConstraint("run_id", "step", "prompt_id"),)

@@ -21,6 +21,7 @@ TABLES = {
     "run_tags",
     "metrics",
     "metric_latest",
+    "metric_rollups",
     "samples",
     "checkpoints",
     "judgements",
@@ -37,7 +38,7 @@ def test_upgrade_downgrade_upgrade(kind: str, tmp_path) -> None:
         try:
             assert migrate.current_revision(engine) is None
             migrate.upgrade(url)
-            assert migrate.current_revision(engine) == migrate.head_revision() == "0004"
+            assert migrate.current_revision(engine) == migrate.head_revision() == "0008"
             assert set(inspect(engine).get_table_names()) >= TABLES
             with engine.connect() as conn:
                 diff = compare_metadata(
