@@ -128,24 +128,21 @@ def write_metrics(
     values = list(dedup.values())
     conn = session.connection()
     dialect = conn.dialect
-    postgresql = dialect.name == "postgresql"
-    if postgresql:
-        # One metrics writer per run at a time: a recompute reads points, and a concurrent writer's merge
-        # into the same bucket must not land between that read and its write (SQLite: BEGIN IMMEDIATE).
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, run_id))
     dirty: list[tuple[Any, ...]] = []  # points of statements that met existing rows
-    fresh: list[tuple[Any, ...]] = []
-    if postgresql:
-        sql = _pg_metric_sql("ignore")
+    if dialect.name == "postgresql":
+        # Points, their keys' latest values and their roll-ups in one statement per 10,000 points (one
+        # round trip; the roll-ups are aggregated by the server from the same arrays). The roll-ups assume
+        # every point is new: a statement that met existing rows has its buckets recomputed below.
+        sql = _pg_combined_sql(on_conflict)
         for chunk in chunks(values, PG_METRIC_ROWS_PER_STATEMENT):
-            params = tuple(list(col) for col in zip(*chunk, strict=True))
-            if conn.exec_driver_sql(sql, params).rowcount == len(chunk):
-                fresh.extend(chunk)
-                continue
-            dirty.extend(chunk)
-            if on_conflict == "update":
-                conn.exec_driver_sql(_pg_metric_sql("update"), params)
+            arrays = tuple(list(col) for col in zip(*chunk, strict=True))
+            inserted = conn.exec_driver_sql(sql, (_LOCK_CLASS, run_id, *arrays, list(ROLLUP_LEVELS))).scalar_one()
+            if inserted < len(chunk):
+                dirty.extend(chunk)
+                if on_conflict == "update":
+                    conn.exec_driver_sql(_pg_metric_sql("update"), arrays)
     else:
+        fresh: list[tuple[Any, ...]] = []
         per = rows_per_statement(session, len(_METRIC_COLUMNS))
         for chunk in chunks(values, per):
             params = tuple(v for row in chunk for v in row)
@@ -157,27 +154,19 @@ def write_metrics(
             dirty.extend(chunk)
             if on_conflict == "update":
                 conn.exec_driver_sql(_metric_sql(dialect.paramstyle, len(chunk), "update"), params)
-
-    _write_rollups(session, run_id, rollup_aggregates((r[1], r[2], r[3], r[4]) for r in fresh), merge=True)
-    if dirty:
-        _recompute_rollups(session, run_id, dirty)
-
-    latest: dict[str, tuple[Any, ...]] = {}
-    for row in values:
-        cur = latest.get(row[1])
-        if cur is None or row[2] >= cur[2]:
-            latest[row[1]] = row
-    # One core-SQL statement (not the ORM bulk path: that was ~27 % of a 20-point per-step call).
-    tops = list(latest.values())
-    if postgresql:
-        sql = _latest_sql(True, dialect.paramstyle, 0, on_conflict)
-        for chunk in chunks(tops, PG_METRIC_ROWS_PER_STATEMENT):
-            conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*chunk, strict=True)))
-    else:
-        per = rows_per_statement(session, len(_METRIC_COLUMNS))
+        _write_rollups(session, run_id, rollup_aggregates((r[1], r[2], r[3], r[4]) for r in fresh), merge=True)
+        latest: dict[str, tuple[Any, ...]] = {}
+        for row in values:
+            cur = latest.get(row[1])
+            if cur is None or row[2] >= cur[2]:
+                latest[row[1]] = row
+        # One core-SQL statement (not the ORM bulk path: that was ~27 % of a 20-point per-step call).
+        tops = list(latest.values())
         for chunk in chunks(tops, per):
             sql = _latest_sql(False, dialect.paramstyle, len(chunk), on_conflict)
             conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row))
+    if dirty:
+        _recompute_rollups(session, run_id, dirty)
     if commit:
         session.commit()
     return len(values)
@@ -274,6 +263,49 @@ def _rollup_sql(postgresql: bool, paramstyle: str, n: int, merge: bool) -> str:
             ]  # fmt: skip
             sql += " ON CONFLICT (run_id, key, level, bucket) DO UPDATE SET " + ", ".join(sets)
         _ROLLUP_SQL[cache_key] = sql
+    return sql
+
+
+_PG_COMBINED_SQL: dict[str, str] = {}
+
+
+def _pg_combined_sql(on_conflict: str) -> str:
+    """PostgreSQL: up to 10,000 points of a run (``INSERT ... ON CONFLICT DO NOTHING``), their keys' latest
+    values and their roll-ups at every level in one statement of data-modifying CTEs over the same five
+    arrays. The roll-ups are aggregated by the server (one row per key, level and bucket: count, and
+    min/max over ARRAY[value, step, wall_time], ties to the smaller step) and merged into the stored ones.
+    Every part reads ``lk``, which first takes the run's metrics-writer lock (``pg_advisory_xact_lock``: a
+    recompute reads points, and another writer's merge must not land between that read and its write;
+    SQLite's BEGIN IMMEDIATE does the same), and lets this transaction commit without waiting for its WAL
+    flush (``synchronous_commit`` off for this transaction only: a server crash can lose the last ~0.6 s of
+    committed metrics, never consistency; the same trade as SQLite's ``synchronous=NORMAL``).
+    Parameters: lock class, run id, the five point arrays, the levels. Returns the points inserted."""
+    sql = _PG_COMBINED_SQL.get(on_conflict)
+    if sql is None:
+        cols = ", ".join(_METRIC_COLUMNS)
+        newer = ">=" if on_conflict == "update" else ">"
+        low = "min(ARRAY[s.value, s.step, s.wall_time])"
+        high = "max(ARRAY[s.value, -s.step, s.wall_time])"
+        merge = _rollup_sql(True, "pyformat", 0, True)
+        merge = merge[merge.index(" ON CONFLICT") :]
+        sql = (
+            "WITH lk AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s, %s), "
+            "set_config('synchronous_commit', 'off', true)), "
+            "src AS MATERIALIZED (SELECT p.* FROM unnest(%s::integer[], %s::varchar[], %s::bigint[], "
+            "%s::float8[], %s::float8[]) AS p(run_id, key, step, value, wall_time), lk), "
+            f"ins AS (INSERT INTO metrics ({cols}) SELECT {cols} FROM src {_conflict_action('ignore')} RETURNING 1), "
+            f"lat AS (INSERT INTO metric_latest ({cols}) SELECT DISTINCT ON (key) {cols} FROM src "
+            "ORDER BY key, step DESC "
+            "ON CONFLICT (run_id, key) DO UPDATE SET step = excluded.step, value = excluded.value, "
+            f"wall_time = excluded.wall_time WHERE excluded.step {newer} metric_latest.step), "
+            f"roll AS (INSERT INTO metric_rollups ({', '.join(_ROLLUP_COLUMNS)}) "
+            f"SELECT s.run_id, s.key, l.level, s.step >> l.level, count(*), ({low})[1], ({low})[2]::bigint, "
+            f"({low})[3], ({high})[1], (-({high})[2])::bigint, ({high})[3] "
+            f"FROM src AS s, unnest(%s::integer[]) AS l(level) WHERE s.{_FINITE} "
+            f"GROUP BY s.run_id, s.key, l.level, s.step >> l.level{merge}) "
+            "SELECT count(*) FROM ins"
+        )
+        _PG_COMBINED_SQL[on_conflict] = sql
     return sql
 
 
