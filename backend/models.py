@@ -92,7 +92,9 @@ class Experiment(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))
     base: Mapped[dict[str, Any]] = mapped_column(JSON)  # the RunConfig shared by every run
-    grid: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"algorithms": [...], "kl_coefs": [...], "seeds": [...]}
+    grid: Mapped[dict[str, Any]] = mapped_column(
+        JSON
+    )  # {"algorithms": [...], "kl_coefs": [...], "seeds": [...]}
     judge: Mapped[dict[str, Any]] = mapped_column(JSON)  # ExperimentJudge: JudgeConfig + enabled, num_prompts
     tags: Mapped[list[str]] = mapped_column(JSON)
     notes: Mapped[str] = mapped_column(Text, default="", server_default="")

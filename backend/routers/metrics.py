@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from .. import store
@@ -20,6 +21,7 @@ from ..db import Database
 from ..deps import CanRead, ReadSession
 from ..downsample import MIN_POINTS
 from ..errors import FieldErrors
+from ..http_cache import cached_json
 from ..models import TERMINAL_STATUSES, Run
 from ..schemas import INT32_MAX, STEP_MAX, MetricKey, Series, SeriesResponse
 from .common import QueryText, RunId, finite
@@ -60,6 +62,23 @@ def series(
     since_step: Annotated[int | None, Query(ge=-1, le=STEP_MAX)] = None,
     until_step: Annotated[int | None, Query(ge=0, le=STEP_MAX)] = None,
     include_wall_time: bool = False,
+) -> Response:
+    return cached_json(
+        request,
+        session,
+        lambda: _series(request, session, run_id, key, max_points, since_step, until_step, include_wall_time),
+    )
+
+
+def _series(
+    request: Request,
+    session: Session,
+    run_id: list[int],
+    key: list[str] | None,
+    max_points: int,
+    since_step: int | None,
+    until_step: int | None,
+    include_wall_time: bool,
 ) -> SeriesResponse:
     settings = request.app.state.settings
     max_points = min(max_points, settings.max_series_points)

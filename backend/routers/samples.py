@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
@@ -19,6 +19,7 @@ from .. import store
 from ..db import Database
 from ..deps import CanRead, ReadSession
 from ..errors import FieldErrors
+from ..http_cache import cached_json
 from ..models import Run, Sample
 from ..schemas import (
     INT32_MAX,
@@ -42,17 +43,21 @@ router = APIRouter(tags=["samples"])
     summary="Samples of a run, paged",
 )
 def list_samples(
+    request: Request,
     run_id: RunId,
     session: ReadSession,
     step: Annotated[StepQuery, Query(description="only this step")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
-) -> SamplePage:
-    store.require_run(session, run_id)
-    items, total = store.list_samples(session, run_id, step=step, limit=limit, offset=offset)
-    return SamplePage(
-        items=[SampleOut.model_validate(s) for s in items], total=total, limit=limit, offset=offset
-    )
+) -> Response:
+    def page() -> SamplePage:
+        store.require_run(session, run_id)
+        items, total = store.list_samples(session, run_id, step=step, limit=limit, offset=offset)
+        return SamplePage(
+            items=[SampleOut.model_validate(s) for s in items], total=total, limit=limit, offset=offset
+        )
+
+    return cached_json(request, session, page)
 
 
 @router.get(

@@ -136,7 +136,9 @@ def write_metrics(
         sql = _pg_combined_sql(on_conflict)
         for chunk in chunks(values, PG_METRIC_ROWS_PER_STATEMENT):
             arrays = tuple(list(col) for col in zip(*chunk, strict=True))
-            inserted = conn.exec_driver_sql(sql, (_LOCK_CLASS, run_id, *arrays, list(ROLLUP_LEVELS))).scalar_one()
+            inserted = conn.exec_driver_sql(
+                sql, (_LOCK_CLASS, run_id, *arrays, list(ROLLUP_LEVELS))
+            ).scalar_one()
             if inserted < len(chunk):
                 dirty.extend(chunk)
                 if on_conflict == "update":
@@ -146,15 +148,17 @@ def write_metrics(
         per = rows_per_statement(session, len(_METRIC_COLUMNS))
         for chunk in chunks(values, per):
             params = tuple(v for row in chunk for v in row)
-            if conn.exec_driver_sql(_metric_sql(dialect.paramstyle, len(chunk), "ignore"), params).rowcount == len(
-                chunk
-            ):
+            if conn.exec_driver_sql(
+                _metric_sql(dialect.paramstyle, len(chunk), "ignore"), params
+            ).rowcount == len(chunk):
                 fresh.extend(chunk)
                 continue
             dirty.extend(chunk)
             if on_conflict == "update":
                 conn.exec_driver_sql(_metric_sql(dialect.paramstyle, len(chunk), "update"), params)
-        _write_rollups(session, run_id, rollup_aggregates((r[1], r[2], r[3], r[4]) for r in fresh), merge=True)
+        _write_rollups(
+            session, run_id, rollup_aggregates((r[1], r[2], r[3], r[4]) for r in fresh), merge=True
+        )
         latest: dict[str, tuple[Any, ...]] = {}
         for row in values:
             cur = latest.get(row[1])
@@ -338,37 +342,47 @@ def _runs_of(buckets: Iterable[int]) -> list[tuple[int, int]]:
     return out
 
 
+_RANGES_PER_STATEMENT = 100
+
+
 def _recompute_rollups(session: Session, run_id: int, points: Sequence[tuple[Any, ...]]) -> None:
     """Rebuild, from the stored points, every bucket that ``points`` (``(run_id, key, step, ...)`` rows just
     written over existing ones) fall in: the lowest level from the points, each higher level from the
-    rebuilt level below. Reads only those buckets (one range query per run of consecutive buckets)."""
+    rebuilt level below. Reads and deletes only those buckets: runs of consecutive buckets, up to 100 runs
+    OR-ed into one statement."""
     conn = session.connection()
     ph = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     by_key: dict[str, set[int]] = {}
     for row in points:
         by_key.setdefault(row[1], set()).add(row[2] >> ROLLUP_LEVELS[0])
+    between = f"bucket BETWEEN {ph} AND {ph}"
     for key, lowest in by_key.items():
         buckets = lowest
         for i, level in enumerate(ROLLUP_LEVELS):
+            lower = ROLLUP_LEVELS[i - 1] if i else 0
             if i:
-                buckets = {b >> (level - ROLLUP_LEVELS[i - 1]) for b in buckets}
-            for lo, hi in _runs_of(buckets):
+                buckets = {b >> (level - lower) for b in buckets}
+            aggregates: dict[tuple[str, int, int], Aggregate] = {}
+            for ranges in chunks(_runs_of(buckets), _RANGES_PER_STATEMENT):
+                # the steps (level 0) or child buckets (above) inside these buckets
+                spans = [
+                    v for lo, hi in ranges for v in (lo << (level - lower), ((hi + 1) << (level - lower)) - 1)
+                ]
                 if i == 0:
+                    terms = " OR ".join([f"step BETWEEN {ph} AND {ph}"] * len(ranges))
                     sources = conn.exec_driver_sql(
                         f"SELECT step, value, wall_time FROM metrics WHERE run_id = {ph} AND key = {ph} "
-                        f"AND step BETWEEN {ph} AND {ph} ORDER BY step",
-                        (run_id, key, lo << level, ((hi + 1) << level) - 1),
+                        f"AND ({terms}) ORDER BY step",
+                        (run_id, key, *spans),
                     ).all()
-                    aggregates = rollup_aggregates(((key, *r) for r in sources), (level,))
+                    aggregates.update(rollup_aggregates(((key, *r) for r in sources), (level,)))
                 else:
-                    lower = ROLLUP_LEVELS[i - 1]
+                    terms = " OR ".join([between] * len(ranges))
                     children = conn.exec_driver_sql(
                         f"SELECT bucket, {', '.join(_ROLLUP_COLUMNS[4:])} FROM metric_rollups "
-                        f"WHERE run_id = {ph} AND key = {ph} AND level = {ph} AND bucket BETWEEN {ph} AND {ph} "
-                        "ORDER BY bucket",
-                        (run_id, key, lower, lo << (level - lower), ((hi + 1) << (level - lower)) - 1),
+                        f"WHERE run_id = {ph} AND key = {ph} AND level = {ph} AND ({terms}) ORDER BY bucket",
+                        (run_id, key, lower, *spans),
                     ).all()
-                    aggregates = {}
                     for child in children:
                         k = (key, level, child[0] >> (level - lower))
                         cur = aggregates.get(k)
@@ -378,10 +392,10 @@ def _recompute_rollups(session: Session, run_id: int, points: Sequence[tuple[Any
                             _merge_into(cur, child[1:])
                 conn.exec_driver_sql(
                     f"DELETE FROM metric_rollups WHERE run_id = {ph} AND key = {ph} AND level = {ph} "
-                    f"AND bucket BETWEEN {ph} AND {ph}",
-                    (run_id, key, level, lo, hi),
+                    f"AND ({' OR '.join([between] * len(ranges))})",
+                    (run_id, key, level, *(v for r in ranges for v in r)),
                 )
-                _write_rollups(session, run_id, aggregates, merge=False)
+            _write_rollups(session, run_id, aggregates, merge=False)
 
 
 def metric_keys(session: Session, run_id: int) -> list[MetricLatest]:
@@ -412,7 +426,6 @@ def latest_metrics(
     for row in conn.exec_driver_sql(sql + " ORDER BY run_id, key", tuple(params)).all():  # fetchall
         out[row[0]][row[1]] = row
     return out
-
 
 
 def metric_points(
@@ -454,7 +467,9 @@ def bucket_shift(first: int, last: int, buckets: int) -> int:
     return s
 
 
-def rollup_cover(lo: int, hi: int, levels: Sequence[int]) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+def rollup_cover(
+    lo: int, hi: int, levels: Sequence[int]
+) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
     """Cut the steps [lo, hi] exactly into whole roll-up buckets, as few as possible, from the coarsest of
     ``levels`` (ascending) down: ([(level, first bucket, last bucket), ...], [(first step, last step) of the
     ends finer than every level, read as points]). At most 1 + 2 per finer level bucket ranges and 2 point
@@ -510,15 +525,20 @@ def plot_points(
     if last is None:
         return PlotPoints([], 0, None, False)
     last_step = int(last[0])
-    first_row = one(f"SELECT step, value, wall_time FROM metrics WHERE {where} AND {_FINITE} ORDER BY step LIMIT 1")
+    first_row = one(
+        f"SELECT step, value, wall_time FROM metrics WHERE {where} AND {_FINITE} ORDER BY step LIMIT 1"
+    )
     if first_row is None:
         return PlotPoints([], 0, last_step, False)
-    last_row = one(f"SELECT step, value, wall_time FROM metrics WHERE {where} AND {_FINITE} ORDER BY step DESC LIMIT 1")
+    last_row = one(
+        f"SELECT step, value, wall_time FROM metrics WHERE {where} AND {_FINITE} ORDER BY step DESC LIMIT 1"
+    )
     first_step, final_step = int(first_row[0]), int(last_row[0])
 
     def every_point() -> PlotPoints:
         rows = conn.exec_driver_sql(
-            f"SELECT step, value, wall_time FROM metrics WHERE {where} AND {_FINITE} ORDER BY step", tuple(params)
+            f"SELECT step, value, wall_time FROM metrics WHERE {where} AND {_FINITE} ORDER BY step",
+            tuple(params),
         ).all()
         return PlotPoints([tuple(r) for r in rows], len(rows), last_step, False)  # type: ignore[misc]
 
@@ -563,7 +583,10 @@ def plot_points(
                 _merge_into(cur, point)
     if total <= max_points:
         return every_point()
-    chosen = {first_step: (first_step, first_row[1], first_row[2]), final_step: (final_step, last_row[1], last_row[2])}
+    chosen = {
+        first_step: (first_step, first_row[1], first_row[2]),
+        final_step: (final_step, last_row[1], last_row[2]),
+    }
     for agg in merged.values():
         chosen[agg[2]] = (agg[2], agg[1], agg[3])
         chosen[agg[5]] = (agg[5], agg[4], agg[6])
@@ -611,4 +634,3 @@ def metrics_after(
 
 def max_metric_step(session: Session, run_id: int) -> int | None:
     return session.scalar(select(func.max(MetricLatest.step)).where(MetricLatest.run_id == run_id))
-

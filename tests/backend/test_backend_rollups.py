@@ -52,7 +52,11 @@ def _messy_writes(server: Server, run_id: int, rng: random.Random, steps: list[i
         values[step] = rng.choice([100.0, -100.0]) * rng.uniform(1, 2)  # spikes
     for step in rng.sample(steps, 20):
         values[step] = rng.choice([math.nan, math.inf, -math.inf])
-    rows = [(key, step, values[step] + (0.5 if key == "kl" else 0.0), 1.7e9 + step) for step in steps for key in ("loss", "kl")]
+    rows = [
+        (key, step, values[step] + (0.5 if key == "kl" else 0.0), 1.7e9 + step)
+        for step in steps
+        for key in ("loss", "kl")
+    ]
     order = list(range(len(rows)))
     head = order[:40]
     rng.shuffle(order)
@@ -65,7 +69,9 @@ def _messy_writes(server: Server, run_id: int, rng: random.Random, steps: list[i
         resumed = [(k, st, rng.uniform(-3, 3), 1.8e9 + st) for k, st, _v, _w in rows[-200:]]
         resumed[5] = (resumed[5][0], resumed[5][1], math.nan, None)  # a rewrite to NaN
         store.write_metrics(s, run_id, resumed)  # rewritten (newest value wins)
-        store.write_metrics(s, run_id, [(k, st, 1e6, None) for k, st, _v, _w in rows[:50]], on_conflict="ignore")
+        store.write_metrics(
+            s, run_id, [(k, st, 1e6, None) for k, st, _v, _w in rows[:50]], on_conflict="ignore"
+        )
         # a lone new spike far ahead and one rewritten in the middle of a written range
         store.write_metrics(s, run_id, [("loss", steps[-1] + 12_345, 500.0, None)])
         mid = steps[len(steps) // 2]
@@ -103,7 +109,9 @@ def _bucket_shift(first: int, last: int, buckets: int) -> int:
 
 
 @pytest.mark.parametrize("max_points", [10, 64, 500])
-def test_series_returns_every_bucket_min_and_max_of_the_raw_points(server: Server, client, max_points) -> None:
+def test_series_returns_every_bucket_min_and_max_of_the_raw_points(
+    server: Server, client, max_points
+) -> None:
     rng = random.Random(max_points)
     rid = create_run(client)["id"]
     steps = sorted(set(rng.sample(range(2_000_000), 3000)) | set(range(40_000, 45_000)))
@@ -176,7 +184,13 @@ def test_migration_rolls_up_existing_metrics(kind: str, tmp_path) -> None:
         with db.write_session() as s:
             rid = store.create_run(s, {"name": "old"}).id
             rows = [
-                {"run_id": rid, "key": key, "step": st, "value": rng.choice([rng.random(), None]), "wall_time": 1.0 + st}
+                {
+                    "run_id": rid,
+                    "key": key,
+                    "step": st,
+                    "value": rng.choice([rng.random(), None]),
+                    "wall_time": 1.0 + st,
+                }
                 for key in ("a", "b")
                 for st in rng.sample(range(300_000), 3000)
             ]
