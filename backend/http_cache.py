@@ -45,7 +45,7 @@ class ResponseCache:
             return hit
 
     def put(self, version: str, url: str, etag: str, body: bytes) -> None:
-        if len(body) > MAX_BODY_BYTES:
+        if len(body) > MAX_BODY_BYTES or self.max_entries == 0:
             return
         with self._lock:
             if version != self._version:

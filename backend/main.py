@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=settings.max_request_bytes,
     )
     app.state.settings = settings
-    app.state.response_cache = ResponseCache()
+    app.state.response_cache = ResponseCache(settings.response_cache_entries)
     install_error_handlers(app)
 
     for router in (

@@ -15,8 +15,9 @@ in two ways each:
   bulk      the whole 1,000,000 points in calls of `--bulk-steps` steps: 50 steps (1,000 points, the
             most MLflow's log_batch takes per call) for both, and 500 steps (10,000 points) for ours.
 Reads, on the 1,000,000-point run: a 500-point downsampled series of one key (50,000 points), p50/p95
-  - ours through the API's path in process (store.plot_points + downsample, as routers/metrics.py) and
-    over HTTP from a real uvicorn server (GET /api/v1/metrics/series?max_points=500),
+  - ours through the API's path in process (store.plot_points, as routers/metrics.py) and over HTTP from a
+    real uvicorn server with its response cache off (GET /api/v1/metrics/series?max_points=500), also for
+    one key holding all the points (--one-key, default on: the 1,000,000-point case),
   - MLflow's MlflowClient.get_metric_history (it has no server-side downsampling: all 50,000 points).
 """
 
@@ -94,7 +95,9 @@ def reads_http(url: str, data_dir: str, run_id: int, keys: int, n: int) -> list[
     from series_http import serve, time_get
 
     ms: list[float] = []
-    with serve(url, data_dir) as (client, _port):
+    # without the API's response cache: every request reads the store (the cache would answer repeats of
+    # the same URL from memory while nothing is written; api_load measures that)
+    with serve(url, data_dir, {"KLQ_RESPONSE_CACHE_ENTRIES": "0"}) as (client, _port):
         per_key = max(1, n // keys)
         for k in range(keys):
             ms += time_get(client, {"run_id": run_id, "key": f"metric/{k:02d}", "max_points": 500}, per_key)
