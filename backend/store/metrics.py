@@ -276,8 +276,9 @@ _PG_COMBINED_SQL: dict[str, str] = {}
 def _pg_combined_sql(on_conflict: str) -> str:
     """PostgreSQL: up to 10,000 points of a run (``INSERT ... ON CONFLICT DO NOTHING``), their keys' latest
     values and their roll-ups at every level in one statement of data-modifying CTEs over the same five
-    arrays. The roll-ups are aggregated by the server (one row per key, level and bucket: count, and
-    min/max over ARRAY[value, step, wall_time], ties to the smaller step) and merged into the stored ones.
+    arrays. The roll-ups are aggregated by the server - the finest level from the points (count, and
+    min/max over ARRAY[value, step, wall_time], ties to the smaller step), every level from those buckets
+    (five times fewer array aggregates than from the points) - and merged into the stored ones.
     Every part reads ``lk``, which first takes the run's metrics-writer lock (``pg_advisory_xact_lock``: a
     recompute reads points, and another writer's merge must not land between that read and its write;
     SQLite's BEGIN IMMEDIATE does the same), and lets this transaction commit without waiting for its WAL
@@ -288,10 +289,9 @@ def _pg_combined_sql(on_conflict: str) -> str:
     if sql is None:
         cols = ", ".join(_METRIC_COLUMNS)
         newer = ">=" if on_conflict == "update" else ">"
-        low = "min(ARRAY[s.value, s.step, s.wall_time])"
-        high = "max(ARRAY[s.value, -s.step, s.wall_time])"
         merge = _rollup_sql(True, "pyformat", 0, True)
         merge = merge[merge.index(" ON CONFLICT") :]
+        finest = ROLLUP_LEVELS[0]
         sql = (
             "WITH lk AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s, %s), "
             "set_config('synchronous_commit', 'off', true)), "
@@ -302,11 +302,16 @@ def _pg_combined_sql(on_conflict: str) -> str:
             "ORDER BY key, step DESC "
             "ON CONFLICT (run_id, key) DO UPDATE SET step = excluded.step, value = excluded.value, "
             f"wall_time = excluded.wall_time WHERE excluded.step {newer} metric_latest.step), "
+            # the finest level from the points, every level from those buckets
+            f"fine AS (SELECT run_id, key, step >> {finest} AS bucket, count(*) AS n, "
+            "min(ARRAY[value, step, wall_time]) AS lo, max(ARRAY[value, -step, wall_time]) AS hi "
+            f"FROM src WHERE {_FINITE} GROUP BY run_id, key, step >> {finest}), "
             f"roll AS (INSERT INTO metric_rollups ({', '.join(_ROLLUP_COLUMNS)}) "
-            f"SELECT s.run_id, s.key, l.level, s.step >> l.level, count(*), ({low})[1], ({low})[2]::bigint, "
-            f"({low})[3], ({high})[1], (-({high})[2])::bigint, ({high})[3] "
-            f"FROM src AS s, unnest(%s::integer[]) AS l(level) WHERE s.{_FINITE} "
-            f"GROUP BY s.run_id, s.key, l.level, s.step >> l.level{merge}) "
+            f"SELECT f.run_id, f.key, l.level, f.bucket >> (l.level - {finest}), sum(f.n)::integer, "
+            "(min(f.lo))[1], (min(f.lo))[2]::bigint, (min(f.lo))[3], "
+            "(max(f.hi))[1], (-(max(f.hi))[2])::bigint, (max(f.hi))[3] "
+            "FROM fine AS f, unnest(%s::integer[]) AS l(level) "
+            f"GROUP BY f.run_id, f.key, l.level, f.bucket >> (l.level - {finest}){merge}) "
             "SELECT count(*) FROM ins"
         )
         _PG_COMBINED_SQL[on_conflict] = sql
