@@ -281,9 +281,11 @@ def _pg_combined_sql(on_conflict: str) -> str:
     (five times fewer array aggregates than from the points) - and merged into the stored ones.
     Every part reads ``lk``, which first takes the run's metrics-writer lock (``pg_advisory_xact_lock``: a
     recompute reads points, and another writer's merge must not land between that read and its write;
-    SQLite's BEGIN IMMEDIATE does the same), and lets this transaction commit without waiting for its WAL
-    flush (``synchronous_commit`` off for this transaction only: a server crash can lose the last ~0.6 s of
-    committed metrics, never consistency; the same trade as SQLite's ``synchronous=NORMAL``).
+    SQLite's BEGIN IMMEDIATE does the same; the worker's writers lock the run's row first - require_lease,
+    heartbeat - and this lock second, one order, so they cannot deadlock), and lets this transaction commit
+    without waiting for its WAL flush (``synchronous_commit`` off for this transaction only: a server crash
+    can lose the last ~0.6 s of committed metrics, never consistency; the same trade as SQLite's
+    ``synchronous=NORMAL``).
     Parameters: lock class, run id, the five point arrays, the levels. Returns the points inserted."""
     sql = _PG_COMBINED_SQL.get(on_conflict)
     if sql is None:
