@@ -94,7 +94,9 @@ class Experiment(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))
     base: Mapped[dict[str, Any]] = mapped_column(JSON)  # the RunConfig shared by every run
-    grid: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"algorithms": [...], "kl_coefs": [...], "seeds": [...]}
+    grid: Mapped[dict[str, Any]] = mapped_column(
+        JSON
+    )  # {"algorithms": [...], "kl_coefs": [...], "seeds": [...]}
     judge: Mapped[dict[str, Any]] = mapped_column(JSON)  # ExperimentJudge: JudgeConfig + enabled, num_prompts
     tags: Mapped[list[str]] = mapped_column(JSON)
     notes: Mapped[str] = mapped_column(Text, default="", server_default="")
@@ -197,6 +199,29 @@ class MetricLatest(Base):
 
 
 SAMPLE_KINDS = ("eval", "train")
+
+
+class MetricRollup(Base):
+    """Per-bucket summary of one series, kept exact at write time (store.metrics.write_metrics): at level
+    ``level`` (a shift: buckets of 2**level steps) bucket ``bucket`` covers steps
+    [bucket << level, (bucket + 1) << level). ``count`` finite points, and the minimum and maximum finite
+    point with their steps and wall times. Buckets without a finite point have no row. A downsampled read
+    of a long series reads these instead of every point (store.metrics.plot_points)."""
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(Integer)
+    min_value: Mapped[float] = mapped_column(Float)
+    min_step: Mapped[int] = mapped_column(BigInteger)
+    min_wall: Mapped[float | None] = mapped_column(Float)
+    max_value: Mapped[float] = mapped_column(Float)
+    max_step: Mapped[int] = mapped_column(BigInteger)
+    max_wall: Mapped[float | None] = mapped_column(Float)
 
 
 class Sample(Base):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from fastapi import Path, Query, Response
+from fastapi import Path, Query
 from pydantic import AfterValidator
-from pydantic_core import to_json
 
 from ..models import Judgement, Run
 from ..schemas import (
@@ -83,13 +82,6 @@ def run_summary(run: Run, latest: dict | None = None, *, detail: bool = False) -
             updated_at=run.updated_at,
         )
     return RunSummary(**data)
-
-
-def json_response(content: Any, status_code: int = 200) -> Response:
-    """``content`` (plain dicts, lists, str, int, float, bool, None, datetime) rendered to JSON by
-    pydantic-core, as FastAPI would render the equivalent response model, without building and
-    validating model instances (the run list: 50 runs x 20 latest values per page)."""
-    return Response(to_json(content), status_code=status_code, media_type="application/json")
 
 
 def judgement_out(

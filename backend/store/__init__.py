@@ -95,6 +95,7 @@ from .leases import (
 )
 from .metrics import (
     PG_METRIC_ROWS_PER_STATEMENT,
+    ROLLUP_LEVELS,
     MetricRow,
     PlotPoints,
     iter_metrics,
@@ -104,6 +105,7 @@ from .metrics import (
     metric_points,
     metrics_after,
     plot_points,
+    rollup_aggregates,
     write_metrics,
 )
 from .runs import (
@@ -199,6 +201,7 @@ __all__ = [
     "MetricRow",
     "NotFound",
     "PG_METRIC_ROWS_PER_STATEMENT",
+    "ROLLUP_LEVELS",
     "PlotPoints",
     "Run",
     "TERMINAL_STATUSES",
@@ -270,6 +273,7 @@ __all__ = [
     "require_run",
     "retry_or_fail",
     "revoke_token",
+    "rollup_aggregates",
     "rows_per_statement",
     "sample_steps",
     "sample_tokens",
