@@ -30,6 +30,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
+import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -121,6 +124,12 @@ class Database:
             self.write_engine = self.engine
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.write_engine, expire_on_commit=False)
+        # data_version's state on SQLite: a connection of its own that never writes
+        self._watch: sqlite3.Connection | None = None
+        self._watch_lock = threading.Lock()
+        self._watch_seen: int | None = None
+        self._watch_changes = 0
+        self._watch_epoch = secrets.token_hex(4)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Database:
@@ -129,7 +138,10 @@ class Database:
         if make_url(normalize_url(settings.resolved_database_url)).database not in (None, "", ":memory:"):
             # Room for every request the API admits at once, two connections each (backend/concurrency.py),
             # plus the uncounted ones (health, server-sent events' polls).
-            pool = {"pool_size": settings.api_max_concurrency, "max_overflow": settings.api_max_concurrency + 8}
+            pool = {
+                "pool_size": settings.api_max_concurrency,
+                "max_overflow": settings.api_max_concurrency + 8,
+            }
         return cls(
             settings.resolved_database_url,
             busy_timeout_ms=settings.sqlite_busy_timeout_ms,
@@ -145,7 +157,42 @@ class Database:
         """A session for writes; on SQLite its transactions take the write lock at BEGIN."""
         return self._write()
 
+    def data_version(self, session: Session) -> str | None:
+        """A token that changes whenever anything is committed to the database, by any connection of any
+        process; None when it cannot tell. Call it before ``session`` reads anything: what the session reads
+        afterwards is then at least as new as the token (a response cached under it is never older than
+        the data the token stands for; a commit after the call only makes the next call's token differ).
+
+        PostgreSQL: the WAL insert position (every commit writes WAL; other writes advance it too, which
+        only costs cache hits), one indexless query. SQLite: ``PRAGMA data_version`` on a connection of
+        this object's own that never writes (it changes when any other connection commits), counted up
+        per change and prefixed with a random id of this object (tokens of two processes never match)."""
+        if not self.is_sqlite:
+            lsn = (
+                session.connection()
+                .exec_driver_sql(
+                    "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END"
+                )
+                .scalar()
+            )
+            return None if lsn is None else f"pg-{lsn}"
+        database = make_url(self.url).database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        with self._watch_lock:
+            if self._watch is None:
+                self._watch = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+            version = self._watch.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._watch_seen:
+                self._watch_seen = version
+                self._watch_changes += 1
+            return f"sqlite-{self._watch_epoch}-{self._watch_changes}"
+
     def dispose(self) -> None:
+        with self._watch_lock:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
         self.engine.dispose()
         if self.write_engine is not self.engine:
             self.write_engine.dispose()

@@ -1,9 +1,10 @@
 """Server-side downsampling of metric series that keeps spikes.
 
 MinMaxLTTB (tsdownsample): a min/max preselection per bucket followed by Largest-Triangle-Three-Buckets;
-an isolated spike is a bucket extreme and forms a large triangle, so it survives. For long series the
-min/max preselection runs in the database (store.plot_points) and only LTTB runs here. Points that are not
-finite (NaN stored as NULL, +-inf) are left out of the shape.
+an isolated spike is a bucket extreme and forms a large triangle, so it survives. Used for series built in
+memory (an experiment's mean curves); a run's stored metric series are reduced in the store instead
+(store.plot_points: per-bucket minima and maxima from write-time roll-ups). Points that are not finite
+(NaN stored as NULL, +-inf) are left out of the shape.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The leaderboard as a pure function over rows: who the players of each judgement are, the comparisons
-(one per prompt with a valid combined verdict, as in backend.winrate), and their Bradley-Terry ratings on
+(one per prompt with a valid combined verdict, or a human vote, as in backend.winrate), and their Bradley-Terry ratings on
 the Elo scale (klq.judge.stats.bradley_terry, with its bootstrap intervals).
 
 Players. A judgement compares policy A (a run at ``step_a``, None: its final policy) with policy B (a run,
@@ -113,7 +113,8 @@ def leaderboard(
         verdict_rows.append(((row.judgement_id, row.prompt_id), row.order, row.verdict))
     comparisons = []
     players: dict[str, _Player] = {}
-    for (jid, _pid), prompt in sorted(by_prompt(verdict_rows).items()):
+    single_order = judge_backend == "human"  # human votes: one row per prompt (backend.winrate.by_prompt)
+    for (jid, _pid), prompt in sorted(by_prompt(verdict_rows, single_order=single_order).items()):
         score = VERDICT_SCORE.get(prompt.verdict)
         a, b = sides[jid]
         if score is None or a.key == b.key:

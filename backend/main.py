@@ -21,6 +21,7 @@ from . import __version__, store
 from .concurrency import RequestConcurrencyLimit
 from .db import Database
 from .errors import install_error_handlers
+from .http_cache import ResponseCache
 from .migrate import check_migrated
 from .observability import Observability, ObservabilityMiddleware
 from .routers import (
@@ -35,6 +36,7 @@ from .routers import (
     runs,
     samples,
     tokens,
+    votes,
 )
 from .settings import Settings, get_settings
 
@@ -92,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=settings.max_request_bytes,
     )
     app.state.settings = settings
+    app.state.response_cache = ResponseCache(settings.response_cache_entries)
     install_error_handlers(app)
 
     for router in (
@@ -104,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         checkpoints.router,
         logs.router,
         judgements.router,
+        votes.router,
         leaderboard.router,
         experiments.router,
         tokens.router,

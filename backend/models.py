@@ -36,6 +36,7 @@ TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 VERDICTS = ("A", "B", "tie", "invalid")
 ORDERS = ("ab", "ba")
 SCOPES = ("read", "write", "admin")
+HUMAN = "human"  # the judge backend of people's votes (a judgement that no worker runs: backend/store/votes.py)
 # of an experiment's judgements (docs/EXPERIMENTS.md): vs_sft, or klq_vs_<algorithm> for each algorithm KLQ is
 # judged against (the registry's names, at most 16 characters; the application checks them)
 JUDGEMENT_KIND_CHECK = "kind IS NULL OR kind = 'vs_sft' OR kind LIKE 'klq_vs_%'"
@@ -93,7 +94,9 @@ class Experiment(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))
     base: Mapped[dict[str, Any]] = mapped_column(JSON)  # the RunConfig shared by every run
-    grid: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"algorithms": [...], "kl_coefs": [...], "seeds": [...]}
+    grid: Mapped[dict[str, Any]] = mapped_column(
+        JSON
+    )  # {"algorithms": [...], "kl_coefs": [...], "seeds": [...]}
     judge: Mapped[dict[str, Any]] = mapped_column(JSON)  # ExperimentJudge: JudgeConfig + enabled, num_prompts
     tags: Mapped[list[str]] = mapped_column(JSON)
     notes: Mapped[str] = mapped_column(Text, default="", server_default="")
@@ -151,6 +154,9 @@ class Run(Base):
     progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # why the previous attempt ended (a stall, a killed process, a lost worker); kept across attempts
     last_error: Mapped[str | None] = mapped_column(Text)
+    # klq.provenance.collect() of the latest attempt's training process: git commit and dirty flag,
+    # library versions, device, GPU, host (None until a worker has started it)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     tag_rows: Mapped[list[RunTag]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="RunTag.tag"
@@ -193,6 +199,29 @@ class MetricLatest(Base):
 
 
 SAMPLE_KINDS = ("eval", "train")
+
+
+class MetricRollup(Base):
+    """Per-bucket summary of one series, kept exact at write time (store.metrics.write_metrics): at level
+    ``level`` (a shift: buckets of 2**level steps) bucket ``bucket`` covers steps
+    [bucket << level, (bucket + 1) << level). ``count`` finite points, and the minimum and maximum finite
+    point with their steps and wall times. Buckets without a finite point have no row. A downsampled read
+    of a long series reads these instead of every point (store.metrics.plot_points)."""
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(Integer)
+    min_value: Mapped[float] = mapped_column(Float)
+    min_step: Mapped[int] = mapped_column(BigInteger)
+    min_wall: Mapped[float | None] = mapped_column(Float)
+    max_value: Mapped[float] = mapped_column(Float)
+    max_step: Mapped[int] = mapped_column(BigInteger)
+    max_wall: Mapped[float | None] = mapped_column(Float)
 
 
 class Sample(Base):
@@ -272,6 +301,8 @@ class Judgement(Base):
         ForeignKey("experiments.id", ondelete="CASCADE"), index=True
     )
     kind: Mapped[str | None] = mapped_column(String(32))  # JUDGEMENT_KIND_CHECK
+    # human votes on the pairs of this (automatic) judgement; None: on runs' stored samples, or not human
+    source_judgement_id: Mapped[int | None] = mapped_column(ForeignKey("judgements.id", ondelete="SET NULL"))
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -314,7 +345,32 @@ class Verdict(Base):
     order: Mapped[str] = mapped_column("order", String(2))  # "ab": A shown first; "ba": swapped
     verdict: Mapped[str] = mapped_column(String(8))  # in terms of the policies, not the positions
     raw_output: Mapped[str | None] = mapped_column(Text)
+    voter: Mapped[str | None] = mapped_column(String(100))  # a human vote's API token name; None: a judge's
+    comment: Mapped[str | None] = mapped_column(Text)  # a human voter's optional comment
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BallotPair(Base):
+    """A pair that a human judgement (judge backend ``human``) puts to its voters: the prompt and the two
+    policies' responses, at ``position`` in the order they are voted on, shown with ``order`` ("ab": A's
+    response on the left; "ba": on the right). Its vote, once cast, is the judgement's verdict row of this
+    prompt_id (backend/store/votes.py)."""
+
+    __tablename__ = "ballot_pairs"
+    __table_args__ = (
+        UniqueConstraint("judgement_id", "prompt_id"),
+        UniqueConstraint("judgement_id", "position"),
+        CheckConstraint(_in('"order"', ORDERS), name="order"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    judgement_id: Mapped[int] = mapped_column(ForeignKey("judgements.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    prompt_id: Mapped[str] = mapped_column(String(200))
+    prompt: Mapped[str] = mapped_column(Text)
+    response_a: Mapped[str] = mapped_column(Text)
+    response_b: Mapped[str] = mapped_column(Text)
+    order: Mapped[str] = mapped_column("order", String(2))
 
 
 class ApiToken(Base):

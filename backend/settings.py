@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     sse_ping_interval: float = Field(15.0, gt=0)
     max_series_points: int = Field(5000, ge=10, description="largest max_points a series request may ask for")
     max_series_per_request: int = Field(400, ge=1, description="most (run, key) series in one request")
+    response_cache_entries: int = Field(
+        1024,
+        ge=0,
+        description="responses of the polled reads (run list, run, series, samples) kept per API process until "
+        "anything is committed to the database (0: none kept; ETags and 304s work either way)",
+    )
     max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request body accepted (413 beyond)")
     api_max_concurrency: int = Field(
         16,

@@ -6,6 +6,8 @@ as the database keeps them, one row per (prompt, order) with the verdict already
 
 * a prompt counts once both orders ("ab" and "ba") are stored; its combined verdict is
   ``klq.judge.core.combine``'s (equal -> that verdict, different -> tie, any invalid -> invalid);
+* a human judgement's prompt (``single_order=True``) has one row, the vote on the order it was shown in,
+  which is its verdict; it has no position consistency;
 * position consistency is the share of prompts with two valid answers whose two answers agree, so a
   judge that always prefers the first position scores 0 and its "wins" cancel out as ties;
 * the length diagnostics (``length_diagnostics``) are ``klq.judge.stats.length_controlled_win_rate`` over
@@ -50,41 +52,52 @@ LC_CACHE_SIZE = 1024  # length diagnostics kept per server process
 
 
 class PromptVerdict(NamedTuple):
-    """One prompt whose two orders are stored: the combined verdict, the two orders' verdicts, and the
-    columns of its "ab" row after the verdict (e.g. the two responses)."""
+    """One prompt whose two orders are stored: the combined verdict, the two orders' verdicts (None: a
+    human vote, one order), and the columns of its "ab" row (a vote's one row) after the verdict (e.g.
+    the two responses)."""
 
     verdict: str
-    orders: tuple[str, str]
+    orders: tuple[str, str] | None
     extra: tuple[Any, ...]
 
 
-def by_prompt(rows: Iterable[Sequence[Any]]) -> dict[Hashable, PromptVerdict]:
+def by_prompt(rows: Iterable[Sequence[Any]], *, single_order: bool = False) -> dict[Hashable, PromptVerdict]:
     """Rows ``(prompt key, order, verdict, *extra)`` combined per prompt key, in the order the keys first
-    appear; prompts with only one order stored are pending and left out."""
+    appear; prompts with only one order stored are pending and left out. ``single_order``: the rows are
+    human votes, one per prompt, each the prompt's verdict as it stands."""
     orders: dict[Hashable, dict[str, Sequence[Any]]] = defaultdict(dict)
     for row in rows:
         orders[row[0]][row[1]] = row
     out: dict[Hashable, PromptVerdict] = {}
     for key, stored in orders.items():
-        if "ab" in stored and "ba" in stored:
+        if single_order:
+            row = next(iter(stored.values()))
+            out[key] = PromptVerdict(row[2], None, tuple(row[3:]))
+        elif "ab" in stored and "ba" in stored:
             ab, ba = stored["ab"][2], stored["ba"][2]
             verdict, _consistent = combine(ab, ba)  # type: ignore[arg-type]
             out[key] = PromptVerdict(verdict, (ab, ba), tuple(stored["ab"][3:]))
     return out
 
 
-def summarize_rows(rows: Iterable[Sequence[Any]], *, confidence: float = 0.95) -> JudgementSummary:
-    """Summary of ``(prompt key, order, verdict)`` rows; prompts with only one order stored are pending.
-    The key is the prompt_id within one judgement; pooling several, key by (judgement_id, prompt_id)."""
-    prompts = by_prompt(rows).values()
-    return summarize([p.verdict for p in prompts], [p.orders for p in prompts], confidence=confidence)
+def summarize_rows(
+    rows: Iterable[Sequence[Any]], *, confidence: float = 0.95, single_order: bool = False
+) -> JudgementSummary:
+    """Summary of ``(prompt key, order, verdict)`` rows; prompts with only one order stored are pending
+    (``single_order``: human votes, see ``by_prompt``). The key is the prompt_id within one judgement;
+    pooling several, key by (judgement_id, prompt_id)."""
+    prompts = by_prompt(rows, single_order=single_order).values()
+    pairs = [p.orders for p in prompts if p.orders is not None]
+    return summarize([p.verdict for p in prompts], pairs, confidence=confidence)
 
 
-def length_diagnostics(rows: Iterable[Sequence[Any]]) -> LengthDiagnosticsOut | None:
-    """The length diagnostics of ``(prompt key, order, verdict, response_a, response_b)`` rows (keys as in
-    ``summarize_rows``); None while fewer than two prompts have a valid verdict. Prompts are taken in key
-    order, so the seeded bootstrap does not depend on the order the rows came in."""
-    prompts = sorted(by_prompt(rows).items())
+def length_diagnostics(
+    rows: Iterable[Sequence[Any]], *, single_order: bool = False
+) -> LengthDiagnosticsOut | None:
+    """The length diagnostics of ``(prompt key, order, verdict, response_a, response_b)`` rows (keys and
+    ``single_order`` as in ``summarize_rows``); None while fewer than two prompts have a valid verdict.
+    Prompts are taken in key order, so the seeded bootstrap does not depend on the order the rows came in."""
+    prompts = sorted(by_prompt(rows, single_order=single_order).items())
     verdicts = tuple(p.verdict for _, p in prompts)
     len_a = tuple(word_count(p.extra[0]) for _, p in prompts)
     len_b = tuple(word_count(p.extra[1]) for _, p in prompts)

@@ -15,8 +15,9 @@ in two ways each:
   bulk      the whole 1,000,000 points in calls of `--bulk-steps` steps: 50 steps (1,000 points, the
             most MLflow's log_batch takes per call) for both, and 500 steps (10,000 points) for ours.
 Reads, on the 1,000,000-point run: a 500-point downsampled series of one key (50,000 points), p50/p95
-  - ours through the API's path in process (store.plot_points + downsample, as routers/metrics.py) and
-    over HTTP from a real uvicorn server (GET /api/v1/metrics/series?max_points=500),
+  - ours through the API's path in process (store.plot_points, as routers/metrics.py) and over HTTP from a
+    real uvicorn server with its response cache off (GET /api/v1/metrics/series?max_points=500), also for
+    one key holding all the points (--one-key, default on: the 1,000,000-point case),
   - MLflow's MlflowClient.get_metric_history (it has no server-side downsampling: all 50,000 points).
 """
 
@@ -73,10 +74,9 @@ def ingest_ours(url: str, keys: int, steps: int, per_call_steps: int, name: str)
 
 
 def reads_in_process(url: str, run_id: int, keys: int, n: int, max_points: int = 500) -> list[float]:
-    """The series endpoint's work without HTTP: store.plot_points + downsample, one key per read."""
+    """The series endpoint's work without HTTP (store.plot_points, as routers/metrics.py), one key per read."""
     from backend import store
     from backend.db import Database
-    from backend.downsample import downsample
 
     db = Database(url)
     out = []
@@ -84,10 +84,9 @@ def reads_in_process(url: str, run_id: int, keys: int, n: int, max_points: int =
         t0 = time.perf_counter()
         with db.session() as s:
             pp = store.plot_points(s, run_id, f"metric/{i % keys:02d}", max_points=max_points)
-            steps, _values, _walls, _ = downsample(pp.points, max_points, preselected=pp.preselected)
         if i:
             out.append((time.perf_counter() - t0) * 1000)
-        assert len(steps) <= max_points
+        assert len(pp.points) <= max_points
     db.dispose()
     return out
 
@@ -96,7 +95,9 @@ def reads_http(url: str, data_dir: str, run_id: int, keys: int, n: int) -> list[
     from series_http import serve, time_get
 
     ms: list[float] = []
-    with serve(url, data_dir) as (client, _port):
+    # without the API's response cache: every request reads the store (the cache would answer repeats of
+    # the same URL from memory while nothing is written; api_load measures that)
+    with serve(url, data_dir, {"KLQ_RESPONSE_CACHE_ENTRIES": "0"}) as (client, _port):
         per_key = max(1, n // keys)
         for k in range(keys):
             ms += time_get(client, {"run_id": run_id, "key": f"metric/{k:02d}", "max_points": 500}, per_key)
@@ -161,6 +162,8 @@ def main() -> None:
     p.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
                    help="admin URL of a PostgreSQL server ('' to skip)")
     p.add_argument("--skip-mlflow", action="store_true")
+    p.add_argument("--one-key", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write all the points into one key of another run and time its reads")
     p.add_argument("--quick", action="store_true", help="1/10 of the steps")
     p.add_argument("--json", help="also write the raw results here")
     a = p.parse_args()
@@ -195,6 +198,12 @@ def main() -> None:
         print(f"{label}: reads ...", flush=True)
         reads[f"{label} in process"] = reads_in_process(url, run_id, a.keys, a.reads)
         reads[f"{label} HTTP"] = reads_http(url, data_dir, run_id, a.keys, a.reads)
+        if a.one_key:
+            print(f"{label}: one key of {points:,} points (bulk, 10,000 per call), reads ...", flush=True)
+            one = ingest_ours(url, 1, points, 10_000, "one-key")
+            results[f"{label} one key/10000"] = one
+            reads[f"{label} in process, 1 key"] = reads_in_process(url, one["run_id"], 1, a.reads)
+            reads[f"{label} HTTP, 1 key"] = reads_http(url, data_dir, one["run_id"], 1, a.reads)
 
     with tempfile.TemporaryDirectory(prefix="klq-bench-store-") as tmp:
         ours("SQLite", f"sqlite:///{Path(tmp) / 'klq.db'}", tmp)
@@ -229,7 +238,8 @@ def main() -> None:
                 ratio = results[key]["points_per_s"] / results[mkey]["points_per_s"]
                 print(f"ingest ratio {key:<22} / {mkey:<16}: {ratio:7.1f}x   (goal >= 10x)")
     print()
-    print(f"{'500-point series of a 50,000-point key':<40} {'p50 ms':>8} {'p95 ms':>8} {'n':>5}")
+    print(f"500-point series of one {a.steps:,}-point key (', 1 key': of the one {points:,}-point key)")
+    print(f"{'':<40} {'p50 ms':>8} {'p95 ms':>8} {'n':>5}")
     for name, ms in reads.items():
         if ms:
             print(f"{name:<40} {statistics.median(ms):8.1f} {percentile(ms, 0.95):8.1f} {len(ms):>5}   (goal p95 < 50 ms)")

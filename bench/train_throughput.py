@@ -170,6 +170,9 @@ def run_ours(a: argparse.Namespace) -> None:
         def log_checkpoint(self, step, path, final):
             pass
 
+        def log_provenance(self, provenance):
+            pass
+
         def should_stop(self):
             return False
 

@@ -38,6 +38,7 @@ pages = [
         icon=":material/leaderboard:",
         url_path="leaderboard",
     ),
+    st.Page(ui.PAGE_FILES["vote"], title="Vote", icon=":material/how_to_vote:", url_path="vote"),
 ]
 page = st.navigation(pages)
 with st.sidebar:

@@ -28,8 +28,10 @@ PAGE_FILES = {
     "samples": "views/samples.py",
     "experiments": "views/experiments.py",
     "leaderboard": "views/leaderboard.py",
+    "vote": "views/vote.py",
 }
-JUDGE_BACKENDS = ["gold", "reward_model", "local_hf", "openai"]  # the judge backends of GET/POST /judgements
+# the judge backends a worker runs (POST /judgements); "human" (people's votes) is started on the Vote page
+JUDGE_BACKENDS = ["gold", "reward_model", "local_hf", "openai"]
 LC_HELP = (
     "Length-controlled win-rate of A (AlpacaEval 2's model of the verdicts on the length difference): "
     "the win-rate it predicts for responses of equal length."
@@ -188,6 +190,12 @@ def sample_steps(api: Client, run_id: int) -> list[dict]:
     return list(api.sample_steps(run_id))
 
 
+@st.cache_data(ttl=600, hash_funcs=_HASH, show_spinner=False, max_entries=200)
+def sample_tokens(api: Client, sample_id: int) -> dict:
+    """A sample's per-token record (GET /samples/{id}/tokens); written once with its sample, never changed."""
+    return dict(api.sample_tokens(sample_id))
+
+
 @st.cache_data(ttl=3, hash_funcs=_HASH, show_spinner=False, max_entries=100)
 def judgements_for(api: Client, run_ids: tuple[int, ...] = (), limit: int = 100) -> list[dict]:
     """Judgements involving any of these runs (all recent ones if none), newest first."""
@@ -211,6 +219,13 @@ def judgement_length(api: Client, judgement_id: int, completed: int) -> dict | N
     """A judgement's length diagnostics (GET /judgements/{id}: a bootstrap on the server), cached per
     progress count like ``verdicts``; None while fewer than two prompts have a valid verdict."""
     return api.get_judgement(judgement_id, include_verdicts=False)["result"]["length"]
+
+
+@st.cache_data(ttl=10, hash_funcs=_HASH, show_spinner=False, max_entries=50)
+def judgement_agreement(api: Client, judgement_id: int, completed: int) -> list[dict]:
+    """A judgement's agreement with the judgements of the other kind (human votes for an automatic one),
+    cached briefly per progress count (the other judgements' votes change it too: a short ttl)."""
+    return list(api.judgement_agreement(judgement_id))
 
 
 @st.cache_data(ttl=10, hash_funcs=_HASH, show_spinner=False, max_entries=50)
@@ -463,7 +478,12 @@ def line_chart(
         area = (
             alt.Chart(band)
             .mark_area(opacity=0.18)
-            .encode(x=x_enc, y=alt.Y("low:Q", title=None), y2="high:Q", color=alt.Color(f"{color}:N", legend=legend))
+            .encode(
+                x=x_enc,
+                y=alt.Y("low:Q", title=None),
+                y2="high:Q",
+                color=alt.Color(f"{color}:N", legend=legend),
+            )
         )
         chart = alt.layer(area, chart)
     return chart.properties(title=title, height=height).interactive(bind_y=False)
@@ -704,3 +724,128 @@ _MD_SPECIAL = set("\\`*_{}[]()#+-.!|~<>$:&")
 def md_escape(text: object) -> str:
     """User text (run names, prompt ids) made literal inside Markdown labels and captions."""
     return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in str(text)).replace("\n", " ")
+
+
+# --- token views -----------------------------------------------------------------------------------------
+
+# Colour schemes of the token views (logic.ink_for assumes their dark ends: both ends of the diverging one,
+# the top of the sequential one). Positive k1 (the policy above the reference) is red.
+DIVERGING_SCHEME = "redblue"
+SEQUENTIAL_SCHEME = "viridis"
+TOKEN_CHAR_PX = 8.5  # px per character of the token view's monospace text at TOKEN_FONT_PX
+TOKEN_FONT_PX = 13
+TOKEN_LINE_PX = 24
+TOKEN_LEGEND_PX = 240  # length of the colour legend's gradient
+HEATMAP_ROW_PX = 22  # height of a step's row in the prompt-across-steps heatmap
+# the columns of logic.token_layout that are not quantities (those go into the tooltips)
+_LAYOUT_COLUMNS = {"position", "token", "id", "label", "x", "x2", "line", "shown", "ink"}
+
+
+def token_color_scale(quantity: str, domain: Sequence[float] | None) -> alt.Scale:
+    """The colour scale of a quantity: diverging around 0 or sequential (logic.quantity_kind), over ``domain``
+    (logic.color_domain: shared by the samples shown together, so that equal colours mean equal values)."""
+    if logic.quantity_kind(quantity) == "diverging":
+        # redblue runs from red (low) to blue (high): reversed, the positive side is red
+        return alt.Scale(scheme=DIVERGING_SCHEME, domain=list(domain or [-1, 1]), domainMid=0, reverse=True)
+    return alt.Scale(scheme=SEQUENTIAL_SCHEME, domain=list(domain) if domain else alt.Undefined, reverse=True)
+
+
+def token_chart(
+    layout: pd.DataFrame, quantity: str, domain: Sequence[float] | None, *, title: str = ""
+) -> alt.LayerChart:
+    """The token view: one rectangle per token coloured by ``quantity`` with the token's text drawn on it,
+    laid out like the text (logic.token_layout), every quantity in its tooltip, and a colour legend.
+
+    An Altair (Vega-Lite) chart rather than HTML: Vega draws text marks as text (never parsed as HTML or
+    Markdown, so a token like ``<script>`` or ``[x](http://e.com)`` shows literally, and vega-tooltip
+    escapes what it shows), it gives hover tooltips and a colour legend without custom code, and one
+    mark per token keeps each value inspectable. (A styled DataFrame in st.dataframe colours cells but has
+    neither tooltips nor a legend, and a cell per token does not read like text.)"""
+    quantities = [c for c in layout.columns if c not in _LAYOUT_COLUMNS]
+    lines = int(layout["line"].max()) + 1 if len(layout) else 1
+    width_chars = max(int(layout["x2"].max()) if len(layout) else 1, 1)
+    x = alt.X("x:Q", axis=None, scale=alt.Scale(domain=[0, width_chars], nice=False, zero=True))
+    y = alt.Y("line:O", axis=None)
+    tooltip = [
+        alt.Tooltip("token:N", title="token"),
+        alt.Tooltip("id:Q", title="id"),
+        alt.Tooltip("position:Q", title="position"),
+        *[alt.Tooltip(f"{q}:Q", title=q, format=".4g") for q in quantities],
+    ]
+    base = alt.Chart(layout).encode(x=x, y=y, tooltip=tooltip)
+    rects = base.mark_rect(stroke="white", strokeWidth=1).encode(
+        x2="x2:Q",
+        color=alt.Color(
+            "shown:Q",
+            title=quantity,
+            scale=token_color_scale(quantity, domain),
+            legend=alt.Legend(orient="top", direction="horizontal", gradientLength=TOKEN_LEGEND_PX),
+        ),
+    )
+    text = base.mark_text(
+        align="left", baseline="middle", dx=1, font="monospace", fontSize=TOKEN_FONT_PX
+    ).encode(
+        text=alt.Text("label:N"),
+        color=alt.Color("ink:N", scale=None),
+    )
+    # "pad": the plot gets exactly this size (one character column is TOKEN_CHAR_PX wide, like the text),
+    # the legend is added around it; "fit" would squeeze the plot to make room for the legend
+    chart = alt.layer(rects, text).properties(
+        width=width_chars * TOKEN_CHAR_PX, height=lines * TOKEN_LINE_PX, autosize=alt.AutoSizeParams(type="pad")
+    )
+    return chart.properties(title=title) if title else chart
+
+
+def token_heatmap(frame: pd.DataFrame, quantity: str, domain: Sequence[float] | None) -> alt.Chart:
+    """One prompt across a run's steps (logic.steps_heatmap): a step x token-position grid coloured by
+    ``quantity``, each cell's token and value in its tooltip."""
+    return (
+        alt.Chart(frame)
+        .mark_rect()
+        .encode(
+            x=alt.X("position:O", title="token position", axis=alt.Axis(labelOverlap=True)),
+            y=alt.Y("step:O", title="step", sort="ascending"),
+            color=alt.Color("value:Q", title=quantity, scale=token_color_scale(quantity, domain)),
+            tooltip=[
+                alt.Tooltip("step:Q"),
+                alt.Tooltip("position:Q"),
+                alt.Tooltip("token:N"),
+                alt.Tooltip("value:Q", title=quantity, format=".4g"),
+            ],
+        )
+        .properties(height=alt.Step(HEATMAP_ROW_PX))  # a row per step, whatever the number of steps
+    )
+
+
+def token_view(
+    sample_tokens: Mapping[str, Any],
+    quantity: str,
+    domain: Sequence[float] | None,
+    *,
+    key: str,
+    line_chars: int = logic.LINE_CHARS,
+) -> None:
+    """A sample's token view (token_chart, lines of ``line_chars`` characters) and, below it, the table of
+    its tokens: text, id and every quantity."""
+    layout = logic.token_layout(sample_tokens, quantity, domain, line_chars)
+    if layout.empty:
+        st.caption("This sample has no response tokens.")
+        return
+    st.altair_chart(token_chart(layout, quantity, domain), width="content", key=f"{key}.chart")
+    totals = logic.token_totals(sample_tokens)
+    if totals:
+        st.caption(" · ".join(f"Σ {q} {logic.format_number(v)}" for q, v in totals.items()))
+    st.dataframe(
+        logic.token_table(sample_tokens),
+        hide_index=True,
+        width="stretch",
+        height=min(400, 38 + 35 * len(layout)),
+        column_config={
+            "token": st.column_config.TextColumn("token", width="medium"),
+            **{
+                q: st.column_config.NumberColumn(q, format="%.4g", help=logic.QUANTITY_HELP.get(q))
+                for q in logic.present_quantities([sample_tokens])
+            },
+        },
+        key=f"{key}.table",
+    )

@@ -12,7 +12,10 @@ from __future__ import annotations
 from typing import Any, Literal, TypedDict
 
 __all__ = [
+    "Agreement",
     "Algorithm",
+    "Ballot",
+    "BallotPair",
     "Checkpoint",
     "ComparedPrompt",
     "ComparedRun",
@@ -43,7 +46,9 @@ __all__ = [
     "NotJudged",
     "PlannedRun",
     "PooledWinRate",
+    "Provenance",
     "ResultRow",
+    "RevealedSide",
     "RunDetail",
     "RunPage",
     "RunPoint",
@@ -60,8 +65,41 @@ __all__ = [
     "TokenCreated",
     "Verdict",
     "VerdictPage",
+    "Vote",
     "WinRate",
 ]
+
+
+class Agreement(TypedDict):
+    """``AgreementOut``: in Judgement.agreement. How often an automatic judgement's combined verdict
+    equals the human vote on the same pair (same prompt_id and the same two responses), over the pairs
+    both labelled A, B or tie (klq.judge.stats.rater_agreement); the human votes are turned to the
+    automatic judgement's A/B when its A is the human judgement's B."""
+
+    automatic_judgement: int
+    human_judgement: int
+    # the automatic judgement's judge
+    judge: dict[str, Any]
+    # the API token names whose votes are among the pairs
+    voters: list[str]
+    # pairs with a valid label from both
+    n: int
+    # shared pairs left out: an invalid automatic verdict
+    excluded: int
+    # fraction of pairs with the same label
+    agreement: float | None
+    # 95% Wilson score interval
+    agreement_low: float | None
+    agreement_high: float | None
+    # Cohen's kappa; None where undefined (one label used by both)
+    kappa: float | None
+    # 95% percentile bootstrap over pairs (2000 resamples, seed 0)
+    kappa_low: float | None
+    kappa_high: float | None
+    # the order of the confusion matrix's rows and columns
+    labels: list[str]
+    # confusion[i][j]: pairs the automatic judge labelled labels[i] and the human labels[j]
+    confusion: list[list[int]]
 
 
 class Algorithm(TypedDict):
@@ -81,6 +119,35 @@ class Algorithm(TypedDict):
     # rollout.num_generations must be at least this (2 or more: a baseline over the responses to the
     # same prompt)
     min_generations: int
+
+
+class Ballot(TypedDict):
+    """``BallotOut``: GET /judgements/{judgement_id}/ballot/next. The next pair of a human judgement that
+    nobody has voted on yet (``pair`` None: every pair is voted, or the session was closed or
+    cancelled)."""
+
+    judgement_id: int
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    # pairs voted
+    completed: int
+    # pairs in the session
+    total: int
+    pair: BallotPair | None
+
+
+class BallotPair(TypedDict):
+    """``BallotPairOut``: in Ballot.pair. One pair to vote on, blind: the prompt and the two responses by
+    screen side. Which policy (run) wrote which response is not said until the vote is cast (VoteOut)."""
+
+    # the pair's key in this session (POST .../votes takes it back)
+    prompt_id: str
+    # 1-based place of this pair in the session's order
+    position: int
+    prompt: str
+    # the response shown on the left
+    left: str
+    # the response shown on the right
+    right: str
 
 
 class Checkpoint(TypedDict):
@@ -318,7 +385,7 @@ class Interval(TypedDict):
 
 class Judgement(TypedDict):
     """``JudgementOut``: POST /judgements, GET /judgements/{judgement_id}, POST
-    /judgements/{judgement_id}/cancel; in JudgementPage.items."""
+    /judgements/{judgement_id}/cancel, POST /judgements/{judgement_id}/close; in JudgementPage.items."""
 
     id: int
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -338,6 +405,11 @@ class Judgement(TypedDict):
     completed: int
     total: int
     result: WinRate
+    # a human judgement's: the automatic judgement whose pairs it votes on
+    source_judgement: int | None
+    # in GET /judgements/{id}: the agreement of each automatic judgement with each human judgement on
+    # the pairs they share (of this judgement with the others of the other kind)
+    agreement: list[Agreement] | None
     verdicts: list[Verdict] | None
     verdicts_total: int | None
 
@@ -531,6 +603,24 @@ class PooledWinRate(TypedDict):
     length: LengthDiagnostics | None
 
 
+class Provenance(TypedDict):
+    """``Provenance``: in RunDetail.provenance. What trained a run (klq.provenance.collect() of its latest
+    attempt's training process)."""
+
+    # HEAD of the git checkout of klq's source; None if not one
+    git_commit: str | None
+    # tracked files differed from git_commit
+    git_dirty: bool | None
+    # installed versions: klq-lab, torch, transformers, accelerate
+    packages: dict[str, str | None]
+    python: str | None
+    # the training device, e.g. "cuda:0" or "cpu"
+    device: str | None
+    # the CUDA device's name
+    gpu: str | None
+    host: str | None
+
+
 class ResultRow(TypedDict):
     """``ResultRow``: in ExperimentResults.rows."""
 
@@ -548,6 +638,19 @@ class ResultRow(TypedDict):
     gold: Interval | None
     wall_clock_s: Interval
     iteration_s: Interval
+
+
+class RevealedSide(TypedDict):
+    """``RevealedSide``: in Vote.left, Vote.right. Which policy wrote the response shown on one side."""
+
+    policy: Literal["A", "B"]
+    # None: run A's reference (SFT) policy
+    run_id: int | None
+    run_name: str | None
+    # the checkpoint (or samples') step; None: the final policy
+    step: int | None
+    # e.g. '#3 klq-a @ step 50', 'reference (SFT) of #3 klq-a'
+    label: str
 
 
 class RunDetail(TypedDict):
@@ -580,6 +683,8 @@ class RunDetail(TypedDict):
     # latest value of each metric key
     latest: dict[str, LatestValue]
     config: dict[str, Any]
+    # the code, library versions, device and host that trained it; None until started
+    provenance: Provenance | None
     attempts: int
     # why the previous attempt ended (a stall, a killed process, a lost worker), if one did
     last_error: str | None
@@ -773,6 +878,10 @@ class Verdict(TypedDict):
     order: Literal["ab", "ba"]
     verdict: Literal["A", "B", "tie", "invalid"]
     raw_output: str | None
+    # a human vote's API token name; None for a judge's verdict
+    voter: str | None
+    # a human voter's comment
+    comment: str | None
 
 
 class VerdictPage(TypedDict):
@@ -782,6 +891,26 @@ class VerdictPage(TypedDict):
     total: int
     limit: int
     offset: int
+
+
+class Vote(TypedDict):
+    """``VoteOut``: POST /judgements/{judgement_id}/votes. A stored vote and the reveal: which run was on
+    which side."""
+
+    judgement_id: int
+    prompt_id: str
+    choice: Literal["left", "right", "tie"]
+    # the vote in terms of the policies
+    verdict: Literal["A", "B", "tie"]
+    # the name of the API token that voted
+    voter: str
+    comment: str | None
+    left: RevealedSide
+    right: RevealedSide
+    # of the human judgement: succeeded once every pair is voted
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    completed: int
+    total: int
 
 
 class WinRate(TypedDict):

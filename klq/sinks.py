@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass
@@ -48,6 +48,10 @@ class Sink(Protocol):
 
     def log_checkpoint(self, step: int, path: str, final: bool) -> None: ...
 
+    def log_provenance(self, provenance: dict[str, Any]) -> None:
+        """Record klq.provenance.collect() of the process that (re)starts the run: the latest start's wins."""
+        ...
+
     def should_stop(self) -> bool:
         """Polled at every iteration boundary: True stops the run cleanly (a user's cancel)."""
         ...
@@ -61,7 +65,8 @@ class Sink(Protocol):
 
 
 class JSONLSink:
-    """metrics.jsonl, samples.jsonl, sample_tokens.jsonl and checkpoints.jsonl in a run's output directory.
+    """metrics.jsonl, samples.jsonl, sample_tokens.jsonl and checkpoints.jsonl in a run's output directory,
+    and provenance.json (klq.provenance: the code, library versions, device and host of the latest start).
     A sample's token record goes to sample_tokens.jsonl, one line per sample, keyed like the sample by
     kind, step, prompt_id and sample_index (samples.jsonl stays light for the tools that read it).
 
@@ -70,6 +75,7 @@ class JSONLSink:
     """
 
     FILES = ("metrics.jsonl", "samples.jsonl", "sample_tokens.jsonl", "checkpoints.jsonl")
+    PROVENANCE = "provenance.json"
 
     def __init__(self, out_dir: str | Path, resume_step: int | None = None) -> None:
         self.out_dir = Path(out_dir)
@@ -104,6 +110,9 @@ class JSONLSink:
 
     def log_checkpoint(self, step: int, path: str, final: bool) -> None:
         self._write("checkpoints.jsonl", {"step": step, "path": path, "final": final})
+
+    def log_provenance(self, provenance: dict[str, Any]) -> None:
+        (self.out_dir / self.PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
 
     def should_stop(self) -> bool:
         return (self.out_dir / "STOP").exists()

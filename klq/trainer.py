@@ -37,6 +37,7 @@ from klq.algorithms import make_algorithm
 from klq.config import RunConfig
 from klq.judge.in_training import WinRateVsReference
 from klq.models import Models, load_models, resolve_device, resolve_dtype, response_logits
+from klq.provenance import collect as collect_provenance
 from klq.rollout import Rollout, generate_and_score
 from klq.sinks import JSONLSink, SampleRecord, Sink, TokenRecord
 from klq.tasks import Prompt, Task, filter_prompts_by_length, load_task
@@ -176,6 +177,8 @@ def train(cfg: RunConfig, out_dir: str | Path, sink: Sink | None = None, resume:
     if sink is None and accelerator.is_main_process:
         sink = JSONLSink(out_dir, resume_step=start_iteration if resume else None)
     (out_dir / "run_config.json").write_text(cfg.model_dump_json(indent=2))
+    if sink is not None and accelerator.is_main_process:
+        sink.log_provenance(collect_provenance(device))
 
     random.seed(cfg.seed + accelerator.process_index)
     torch.manual_seed(cfg.seed + accelerator.process_index)

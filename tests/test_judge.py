@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from klq.judge.backends import (
+    BACKENDS,
     GoldJudge,
     JudgeAPIError,
     JudgeSettings,
@@ -411,6 +412,18 @@ def test_parse_retry_after_forms():
     assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
     assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:10 GMT"}, now=1445412480.0) == 10.0
     assert parse_retry_after({}) is None and parse_retry_after({"retry-after": "soon"}) is None
+
+
+def test_human_votes_are_a_spec_only_where_the_api_records_them():
+    """{"backend": "human"} is people voting through the API: no worker, `make_judge` or `klq judge` runs it."""
+    with pytest.raises(ValueError, match="human.*cannot be run by a worker"):
+        validate_spec({"backend": "human"})
+    with pytest.raises(ValueError, match="human.*cannot be run by a worker"):
+        make_judge({"backend": "human"})
+    assert validate_spec({"backend": "human"}, allow_human=True) == {"backend": "human"}
+    with pytest.raises(ValueError, match="unknown key.*model.*takes none"):
+        validate_spec({"backend": "human", "model": "x"}, allow_human=True)
+    assert "human" not in BACKENDS  # not a choice of `klq judge --judge`, an experiment or eval_judge
 
 
 def test_make_judge_takes_secrets_from_settings_never_from_the_spec(monkeypatch):

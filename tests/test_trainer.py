@@ -5,6 +5,7 @@ untouched SFT policy, and the learned policy is judged by the mean of its last i
 (RM score and the task's gold reward) on fresh prompts.
 """
 
+import json
 import math
 from pathlib import Path
 
@@ -192,6 +193,10 @@ def test_klq_train_cli(builtin_assets, tmp_path):
     assert "finished after 2 iterations" in done.stdout and "objective/gold_scores=" in done.stdout
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
     assert (out / "checkpoints" / "step-0000002" / "policy" / "model.safetensors").exists()
+    from klq.provenance import collect
+
+    recorded = json.loads((out / "provenance.json").read_text())  # what trained it
+    assert recorded == {**collect(), "device": "cpu"}
     again = klq("train", "--resume", str(out))
     assert again.returncode == 1 and "already finished" in again.stderr
     bad = klq("train", str(CONFIGS / "builtin-klq.yaml"), "--set", "train.minibatch_size=48", "--out", str(out))

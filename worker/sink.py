@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from sqlalchemy import select
 
@@ -55,6 +56,10 @@ class DatabaseSink:
     def log_checkpoint(self, step: int, path: str, final: bool) -> None:
         with self.db.write_session() as session:
             store.add_checkpoint(session, self.run_id, step, path, is_final=final, owner=self.owner)
+
+    def log_provenance(self, provenance: dict[str, Any]) -> None:
+        with self.db.write_session() as session:
+            store.set_provenance(session, self.run_id, provenance, owner=self.owner)
 
     def should_stop(self) -> bool:
         """True on a user's cancel, or when the worker is shutting down (store.request_preempt: then
@@ -108,6 +113,9 @@ class RetryingSink:
 
     def log_checkpoint(self, step: int, path: str, final: bool) -> None:
         self._retry(f"recording the checkpoint of step {step}", self.sink.log_checkpoint, step, path, final)
+
+    def log_provenance(self, provenance: dict[str, Any]) -> None:
+        self._retry("recording the run's provenance", self.sink.log_provenance, provenance)
 
     def should_stop(self) -> bool:
         return self._retry("reading the cancel flag", self.sink.should_stop)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from fastapi import Path, Query, Response
+from fastapi import Path, Query
 from pydantic import AfterValidator
-from pydantic_core import to_json
 
 from ..models import Judgement, Run
 from ..schemas import (
     INT32_MAX,
     MAX_PAGE,
     STEP_MAX,
+    AgreementOut,
     JudgementOut,
     LengthDiagnosticsOut,
     RunDetail,
@@ -23,6 +23,7 @@ from ..schemas import (
 from ..schemas._common import _text
 
 RunId = Annotated[int, Path(ge=1, le=INT32_MAX, description="run id")]
+JudgementPath = Annotated[int, Path(ge=1, le=INT32_MAX, description="judgement id")]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"page size (at most {MAX_PAGE})")]
 Offset = Annotated[int, Query(ge=0, le=INT32_MAX)]
 StepQuery = Annotated[int | None, Query(ge=0, le=STEP_MAX)]
@@ -73,21 +74,22 @@ def run_summary(run: Run, latest: dict | None = None, *, detail: bool = False) -
     data = run_summary_data(run, latest)
     if detail:
         return RunDetail(
-            **data, config=run.config, attempts=run.attempts, last_error=run.last_error, updated_at=run.updated_at
+            **data,
+            config=run.config,
+            provenance=run.provenance,
+            attempts=run.attempts,
+            last_error=run.last_error,
+            updated_at=run.updated_at,
         )
     return RunSummary(**data)
 
 
-def json_response(content: Any, status_code: int = 200) -> Response:
-    """``content`` (plain dicts, lists, str, int, float, bool, None, datetime) rendered to JSON by
-    pydantic-core, as FastAPI would render the equivalent response model, without building and
-    validating model instances (the run list: 50 runs x 20 latest values per page)."""
-    return Response(to_json(content), status_code=status_code, media_type="application/json")
-
-
-def judgement_out(j: Judgement, length: LengthDiagnosticsOut | None = None) -> JudgementOut:
-    """A judgement as the API shows it; ``length``: its length diagnostics (store.judgement_lengths), if
-    they were asked for."""
+def judgement_out(
+    j: Judgement, length: LengthDiagnosticsOut | None = None, agreement: list[AgreementOut] | None = None
+) -> JudgementOut:
+    """A judgement as the API shows it; ``length``: its length diagnostics (store.judgement_lengths), and
+    ``agreement``: its agreement with the judgements of the other kind (backend.agreement), if they were
+    asked for."""
     return JudgementOut(
         id=j.id,
         status=j.status,
@@ -106,6 +108,8 @@ def judgement_out(j: Judgement, length: LengthDiagnosticsOut | None = None) -> J
         cancel_requested=j.cancel_requested,
         completed=j.completed,
         total=j.total,
+        source_judgement=j.source_judgement_id,
+        agreement=agreement,
         result=WinRateOut(
             wins_a=j.wins_a,
             wins_b=j.wins_b,

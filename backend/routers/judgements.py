@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session
 
 from .. import dispatch, store
+from ..agreement import agreement_rows
 from ..deps import AppSettings, CanRead, CanWrite, ReadSession, WriteSession
 from ..errors import FieldErrors, Loc, ServiceUnavailable
 from ..models import Judgement, Run
@@ -23,12 +24,12 @@ from ..schemas import (
 )
 from ..settings import Settings
 from ..validation import reference_problem
-from .common import Limit, Offset, judgement_out
+from .common import JudgementPath, Limit, Offset, judgement_out
 from .runs import check_queue
+from .votes import create_human_judgement
 
 router = APIRouter(prefix="/judgements", tags=["judgements"])
 
-JudgementPath = Annotated[int, Path(ge=1, le=INT32_MAX, description="judgement id")]
 INCLUDE_LENGTH = (
     "result.length: the length diagnostics, computed from the verdicts (a bootstrap of about a second per "
     "judgement the first time its verdicts are read)"
@@ -54,12 +55,22 @@ def judge_problems(judge: JudgeConfig, settings: Settings, loc: tuple[str, ...])
     status_code=201,
     response_model=JudgementOut,
     dependencies=[CanWrite],
-    summary="Queue a judgement of policy A against policy B",
+    summary="Queue a judgement of policy A against policy B, or start a human voting session",
     description="B defaults to A's reference (SFT) policy; steps default to the final checkpoints. The judge "
-    "backend's secrets (API keys) are server settings and are refused here.",
+    "backend's secrets (API keys) are server settings and are refused here. With judge {\"backend\": "
+    "\"human\"}: a voting session (running at once, never queued) over the pairs of source_judgement, or of "
+    "run_a's and run_b's stored samples at step_a/step_b (default: their latest) aligned on prompt id; "
+    "voters take GET /judgements/{id}/ballot/next and POST /judgements/{id}/votes.",
 )
 def create_judgement(body: JudgementCreate, session: WriteSession, settings: AppSettings) -> JudgementOut:
-    problems = []
+    if body.judge.backend == "human":
+        return create_human_judgement(body, session)
+    problems: list[tuple[Loc, str]] = []
+    if body.run_a is None:
+        problems.append((("body", "run_a"), "Field required"))
+    for field in ("source_judgement", "prompt_ids"):
+        if getattr(body, field) is not None:
+            problems.append((("body", field), "only for human votes (judge backend 'human')"))
     for field, rid in (("run_a", body.run_a), ("run_b", body.run_b)):
         if rid is not None and session.get(Run, rid) is None:
             problems.append((("body", field), f"run {rid} does not exist"))
@@ -67,6 +78,7 @@ def create_judgement(body: JudgementCreate, session: WriteSession, settings: App
     if problems:
         raise FieldErrors(problems, "invalid judgement")
     queue = check_queue(settings, body.queue)
+    assert body.run_a is not None
     j = store.create_judgement(
         session,
         run_a_id=body.run_a,
@@ -100,7 +112,7 @@ def list_judgements(
     offset: Offset = 0,
 ) -> JudgementPage:
     items, total = store.list_judgements(session, run_id=run_id, status=status, limit=limit, offset=offset)
-    lengths = store.judgement_lengths(session, [j.id for j in items]) if include_length else {}
+    lengths = store.judgement_lengths(session, items) if include_length else {}
     return JudgementPage(
         items=[judgement_out(j, lengths.get(j.id)) for j in items], total=total, limit=limit, offset=offset
     )
@@ -117,18 +129,30 @@ def _get(session: Session, judgement_id: int) -> Judgement:
     "/{judgement_id}",
     response_model=JudgementOut,
     dependencies=[CanRead],
-    summary="A judgement: progress, win-rate with 95% Wilson CI, length diagnostics, and a page of verdicts",
+    summary="A judgement: progress, win-rate with 95% Wilson CI, length diagnostics, agreement with human "
+    "votes, and a page of verdicts",
 )
 def get_judgement(
     judgement_id: JudgementPath,
     session: ReadSession,
     include_verdicts: bool = True,
     include_length: Annotated[bool, Query(description=INCLUDE_LENGTH)] = True,
+    include_agreement: Annotated[
+        bool,
+        Query(
+            description="agreement: of this automatic judgement with each human judgement of the same two "
+            "policies (or of this human one with each automatic one) on the pairs they share"
+        ),
+    ] = True,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> JudgementOut:
     j = _get(session, judgement_id)
-    out = judgement_out(j, store.judgement_lengths(session, [j.id])[j.id] if include_length else None)
+    agreement = None
+    if include_agreement:
+        inputs = store.agreement_inputs(session, j)
+        agreement = agreement_rows(j.id, inputs.judgements, inputs.rows, inputs.voters)
+    out = judgement_out(j, store.judgement_lengths(session, [j])[j.id] if include_length else None, agreement)
     if include_verdicts:
         items, total = store.list_verdicts(session, judgement_id, limit=limit, offset=offset)
         out.verdicts = [VerdictOut.model_validate(v) for v in items]

@@ -10,16 +10,18 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from .. import store
 from ..db import Database
 from ..deps import CanRead, ReadSession
-from ..downsample import MIN_POINTS, downsample
+from ..downsample import MIN_POINTS
 from ..errors import FieldErrors
+from ..http_cache import cached_json
 from ..models import TERMINAL_STATUSES, Run
 from ..schemas import INT32_MAX, STEP_MAX, MetricKey, Series, SeriesResponse
 from .common import QueryText, RunId, finite
@@ -46,8 +48,9 @@ def metric_keys(run_id: RunId, session: ReadSession) -> list[MetricKey]:
     response_model=SeriesResponse,
     dependencies=[CanRead],
     summary="Series of several keys of several runs, downsampled on the server",
-    description="Each (run, key) series has at most `max_points` points, chosen by MinMaxLTTB so that spikes "
-    "survive. `since_step` returns only newer points (live tails: pass the previous `last_step`). "
+    description="Each (run, key) series has at most `max_points` points: a longer range is cut into at most "
+    "(max_points - 2) / 2 aligned buckets of 2^s steps and each bucket's minimum and maximum come back (with the "
+    "range's first and last points), so every spike survives; read from write-time roll-ups. `since_step` returns only newer points (live tails: pass the previous `last_step`). "
     "Without `key`, all keys of each run. NaN/inf points are left out.",
 )
 def series(
@@ -59,6 +62,23 @@ def series(
     since_step: Annotated[int | None, Query(ge=-1, le=STEP_MAX)] = None,
     until_step: Annotated[int | None, Query(ge=0, le=STEP_MAX)] = None,
     include_wall_time: bool = False,
+) -> Response:
+    return cached_json(
+        request,
+        session,
+        lambda: _series(request, session, run_id, key, max_points, since_step, until_step, include_wall_time),
+    )
+
+
+def _series(
+    request: Request,
+    session: Session,
+    run_id: list[int],
+    key: list[str] | None,
+    max_points: int,
+    since_step: int | None,
+    until_step: int | None,
+    include_wall_time: bool,
 ) -> SeriesResponse:
     settings = request.app.state.settings
     max_points = min(max_points, settings.max_series_points)
@@ -87,16 +107,15 @@ def series(
             pp = store.plot_points(
                 session, rid, k, since_step=since_step, until_step=until_step, max_points=max_points
             )
-            steps, values, walls, downsampled = downsample(pp.points, max_points, preselected=pp.preselected)
             out.append(
                 Series(
                     run_id=rid,
                     key=k,
-                    steps=steps,
-                    values=values,
-                    wall_times=walls if include_wall_time else None,
+                    steps=[p[0] for p in pp.points],
+                    values=[p[1] for p in pp.points],
+                    wall_times=[finite(p[2]) for p in pp.points] if include_wall_time else None,
                     total_points=pp.total,
-                    downsampled=downsampled,
+                    downsampled=pp.downsampled,
                     last_step=pp.last_step,
                 )
             )

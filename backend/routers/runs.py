@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
@@ -13,11 +13,12 @@ from klq.config import AlgorithmName, RunConfig
 from .. import dispatch, store
 from ..deps import AppSettings, CanRead, CanWrite, ReadSession, WriteSession
 from ..errors import FieldErrors, ServiceUnavailable
+from ..http_cache import cached_json
 from ..models import Run
 from ..schemas import INT32_MAX, RunClone, RunCreate, RunDetail, RunPage, RunPatch, RunStatus, Tag, TagCount
 from ..settings import Settings
 from ..validation import config_problems, value_problems
-from .common import Limit, Offset, QueryText, RunId, json_response, run_summary, run_summary_data
+from .common import Limit, Offset, QueryText, RunId, run_summary, run_summary_data
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 tags_router = APIRouter(tags=["runs"])
@@ -71,6 +72,7 @@ def create_run(body: RunCreate, session: WriteSession, settings: AppSettings) ->
 
 @router.get("", response_model=RunPage, dependencies=[CanRead], summary="List runs (filters, pagination)")
 def list_runs(
+    request: Request,
     session: ReadSession,
     status: Annotated[list[RunStatus] | None, Query(description="any of these statuses")] = None,
     algorithm: Annotated[
@@ -89,22 +91,25 @@ def list_runs(
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Response:
-    runs, total = store.list_runs(
-        session,
-        status=status,
-        algorithm=algorithm,
-        tags=tag,
-        q=q,
-        experiment_id=experiment_id,
-        limit=limit,
-        offset=offset,
-        order=order,
-    )
-    values = store.latest_metrics(session, [r.id for r in runs], latest)
-    # Rendered straight to JSON (same bytes as RunPage's): a page of 50 runs has 1,000 latest values, and
-    # building and validating them as models was the largest part of this endpoint's CPU.
-    items = [run_summary_data(r, values[r.id]) for r in runs]
-    return json_response({"items": items, "total": total, "limit": limit, "offset": offset})
+    def page() -> dict:
+        runs, total = store.list_runs(
+            session,
+            status=status,
+            algorithm=algorithm,
+            tags=tag,
+            q=q,
+            experiment_id=experiment_id,
+            limit=limit,
+            offset=offset,
+            order=order,
+        )
+        values = store.latest_metrics(session, [r.id for r in runs], latest)
+        # Rendered straight to JSON (same bytes as RunPage's): a page of 50 runs has 1,000 latest values,
+        # and building and validating them as models was the largest part of this endpoint's CPU.
+        items = [run_summary_data(r, values[r.id]) for r in runs]
+        return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+    return cached_json(request, session, page)
 
 
 @router.get(
@@ -113,9 +118,12 @@ def list_runs(
     dependencies=[CanRead],
     summary="A run with its config and latest metrics",
 )
-def get_run(run_id: RunId, session: ReadSession) -> RunDetail:
-    run = store.require_run(session, run_id)
-    return run_summary(run, store.latest_metrics(session, [run_id])[run_id], detail=True)
+def get_run(request: Request, run_id: RunId, session: ReadSession) -> Response:
+    def detail() -> RunDetail:
+        run = store.require_run(session, run_id)
+        return run_summary(run, store.latest_metrics(session, [run_id])[run_id], detail=True)
+
+    return cached_json(request, session, detail)
 
 
 @router.patch(

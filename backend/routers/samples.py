@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
@@ -19,6 +19,7 @@ from .. import store
 from ..db import Database
 from ..deps import CanRead, ReadSession
 from ..errors import FieldErrors
+from ..http_cache import cached_json
 from ..models import Run, Sample
 from ..schemas import (
     INT32_MAX,
@@ -71,6 +72,7 @@ LengthBound = Annotated[int | None, Query(ge=0, le=INT32_MAX)]
     "with min_x <= x <= max_x (a sample without that value is left out).",
 )
 def list_samples(
+    request: Request,
     run_id: RunId,
     session: ReadSession,
     step: Annotated[StepQuery, Query(description="only this step")] = None,
@@ -86,7 +88,7 @@ def list_samples(
     max_length: LengthBound = None,
     limit: Limit = 50,
     offset: Offset = 0,
-) -> SamplePage:
+) -> Response:
     bounds = {
         "min_score": min_score,
         "max_score": max_score,
@@ -106,20 +108,24 @@ def list_samples(
     ]
     if problems:
         raise FieldErrors(problems)
-    store.require_run(session, run_id)
-    items, total = store.list_samples(
-        session,
-        run_id,
-        step=step,
-        kind=kind,
-        sort=sort,
-        filters={k: v for k, v in bounds.items() if v is not None},
-        limit=limit,
-        offset=offset,
-    )
-    return SamplePage(
-        items=[SampleOut.model_validate(s) for s in items], total=total, limit=limit, offset=offset
-    )
+
+    def page() -> SamplePage:
+        store.require_run(session, run_id)
+        items, total = store.list_samples(
+            session,
+            run_id,
+            step=step,
+            kind=kind,
+            sort=sort,
+            filters={k: v for k, v in bounds.items() if v is not None},
+            limit=limit,
+            offset=offset,
+        )
+        return SamplePage(
+            items=[SampleOut.model_validate(s) for s in items], total=total, limit=limit, offset=offset
+        )
+
+    return cached_json(request, session, page)
 
 
 @router.get(

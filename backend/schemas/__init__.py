@@ -1,7 +1,7 @@
 """Pydantic models of the API's requests and responses (what the OpenAPI document shows).
 
 One module per resource: ``runs``, ``metrics``, ``samples``, ``checkpoints``, ``logs``, ``judgements``,
-``experiments``, ``leaderboard``, ``algorithms``, ``tokens`` (tokens and health); ``_common`` the id and step bounds, the
+``experiments``, ``leaderboard``, ``votes``, ``algorithms``, ``tokens`` (tokens and health); ``_common`` the id and step bounds, the
 checked text types and the base of request bodies. Every public name is importable from ``backend.schemas``
 itself.
 """
@@ -77,6 +77,7 @@ from .metrics import (
 )
 from .runs import (
     LatestValue,
+    Provenance,
     RunClone,
     RunCreate,
     RunDetail,
@@ -100,8 +101,24 @@ from .tokens import (
     TokenCreated,
     TokenOut,
 )
+from .votes import (
+    AgreementOut,
+    BallotOut,
+    BallotPairOut,
+    Choice,
+    RevealedSide,
+    VoteCreate,
+    VoteOut,
+)
 
 __all__ = [
+    "AgreementOut",
+    "BallotOut",
+    "BallotPairOut",
+    "Choice",
+    "RevealedSide",
+    "VoteCreate",
+    "VoteOut",
     "AlgorithmOut",
     "CheckpointOut",
     "ComparedPrompt",
@@ -152,6 +169,7 @@ __all__ = [
     "ResultRow",
     "RunClone",
     "RunCreate",
+    "Provenance",
     "RunDetail",
     "RunPage",
     "RunPatch",

@@ -78,6 +78,7 @@ class ExperimentJudge(JudgeConfig):
     enabled: bool = Field(True, description="queue the judgements when the runs have finished")
     num_prompts: int = Field(32, ge=1, le=5000, description="held-out prompts per judgement")
 
+    _ALLOW_HUMAN: ClassVar[bool] = False  # an experiment's judgements run on workers
     _OWN: ClassVar[frozenset[str]] = frozenset({"enabled", "num_prompts"})  # the experiment's, not the klq.judge backend's
 
     def spec(self) -> dict[str, Any]:

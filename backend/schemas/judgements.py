@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ._common import INT32_MAX, STEP_MAX, QueueName, RunStatus, _In, _text
+from .votes import AgreementOut, PromptId
 
 _SECRET_KEY = re.compile(
     r"^(api[_-]?key|key|token|access[_-]?token|bearer|authorization|headers|base[_-]?url|api[_-]?base|url|endpoint"
@@ -17,7 +18,7 @@ _SECRET_KEY = re.compile(
 )
 
 
-JudgeBackend = Literal["openai", "local_hf", "reward_model", "gold"]
+JudgeBackend = Literal["openai", "local_hf", "reward_model", "gold", "human"]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_text)]
 
 
@@ -31,7 +32,8 @@ class JudgeConfig(_In):
         "gold",
         description="openai: an OpenAI-compatible chat endpoint (server settings); local_hf: a local causal LM "
         "judging by answer-token log-probabilities; reward_model: a reward model; gold: the built-in task's "
-        "gold reward",
+        "gold reward; human: people voting blind in the dashboard (a voting session: no worker runs it, it "
+        "takes no other key)",
     )
     model: ShortText | None = Field(
         None,
@@ -72,12 +74,16 @@ class JudgeConfig(_In):
                     )
         return data
 
+    _ALLOW_HUMAN: ClassVar[bool] = True  # a human judgement is made by POST /judgements, not by an experiment
+
     @model_validator(mode="after")
     def _valid_for_backend(self) -> JudgeConfig:
-        from klq.judge.backends import validate_spec
+        from klq.judge.backends import HUMAN, validate_spec
         from klq.judge.templates import resolve_template
 
-        validate_spec(self.spec())
+        validate_spec(self.spec(), allow_human=self._ALLOW_HUMAN)
+        if self.backend == HUMAN and "decoding" in self.model_fields_set:
+            raise ValueError("judge backend 'human' takes no decoding: people vote on stored responses")
         if self.template is not None:
             if self.backend not in ("openai", "local_hf"):
                 raise ValueError(f"judge backend {self.backend!r} takes no template")
@@ -89,23 +95,56 @@ class JudgeConfig(_In):
         return self.model_dump(exclude_none=True, exclude={"decoding", "template"})
 
     def stored(self) -> dict[str, Any]:
-        """What the judgement row keeps: the spec plus ``decoding`` and ``template`` (the worker pops them)."""
+        """What the judgement row keeps: the spec plus ``decoding`` and ``template`` (the worker pops them);
+        a human judgement's is its spec alone."""
+        if self.backend == "human":
+            return self.spec()
         return self.model_dump(mode="json", exclude_none=True)
 
 
 class JudgementCreate(_In):
-    run_a: int = Field(ge=1, le=INT32_MAX, description="policy A: this run")
+    """A judgement to queue, or (judge ``{"backend": "human"}``) a voting session: people vote blind on
+    pairs, either those of ``source_judgement`` or the two runs' stored eval samples aligned on prompt id."""
+
+    run_a: int | None = Field(
+        None, ge=1, le=INT32_MAX, description="policy A: this run (required unless source_judgement is given)"
+    )
     step_a: int | None = Field(
-        None, ge=0, le=STEP_MAX, description="checkpoint step of run A (default: final)"
+        None,
+        ge=0,
+        le=STEP_MAX,
+        description="checkpoint step of run A (default: final); human votes on runs: the step of its stored "
+        "samples (default: its latest)",
     )
     run_b: int | None = Field(
-        None, ge=1, le=INT32_MAX, description="policy B: this run (default: A's reference/SFT policy)"
+        None,
+        ge=1,
+        le=INT32_MAX,
+        description="policy B: this run (default: A's reference/SFT policy; required for human votes on runs)",
     )
     step_b: int | None = Field(None, ge=0, le=STEP_MAX)
-    num_prompts: int = Field(64, ge=1, le=5000, description="held-out prompts to judge")
+    num_prompts: int = Field(
+        64,
+        ge=1,
+        le=5000,
+        description="held-out prompts to judge; human votes: at most this many pairs, drawn with the seed "
+        "(default: every pair)",
+    )
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
-    seed: int = Field(0, ge=0, le=INT32_MAX)
-    queue: QueueName | None = None
+    seed: int = Field(
+        0, ge=0, le=INT32_MAX, description="human votes: draws the pairs and the order they are voted in"
+    )
+    queue: QueueName | None = Field(None, description="the worker queue (not for human votes: no worker)")
+    source_judgement: int | None = Field(
+        None,
+        ge=1,
+        le=INT32_MAX,
+        description="human votes only: vote on this automatic judgement's pairs (its prompts and both "
+        "responses), so that its agreement with the votes is measured on the same pairs",
+    )
+    prompt_ids: list[PromptId] | None = Field(
+        None, min_length=1, max_length=5000, description="human votes only: only the pairs of these prompts"
+    )
 
 
 class LengthBucketOut(BaseModel):
@@ -172,6 +211,8 @@ class VerdictOut(BaseModel):
     order: Literal["ab", "ba"]
     verdict: Literal["A", "B", "tie", "invalid"]
     raw_output: str | None
+    voter: str | None = Field(None, description="a human vote's API token name; None for a judge's verdict")
+    comment: str | None = Field(None, description="a human voter's comment")
 
 
 class JudgementOut(BaseModel):
@@ -193,6 +234,14 @@ class JudgementOut(BaseModel):
     completed: int
     total: int
     result: WinRateOut
+    source_judgement: int | None = Field(
+        None, description="a human judgement's: the automatic judgement whose pairs it votes on"
+    )
+    agreement: list[AgreementOut] | None = Field(
+        None,
+        description="in GET /judgements/{id}: the agreement of each automatic judgement with each human "
+        "judgement on the pairs they share (of this judgement with the others of the other kind)",
+    )
     verdicts: list[VerdictOut] | None = None
     verdicts_total: int | None = None
 

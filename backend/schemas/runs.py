@@ -74,8 +74,25 @@ class RunSummary(BaseModel):
     )
 
 
+class Provenance(BaseModel):
+    """What trained a run (klq.provenance.collect() of its latest attempt's training process)."""
+
+    git_commit: str | None = Field(None, description="HEAD of the git checkout of klq's source; None if not one")
+    git_dirty: bool | None = Field(None, description="tracked files differed from git_commit")
+    packages: dict[str, str | None] = Field(
+        default_factory=dict, description="installed versions: klq-lab, torch, transformers, accelerate"
+    )
+    python: str | None = None
+    device: str | None = Field(None, description='the training device, e.g. "cuda:0" or "cpu"')
+    gpu: str | None = Field(None, description="the CUDA device's name")
+    host: str | None = None
+
+
 class RunDetail(RunSummary):
     config: dict[str, Any]
+    provenance: Provenance | None = Field(
+        None, description="the code, library versions, device and host that trained it; None until started"
+    )
     attempts: int
     last_error: str | None = Field(
         None, description="why the previous attempt ended (a stall, a killed process, a lost worker), if one did"

@@ -27,7 +27,7 @@ write's own transaction (``leases.require_lease``, ``leases.leased_by``). Withou
 writes: cancel, delete, a failed dispatch) writes are unconditional.
 
 The package has one module per resource: ``runs``, ``metrics``, ``samples``, ``checkpoints``,
-``judgements``, ``experiments``, ``tokens``; ``leases`` is the lease and life of a leased job (claim,
+``judgements``, ``votes`` (human judgements: voting sessions, votes, agreement inputs), ``experiments``, ``tokens``; ``leases`` is the lease and life of a leased job (claim,
 heartbeat, fenced status changes, reaping, re-queue, attempts), once for runs and judgements; ``_common``
 the exceptions and SQL helpers. Every public name is importable from ``backend.store`` itself.
 """
@@ -72,6 +72,7 @@ from .judgements import (
     delete_judgement,
     get_judgement,
     heartbeat_judgement,
+    is_human,
     judgement_lengths,
     leaderboard_rows,
     list_judgements,
@@ -94,6 +95,7 @@ from .leases import (
 )
 from .metrics import (
     PG_METRIC_ROWS_PER_STATEMENT,
+    ROLLUP_LEVELS,
     MetricRow,
     PlotPoints,
     iter_metrics,
@@ -103,6 +105,7 @@ from .metrics import (
     metric_points,
     metrics_after,
     plot_points,
+    rollup_aggregates,
     write_metrics,
 )
 from .runs import (
@@ -119,6 +122,7 @@ from .runs import (
     requeue_stale_runs,
     require_run,
     set_progress,
+    set_provenance,
     set_status,
     tag_counts,
     update_run_meta,
@@ -151,8 +155,37 @@ from .tokens import (
     touch_token,
     write_token_file,
 )
+from .votes import (
+    AgreementInputs,
+    NotOnBallot,
+    Pair,
+    agreement_inputs,
+    ballot_order,
+    close_human_judgement,
+    create_human_judgement,
+    draw_pairs,
+    judgement_pairs,
+    next_ballot,
+    policy_verdict,
+    record_vote,
+    sample_pairs,
+)
 
 __all__ = [
+    "AgreementInputs",
+    "NotOnBallot",
+    "Pair",
+    "agreement_inputs",
+    "ballot_order",
+    "close_human_judgement",
+    "create_human_judgement",
+    "draw_pairs",
+    "is_human",
+    "judgement_pairs",
+    "next_ballot",
+    "policy_verdict",
+    "record_vote",
+    "sample_pairs",
     "AlignedSamples",
     "SAMPLE_FILTERS",
     "SAMPLE_SORT_KEYS",
@@ -168,6 +201,7 @@ __all__ = [
     "MetricRow",
     "NotFound",
     "PG_METRIC_ROWS_PER_STATEMENT",
+    "ROLLUP_LEVELS",
     "PlotPoints",
     "Run",
     "TERMINAL_STATUSES",
@@ -239,12 +273,14 @@ __all__ = [
     "require_run",
     "retry_or_fail",
     "revoke_token",
+    "rollup_aggregates",
     "rows_per_statement",
     "sample_steps",
     "sample_tokens",
     "set_experiment_error",
     "set_judgement_status",
     "set_progress",
+    "set_provenance",
     "set_status",
     "tag_counts",
     "touch_token",

@@ -11,7 +11,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from ..leaderboard import LeaderboardRow
-from ..models import ORDERS, VERDICTS, Judgement, Run, RunTag, Verdict, utcnow
+from ..models import HUMAN, ORDERS, VERDICTS, Judgement, Run, RunTag, Verdict, utcnow
 from ..schemas import LengthDiagnosticsOut
 from ..winrate import length_diagnostics, summarize_rows
 from . import leases
@@ -133,9 +133,21 @@ def requeue_stale_judgements(
     return leases.requeue_stale(session, Judgement, stale_after, commit, max_attempts)
 
 
+def is_human(judgement: Judgement) -> bool:
+    """Whether a judgement is people's votes (judge backend ``human``, backend/store/votes.py)."""
+    return judgement.judge.get("backend") == HUMAN
+
+
 def request_judgement_cancel(session: Session, judgement_id: int, *, commit: bool = True) -> Judgement:
-    """Ask a judgement to stop, like ``request_cancel`` for runs (``leases.request_cancel``)."""
-    return leases.request_cancel(session, Judgement, judgement_id, commit=commit)
+    """Ask a judgement to stop, like ``request_cancel`` for runs (``leases.request_cancel``). A human
+    judgement has no worker to ask: it is cancelled at once (its votes are kept)."""
+    j = leases.request_cancel(session, Judgement, judgement_id, commit=False)
+    if is_human(j) and j.status == "running":
+        j.status, j.finished_at, j.updated_at = "cancelled", utcnow(), utcnow()
+        session.flush()
+    if commit:
+        session.commit()
+    return j
 
 
 def delete_judgement(
@@ -196,14 +208,14 @@ def record_verdicts(
 
 def refresh_judgement_summary(session: Session, judgement_id: int, *, commit: bool = True) -> Judgement:
     """Recompute a judgement's counts, win-rate, Wilson CI and position consistency from its verdicts
-    (per prompt, once both orders are in; see backend.winrate)."""
-    triples = session.execute(
-        select(Verdict.prompt_id, Verdict.order, Verdict.verdict).where(Verdict.judgement_id == judgement_id)
-    ).all()
-    summary = summarize_rows((p, o, v) for p, o, v in triples)
+    (per prompt, once both orders are in, or its one vote for a human judgement; see backend.winrate)."""
     j = session.get(Judgement, judgement_id, populate_existing=True)
     if j is None:
         raise NotFound(f"judgement {judgement_id} not found")
+    triples = session.execute(
+        select(Verdict.prompt_id, Verdict.order, Verdict.verdict).where(Verdict.judgement_id == judgement_id)
+    ).all()
+    summary = summarize_rows(((p, o, v) for p, o, v in triples), single_order=is_human(j))
     j.completed = len(triples)
     j.wins_a, j.wins_b, j.ties, j.invalid = summary.wins_a, summary.wins_b, summary.ties, summary.invalid
     j.win_rate, j.ci_low, j.ci_high = summary.win_rate, summary.ci_low, summary.ci_high
@@ -234,14 +246,15 @@ def list_verdicts(
 
 
 def judgement_lengths(
-    session: Session, judgement_ids: Sequence[int]
+    session: Session, judgements: Sequence[Judgement]
 ) -> dict[int, LengthDiagnosticsOut | None]:
     """The length diagnostics of several judgements (backend.winrate.length_diagnostics; None while fewer
     than two prompts have a valid verdict), from their verdict rows fetched in one query."""
-    rows: dict[int, list[VerdictRow]] = {jid: [] for jid in judgement_ids}
+    rows: dict[int, list[VerdictRow]] = {j.id: [] for j in judgements}
     if rows:
         rows.update(verdict_rows(session, Verdict.judgement_id.in_(list(rows))))
-    return {jid: length_diagnostics(r) for jid, r in rows.items()}
+    human = {j.id for j in judgements if is_human(j)}
+    return {jid: length_diagnostics(r, single_order=jid in human) for jid, r in rows.items()}
 
 
 VerdictRow = tuple[str, str, str, str, str]  # (prompt_id, order, verdict, response_a, response_b)

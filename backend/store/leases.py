@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, case, delete, func, or_, select
+from sqlalchemy import and_, case, delete, func, or_, select, true
 from sqlalchemy.orm import Session
 
-from ..models import RUN_STATUSES, TERMINAL_STATUSES, Judgement, Run, utcnow
+from ..models import HUMAN, RUN_STATUSES, TERMINAL_STATUSES, Judgement, Run, utcnow
 from ._common import Conflict, LeaseLost, NotFound, now_param, update_rows
 
 # Runs and judgements are both leased objects: status, lease_owner, heartbeat_at, cancel_requested.
@@ -37,11 +37,20 @@ class _Kind:
     progress: Any  # the column that says how far it got: a run's iteration, a judgement's verdicts
     progress_text: str  # that progress in a reaped attempt's reason, "{}" the value
     reset_on_requeue: dict[str, Any]  # set when an attempt starts or is stopped gracefully: a run's preemption
+    # the rows a worker runs: a human judgement (people's votes, backend/store/votes.py) is "running" while
+    # its pairs are voted on, with no lease and no heartbeat, and is never claimed or re-queued
+    worker_job: Any
 
 
 _KINDS: dict[Any, _Kind] = {
-    Run: _Kind("run", Run.iteration, "at iteration {}", {"preempt_requested": False}),
-    Judgement: _Kind("judgement", Judgement.completed, "with {} prompt(s) judged", {}),
+    Run: _Kind("run", Run.iteration, "at iteration {}", {"preempt_requested": False}, true()),
+    Judgement: _Kind(
+        "judgement",
+        Judgement.completed,
+        "with {} prompt(s) judged",
+        {},
+        Judgement.judge["backend"].as_string() != HUMAN,
+    ),
 }
 _BY_TABLE: dict[str, Leased] = {"runs": Run, "judgements": Judgement}
 
@@ -114,7 +123,7 @@ def acquire(session: Session, model: Leased, object_id: int, owner: str, stale_a
             extra: dict[str, Any], commit: bool) -> bool:
     """Atomically claim a run or judgement for ``owner`` (one conditional UPDATE): succeeds if it is
     queued, or running under this owner, or running under a worker whose heartbeat is older than
-    ``stale_after``; never if it is finished or has a cancel request. Sets status running, stamps
+    ``stale_after``; never if it is finished or has a cancel request, nor a human judgement. Sets status running, stamps
     started_at once, counts ``attempts`` and sets ``extra`` (where a run runs)."""
     now = utcnow()
     claimable = or_(
@@ -142,8 +151,8 @@ def acquire(session: Session, model: Leased, object_id: int, owner: str, stale_a
         **extra,
     }
     return update_rows(
-        session, model, model.id == object_id, model.cancel_requested.is_(False), claimable, values=values,
-        commit=commit,
+        session, model, model.id == object_id, model.cancel_requested.is_(False), claimable,
+        _KINDS[model].worker_job, values=values, commit=commit,
     )
 
 
@@ -184,11 +193,16 @@ def requeue_stale(
     cancel request become cancelled, the others queued again (lease cleared, the reason kept as
     ``last_error``), or failed with that reason once they have had ``max_attempts`` (a crash loop: a worker
     killed again and again, e.g. by the OOM killer). Rows without any heartbeat were never started by a
-    worker (a task the broker refused, ``unqueue_unsent``): re-queued without counting. Returns the ids
-    re-queued, for the caller to send to the broker again."""
+    worker (a task the broker refused, ``unqueue_unsent``): re-queued without counting. Human judgements
+    are no worker's and are left alone. Returns the ids re-queued, for the caller to send to the broker
+    again."""
     kind = _KINDS[model]
     cutoff = utcnow() - stale_after
-    stale = and_(model.status == "running", or_(model.heartbeat_at.is_(None), model.heartbeat_at < cutoff))
+    stale = and_(
+        model.status == "running",
+        or_(model.heartbeat_at.is_(None), model.heartbeat_at < cutoff),
+        kind.worker_job,
+    )
     rows = session.execute(
         select(model.id, model.attempts, model.heartbeat_at, kind.progress.label("progress"))
         .where(stale, model.cancel_requested.is_(False))

@@ -254,6 +254,16 @@ def set_progress(
     return changed
 
 
+def set_provenance(
+    session: Session, run_id: int, provenance: dict[str, Any], *, owner: str | None = None, commit: bool = True
+) -> None:
+    """Record the provenance (klq.provenance.collect()) of the process training a run, replacing an earlier
+    attempt's. With ``owner`` (a worker's write) only while it holds the lease (else LeaseLost)."""
+    leases.fenced_update(session, Run, run_id, {"provenance": provenance, "updated_at": utcnow()}, owner=owner)
+    if commit:
+        session.commit()
+
+
 def acquire_lease(
     session: Session,
     run_id: int,

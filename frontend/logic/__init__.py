@@ -4,7 +4,9 @@ summaries, and the launch form's fields derived from the server's RunConfig JSON
 
 By concern: ``format`` (API values as text), ``labels`` (algorithms, pairings, grid cells), ``runs``
 (runs table, metric series, reward vs KL), ``configs`` (config diff, launch form), ``samples`` (word diff,
-judgements), ``experiments``, ``judgements`` (length diagnostics, the leaderboard). Every public name is
+judgements), ``experiments``, ``judgements`` (length diagnostics, the leaderboard), ``tokens`` (per-token
+views of samples: colour scales and domains, token layout and table, the step x token heatmap, sample
+sort and filter parameters). Every public name is
 re-exported here: the pages use ``logic.<name>``."""
 
 from __future__ import annotations
@@ -53,11 +55,16 @@ from frontend.logic.format import (
     percent_range,
 )
 from frontend.logic.judgements import (
+    agreement_frame,
     format_lc_win_rate,
     format_mean_lengths,
+    is_human,
+    judge_label,
     leaderboard_frame,
     length_buckets_frame,
     player_label,
+    reveal_text,
+    session_label,
 )
 from frontend.logic.labels import (
     PAIR_PREFIX,
@@ -86,6 +93,7 @@ from frontend.logic.runs import (
     latest_value,
     merge_series,
     pareto_frontier,
+    provenance_rows,
     runs_frame,
     series_frame,
     tail_mean,
@@ -102,8 +110,44 @@ from frontend.logic.samples import (
     verdicts_by_prompt,
     word_diff,
 )
+from frontend.logic.tokens import (
+    FILTERS,
+    LINE_CHARS,
+    QUANTITY_HELP,
+    QUANTITY_ORDER,
+    SORT_KEYS,
+    color_domain,
+    display_piece,
+    ink_for,
+    present_quantities,
+    quantity_kind,
+    rollouts_frame,
+    sample_label,
+    sample_query,
+    steps_heatmap,
+    token_layout,
+    token_table,
+    token_totals,
+)
 
 __all__ = [
+    "FILTERS",
+    "LINE_CHARS",
+    "QUANTITY_HELP",
+    "QUANTITY_ORDER",
+    "SORT_KEYS",
+    "color_domain",
+    "display_piece",
+    "ink_for",
+    "present_quantities",
+    "quantity_kind",
+    "rollouts_frame",
+    "sample_label",
+    "sample_query",
+    "steps_heatmap",
+    "token_layout",
+    "token_table",
+    "token_totals",
     "ACTIVE",
     "DEFAULT_PANELS",
     "EXPERIMENT_ACTIVE",
@@ -155,11 +199,17 @@ __all__ = [
     "judgement_progress",
     "latest_value",
     "leaderboard_frame",
+    "agreement_frame",
+    "is_human",
+    "judge_label",
+    "reveal_text",
+    "session_label",
     "length_buckets_frame",
     "local_schema_defs",
     "merge_series",
     "not_judged_frame",
     "pareto_frontier",
+    "provenance_rows",
     "parse_config_yaml",
     "parse_kl_coefs",
     "parse_seeds",

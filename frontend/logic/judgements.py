@@ -1,9 +1,10 @@
-"""Judgement diagnostics as tables: the length diagnostics of a judgement (or a pooled win-rate) and the
-leaderboard of the judged policies (GET /leaderboard)."""
+"""Judgement diagnostics as tables: the length diagnostics of a judgement (or a pooled win-rate), the
+agreement of automatic judges with human votes, the leaderboard of the judged policies (GET /leaderboard);
+and the words of the blind vote page (human voting sessions, their reveal)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -51,9 +52,7 @@ def length_buckets_frame(length: Mapping[str, Any] | None) -> pd.DataFrame:
         }
         for b in (length or {}).get("buckets") or []
     ]
-    return pd.DataFrame(
-        rows, columns=["words A − B", "prompts", "mean difference", "A's win rate", "95% CI"]
-    )
+    return pd.DataFrame(rows, columns=["words A − B", "prompts", "mean difference", "A's win rate", "95% CI"])
 
 
 def player_label(player: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> str:
@@ -88,3 +87,69 @@ def leaderboard_frame(board: Mapping[str, Any], labels: Mapping[str, str] | None
         for i, p in enumerate(board.get("players") or [])
     ]
     return pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
+
+
+AGREEMENT_COLUMNS = ["automatic judgement", "judge", "human votes", "voters", "pairs", "excluded", "agreement",
+                     "agreement 95% CI", "kappa", "kappa 95% CI", "judge A/B/tie × human A/B/tie"]  # fmt: skip
+
+
+def judge_label(judge: Mapping[str, Any]) -> str:
+    """'gold', 'openai gpt-4o-mini': a judgement's judge backend and model."""
+    return str(judge.get("backend", "?")) + (f" {judge['model']}" if judge.get("model") else "")
+
+
+def _interval(low: float | None, high: float | None, percent: bool) -> str:
+    if low is None or high is None:
+        return "–"
+    return percent_range(low, high) if percent else f"{low:.2f} to {high:.2f}"
+
+
+def agreement_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """A judgement's agreement rows (GET /judgements/{id} ``agreement``), one per pair of an automatic and a
+    human judgement: percent agreement and Cohen's kappa with their 95% intervals, and the confusion
+    matrix as 'A→A 2, A→B 0, ...' (the judge's label → the human's)."""
+    out = []
+    for r in rows:
+        labels = r["labels"]
+        cells = ", ".join(
+            f"{labels[i]}→{labels[j]} {n}" for i, row in enumerate(r["confusion"]) for j, n in enumerate(row)
+        )
+        out.append(
+            {
+                "automatic judgement": r["automatic_judgement"],
+                "judge": judge_label(r["judge"]),
+                "human votes": r["human_judgement"],
+                "voters": ", ".join(r["voters"]),
+                "pairs": r["n"],
+                "excluded": r["excluded"],
+                "agreement": r["agreement"],
+                "agreement 95% CI": _interval(r["agreement_low"], r["agreement_high"], True),
+                "kappa": r["kappa"],
+                "kappa 95% CI": _interval(r["kappa_low"], r["kappa_high"], False),
+                "judge A/B/tie × human A/B/tie": cells,
+            }
+        )
+    return pd.DataFrame(out, columns=AGREEMENT_COLUMNS)
+
+
+def is_human(judgement: Mapping[str, Any]) -> bool:
+    """Whether a judgement is people's votes (judge backend 'human')."""
+    return (judgement.get("judge") or {}).get("backend") == "human"
+
+
+def session_label(j: Mapping[str, Any]) -> str:
+    """'Session 12 · 3 of 10 voted (running)': a human judgement, without the runs it compares (the vote
+    page stays blind)."""
+    source = f" · pairs of judgement {j['source_judgement']}" if j.get("source_judgement") else ""
+    return f"Session {j['id']} · {j['completed']} of {j['total']} voted ({j['status']}){source}"
+
+
+def reveal_text(vote: Mapping[str, Any]) -> str:
+    """'You chose left. Left: #3 klq-a (A) · Right: #4 ppo-b (B)': what a vote revealed (plain text; the
+    caller escapes it for Markdown)."""
+    chose = {"left": "the left response", "right": "the right response", "tie": "a tie"}[vote["choice"]]
+    left, right = vote["left"], vote["right"]
+    return (
+        f"You chose {chose}. Left: {left['label']} (policy {left['policy']}) · "
+        f"Right: {right['label']} (policy {right['policy']})"
+    )

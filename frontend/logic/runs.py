@@ -329,3 +329,22 @@ def tradeoff_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     idx = pareto_frontier(list(zip(ok["kl"].astype(float), ok["reward"].astype(float))))
     df.loc[ok.index[idx], "on_frontier"] = True
     return df
+
+
+def provenance_rows(provenance: Mapping[str, Any] | None) -> dict[str, str]:
+    """A run's provenance (RunDetail.provenance) as label -> text for the run page: the git commit (with
+    "(uncommitted changes)" when dirty; "not a git checkout" when unknown), every package version, Python,
+    device, GPU and host ("–" for what is unknown). Empty when the run has not started."""
+    if not provenance:
+        return {}
+    commit = provenance.get("git_commit")
+    if commit is None:
+        code = "not a git checkout"
+    else:
+        code = commit + (" (uncommitted changes)" if provenance.get("git_dirty") else "")
+    rows = {"git commit": code}
+    for name, version in (provenance.get("packages") or {}).items():
+        rows[name] = version or "not installed"
+    for label, key in (("python", "python"), ("device", "device"), ("GPU", "gpu"), ("host", "host")):
+        rows[label] = provenance.get(key) or "–"
+    return rows

@@ -94,12 +94,17 @@ def verdict_frame(verdicts: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             "response A": v["response_a"],
             "response B": v["response_b"],
             "judge output": v.get("raw_output"),
+            "voter": v.get("voter"),
+            "comment": v.get("comment"),
         }
         for v in verdicts
     ]
     return pd.DataFrame(
-        rows, columns=["prompt_id", "order", "verdict", "prompt", "response A", "response B", "judge output"]
-    )
+        rows,
+        columns=[
+            "prompt_id", "order", "verdict", "prompt", "response A", "response B", "judge output", "voter", "comment",
+        ],
+    )  # fmt: skip
 
 
 def judgement_label(j: Mapping[str, Any], names: Mapping[int, str] | None = None) -> str:
@@ -113,4 +118,5 @@ def judgement_label(j: Mapping[str, Any], names: Mapping[int, str] | None = None
 
     a = side(j.get("run_a"), j.get("step_a"), "?")
     b = side(j.get("run_b"), j.get("step_b"), f"SFT of #{j.get('run_a')}")
-    return f"Judgement {j['id']}: {a} vs {b} ({j.get('status')})"
+    votes = " · human votes" if (j.get("judge") or {}).get("backend") == "human" else ""
+    return f"Judgement {j['id']}: {a} vs {b} ({j.get('status')}){votes}"

@@ -19,7 +19,12 @@ experiments = {
 }
 from_url = ui.query_ids("experiment")[:1]  # ?experiment=<id>: its algorithms and taus
 c = st.columns([1, 2, 2, 2, 2])
-backend = c[0].selectbox("Judge", ui.JUDGE_BACKENDS, key="leaderboard.backend")
+backend = c[0].selectbox(
+    "Judge",
+    [*ui.JUDGE_BACKENDS, "human"],
+    key="leaderboard.backend",
+    help="human: the votes cast on the Vote page, one comparison per vote",
+)
 model = c[1].text_input("Judge model", key="leaderboard.model", help="only this judge model (empty: any)")
 tags = c[2].multiselect(
     "Tags",

@@ -1,7 +1,7 @@
 """Run: one run's live curves (reward, gold reward, the eval judge's win-rate against the reference with its
 interval as a band, KL, rlhf_reward, losses, entropy, q/*, timing), updated every few seconds in a fragment
-that fetches only the new points; its config, error, training log (followed live the same way: only the
-lines written since), and checkpoints."""
+that fetches only the new points; its config and provenance (git commit, library versions, device, host),
+error, training log (followed live the same way: only the lines written since), and checkpoints."""
 
 from __future__ import annotations
 
@@ -266,6 +266,17 @@ with tab_config:
             f"{run['parent_id'] if run['parent_id'] else '–'}"
         )
         st.code(yaml.safe_dump(run["config"], sort_keys=False), language="yaml")
+        st.subheader("Provenance")
+        provenance = logic.provenance_rows(run.get("provenance"))
+        if provenance:
+            st.caption("The code, libraries, device and host of the latest attempt's training process.")
+            st.dataframe(
+                pd.DataFrame({"": list(provenance.values())}, index=list(provenance)),
+                width="stretch",
+                key="run.provenance",
+            )
+        else:
+            st.caption("Recorded when a worker starts training the run.")
         st.download_button(
             "Download config (JSON)",
             data=json.dumps(run["config"], indent=2),

@@ -551,14 +551,30 @@ SECRET_KEYS = frozenset({"api_key", "apikey", "key", "token", "base_url", "api_b
                          "headers", "authorization", "organization"})
 
 
-def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+# People voting in the dashboard (the API's human judgements): a judge backend that nothing here can run.
+HUMAN = "human"
+
+
+def validate_spec(spec: Mapping[str, Any], *, allow_human: bool = False) -> dict[str, Any]:
     """Check a judge spec without loading anything; returns a plain-dict copy. Raises ValueError on an
     unknown backend, unknown keys, secrets (they come from server settings, never from a spec), or a
-    local_hf spec without a model."""
+    local_hf spec without a model. ``{"backend": "human"}`` (people's votes, cast through the API) is
+    accepted, with no other key, only with ``allow_human``: where a spec describes a judgement the API
+    records rather than one that `make_judge`, a worker or `klq judge` runs."""
     if not isinstance(spec, Mapping):
         raise ValueError(f"a judge spec must be a mapping, got {type(spec).__name__}")
     spec = dict(spec)
     backend = spec.get("backend")
+    if backend == HUMAN:
+        if not allow_human:
+            raise ValueError(
+                "judge backend 'human' is people voting in the dashboard (POST /judgements with judge "
+                "{'backend': 'human'}): it cannot be run by a worker, an experiment, eval.judge or `klq judge`"
+            )
+        extra = sorted(set(spec) - {"backend"})
+        if extra:
+            raise ValueError(f"unknown key(s) {', '.join(extra)} for judge backend 'human': it takes none")
+        return spec
     if backend not in BACKENDS:
         raise ValueError(f"unknown judge backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     secrets = sorted(k for k in spec if str(k).lower() in SECRET_KEYS)

@@ -121,6 +121,8 @@ def test_create_get_and_verdicts(server: Server, client) -> None:
         "order": "ab",
         "verdict": "A",
         "raw_output": "1",
+        "voter": None,  # a judge's verdict: no human voter, no comment
+        "comment": None,
     }
     page = client.get(f"/judgements/{j['id']}/verdicts", params={"limit": 2, "offset": 4}).json()
     assert page["total"] == 7 and [(v["prompt_id"], v["order"]) for v in page["items"]] == [
@@ -274,8 +276,10 @@ def test_length_diagnostics_of_a_page_take_one_query(server: Server, client) -> 
     ids = [_record(server, a, b, {f"p{i}": ("A", "B", i, 2) for i in range(3)}) for _ in range(4)]
     counts = []
     for some in (ids[:1], ids):
-        with server.db.session() as s, QueryCounter(server.db.engine) as q:
-            lengths = store.judgement_lengths(s, some)
+        with server.db.session() as s:
+            judgements = [store.get_judgement(s, i) for i in some]
+            with QueryCounter(server.db.engine) as q:
+                lengths = store.judgement_lengths(s, judgements)
         counts.append(q.n)
         assert set(lengths) == set(some) and all(v is not None for v in lengths.values())
     assert counts[0] == counts[1]

@@ -21,6 +21,7 @@ TABLES = {
     "run_tags",
     "metrics",
     "metric_latest",
+    "metric_rollups",
     "samples",
     "sample_tokens",
     "checkpoints",
@@ -28,6 +29,7 @@ TABLES = {
     "verdicts",
     "api_tokens",
     "experiments",
+    "ballot_pairs",
 }
 
 
@@ -38,7 +40,7 @@ def test_upgrade_downgrade_upgrade(kind: str, tmp_path) -> None:
         try:
             assert migrate.current_revision(engine) is None
             migrate.upgrade(url)
-            assert migrate.current_revision(engine) == migrate.head_revision() == "0006"
+            assert migrate.current_revision(engine) == migrate.head_revision() == "0008"
             assert set(inspect(engine).get_table_names()) >= TABLES
             with engine.connect() as conn:
                 diff = compare_metadata(

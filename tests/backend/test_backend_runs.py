@@ -234,6 +234,40 @@ def test_cancel_queued_is_immediate_and_running_is_requested(server: Server, cli
     assert client.post(f"/runs/{done['id']}/cancel").status_code == 409
 
 
+def test_worker_sink_records_provenance_and_get_returns_it(server: Server, client) -> None:
+    """The worker's sink stores klq.provenance.collect() of the training process in runs.provenance (a
+    fenced write: refused once another worker holds the lease); GET /runs/{id} returns it, the list not."""
+    from klq.provenance import collect
+    from worker.sink import DatabaseSink, LeaseLost
+
+    run = create_run(client)
+    assert client.get(f"/runs/{run['id']}").json()["provenance"] is None  # not started yet
+    with server.db.write_session() as s:
+        assert store.acquire_lease(s, run["id"], "worker-1")
+    provenance = collect()
+    DatabaseSink(server.db, run["id"], "worker-1").log_provenance(provenance)
+    got = client.get(f"/runs/{run['id']}").json()["provenance"]
+    assert got == provenance  # every field round-trips through the JSON column and RunDetail
+    assert got["packages"]["torch"] and got["host"]
+
+    with server.db.write_session() as s:  # a worker that lost the lease writes nothing
+        store.release_lease(s, run["id"], "worker-1")
+        assert store.acquire_lease(s, run["id"], "worker-2")
+    with pytest.raises(LeaseLost):
+        DatabaseSink(server.db, run["id"], "worker-1").log_provenance({**provenance, "host": "zombie"})
+    DatabaseSink(server.db, run["id"], "worker-2").log_provenance(
+        {**provenance, "device": "cuda:1", "gpu": "H100"}
+    )
+    got = client.get(f"/runs/{run['id']}").json()["provenance"]
+    assert (got["host"], got["device"], got["gpu"]) == (
+        provenance["host"],
+        "cuda:1",
+        "H100",
+    )  # the latest start's
+    listed = next(r for r in client.get("/runs").json()["items"] if r["id"] == run["id"])
+    assert "provenance" not in listed  # pages of runs stay small
+
+
 def test_clone_with_overrides(server: Server, client) -> None:
     src = create_run(client, name="source", tags=["x"], notes="n", config=small_config(kl_coef=0.1))
     before = set(server.broker_messages())

@@ -4,6 +4,7 @@ writes), and running dashboard pages in Streamlit's AppTest."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -379,3 +380,189 @@ def widget(at: AppTest, key: str) -> Any:
 
 def checkpoint_dir(server: Server, run_id: int) -> Path:
     return server.data_dir / "runs" / str(run_id) / "checkpoints" / "step-0000050"
+
+
+# --- human votes -----------------------------------------------------------------------------------------
+
+VOTE_MARKUP = "<script>document.title='pwned'</script> see [the docs](http://example.com) **now**"
+
+
+@dataclass
+class SeededVotes:
+    run_a: int
+    run_b: int
+    name_a: str
+    name_b: str
+    judgement: int  # an automatic (gold) judgement of run_a against run_b, with verdicts on every prompt
+    responses: dict[str, tuple[str, str]]  # prompt_id -> (run_a's response, run_b's)
+
+
+def seed_votes(server: Server, tag: str) -> SeededVotes:
+    """Two finished runs of their own (names ``vote-<tag>-left-run`` / ``-right-run``, tag ``votes``) with
+    samples at step 10 on three prompts (one response carries HTML and a Markdown link) and a finished gold
+    judgement of them whose verdicts carry the same responses: what a voting session is made from."""
+    name_a, name_b = f"vote-{tag}-alpha-run", f"vote-{tag}-omega-run"
+    prompts = {"v0": "describe the sea :", "v1": "describe the hill :", "v2": XSS_PROMPT}
+    responses = {
+        "v0": ("the sea is blue .", "the sea is blue and very wide ."),
+        "v1": (VOTE_MARKUP, "the hill is green ."),
+        "v2": ("the tea was fine .", "the tea was bitter ."),
+    }
+    with server.db.write_session() as s:
+        a = _run(s, server, name_a, seed_config("klq"), tags=("votes",))
+        b = _run(s, server, name_b, seed_config("ppo"), tags=("votes",))
+        for rid, side in ((a, 0), (b, 1)):
+            store.write_samples(
+                s,
+                rid,
+                [
+                    {"step": 10, "prompt_id": pid, "prompt": prompts[pid], "response": responses[pid][side]}
+                    for pid in prompts
+                ],
+            )
+            store.finish_run(s, rid, "succeeded")
+        j = store.create_judgement(s, run_a_id=a, run_b_id=b, num_prompts=3, judge={"backend": "gold"})
+        store.set_judgement_status(s, j.id, "running")
+        store.record_verdicts(
+            s,
+            j.id,
+            [
+                {
+                    "prompt_id": pid,
+                    "order": order,
+                    "verdict": "A" if pid != "v1" else "B",
+                    "prompt": prompts[pid],
+                    "response_a": responses[pid][0],
+                    "response_b": responses[pid][1],
+                    "raw_output": "gold",
+                }
+                for pid in prompts
+                for order in ("ab", "ba")
+            ],
+        )
+        store.set_judgement_status(s, j.id, "succeeded")
+    return SeededVotes(a, b, name_a, name_b, j.id, responses)
+
+
+# --- token records (issue 14) ----------------------------------------------------------------------------
+
+TOKEN_SCRIPT = "<script>alert(1)</script>"
+TOKEN_LINK = "[x](http://e.com)"
+TOKEN_STEPS = (10, 20, 30)
+TOKEN_PROMPTS = {"t0": "review the tea :", "t1": "review the <b>cake</b> :"}
+
+
+def token_record(pieces: list[str], quantities: dict[str, list[float | None]]) -> dict:
+    """A token record as the trainer captures it (a SampleTokens' token_ids, tokens and quantities)."""
+    return {"token_ids": [1000 + i for i in range(len(pieces))], "tokens": pieces, "quantities": quantities}
+
+
+def klq_quantities(n: int, step: int, offset: float) -> dict[str, list[float | None]]:
+    """Per-token quantities of a KLQ sample (k1 of both signs, growing with the step)."""
+    k1 = [(step / 10) * (0.3 if i % 2 == 0 else -0.1) + offset for i in range(n)]
+    value = [0.1 * i for i in range(n)]
+    return {
+        "logp": [-1.0 - 0.1 * i for i in range(n)],
+        "logp_ref": [-1.0 - 0.1 * i - k for i, k in enumerate(k1)],
+        "k1": k1,
+        "k3": [math.exp(-k) - 1 + k for k in k1],
+        "entropy": [2.0 + 0.05 * i for i in range(n)],
+        "value": value,
+        "q": [0.05 * k + v for k, v in zip(k1, value)],
+        "delta": [0.01 * (i - n / 2) for i in range(n)],
+        "target": [0.2 + 0.01 * i for i in range(n)],
+    }
+
+
+def ppo_quantities(n: int, step: int, offset: float) -> dict[str, list[float | None]]:
+    """Per-token quantities of a PPO sample (its KL spent on the last tokens)."""
+    k1 = [(step / 10) * (0.5 if i >= n - 2 else 0.02) + offset for i in range(n)]
+    return {
+        "logp": [-1.2 - 0.1 * i for i in range(n)],
+        "logp_ref": [-1.2 - 0.1 * i - k for i, k in enumerate(k1)],
+        "k1": k1,
+        "k3": [math.exp(-k) - 1 + k for k in k1],
+        "entropy": [1.5] * n,
+        "value": [0.3] * n,
+        "reward": [-0.1 * k for k in k1[:-1]] + [1.0 - 0.1 * k1[-1]],
+        "advantage_raw": [0.2 * (i - 1) for i in range(n)],
+        "advantage": [0.5 * (i - 1) for i in range(n)],
+        "return": [0.3 + 0.2 * (i - 1) for i in range(n)],
+    }
+
+
+TOKEN_PIECES = {  # t0's response holds markup that must show literally, t1's a line break
+    "t0": [TOKEN_SCRIPT, " the", " tea", " ", TOKEN_LINK, " ."],
+    "t1": [" the", " cake", "\n", " was", " good"],
+}
+
+
+@dataclass
+class SeededTokens:
+    klq: int
+    ppo: int
+    samples: dict[tuple[int, str, int], int]  # (run, prompt id, step) -> eval sample id
+    train: dict[int, int]  # sample_index -> sample id of the KLQ run's training rollouts at the last step
+
+
+def seed_tokens(server: Server) -> SeededTokens:
+    """A KLQ and a PPO run with token records, as a worker writes them: eval samples of prompts t0 and t1 at
+    steps 10, 20, 30, and (KLQ) four training rollouts of iteration 30 with different scores, gold scores,
+    KL and lengths."""
+    with server.db.write_session() as s:
+        klq = _run(s, server, "tokens-klq", seed_config("klq", kl_coef=0.05, iterations=30))
+        ppo = _run(s, server, "tokens-ppo", seed_config("ppo", kl_coef=0.1, iterations=30))
+        for rid, quantities in ((klq, klq_quantities), (ppo, ppo_quantities)):
+            _start(s, rid, 30)
+            rows = []
+            for step in TOKEN_STEPS:
+                for i, pid in enumerate(TOKEN_PROMPTS):
+                    pieces = TOKEN_PIECES[pid]
+                    q = quantities(len(pieces), step, 0.01 * i)
+                    rows.append(
+                        {
+                            "step": step,
+                            "prompt_id": pid,
+                            "prompt": TOKEN_PROMPTS[pid],
+                            "response": "".join(pieces),
+                            "response_length": len(pieces),
+                            "score": 0.01 * step + i,
+                            "gold_score": 0.005 * step,
+                            "kl": math.fsum(q["k1"]),
+                            "tokens": token_record(pieces, q),
+                        }
+                    )
+            store.write_samples(s, rid, rows)
+        train = []
+        for index, (score, gold, n) in enumerate(
+            [(0.9, 0.1, 3), (0.2, 0.3, 5), (0.5, 0.5, 4), (0.7, -0.2, 2)]
+        ):
+            pieces = [f" w{j}" for j in range(n)]
+            q = klq_quantities(n, 30, 0.1 * index)
+            train.append(
+                {
+                    "kind": "train",
+                    "step": 30,
+                    "prompt_id": "t0",
+                    "sample_index": index,
+                    "prompt": TOKEN_PROMPTS["t0"],
+                    "response": "".join(pieces),
+                    "response_length": n,
+                    "score": score,
+                    "gold_score": gold,
+                    "kl": math.fsum(q["k1"]),
+                    "tokens": token_record(pieces, q),
+                }
+            )
+        store.write_samples(s, klq, train)
+        for rid in (klq, ppo):
+            store.finish_run(s, rid, "succeeded")
+        ids = {
+            (row.run_id, row.prompt_id, row.step): row.id
+            for rid in (klq, ppo)
+            for row in store.list_samples(s, rid, limit=100)[0]
+        }
+        train_ids = {
+            row.sample_index: row.id for row in store.list_samples(s, klq, kind="train", limit=100)[0]
+        }
+    return SeededTokens(klq, ppo, ids, train_ids)

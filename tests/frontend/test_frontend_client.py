@@ -426,3 +426,36 @@ def test_script_client_takes_an_experiment_base_from_a_file(server, tmp_path):
     assert run["name"] == "from-file/klq-tau0.1-s3" and run["config"]["train"]["num_epochs"] == 2
     # the grid's algorithm, tau and seed replace the file's
     assert (run["config"]["algorithm"], run["config"]["kl_coef"], run["config"]["seed"]) == ("klq", 0.1, 3)
+
+
+def test_human_votes(api, server):
+    from frontend_testkit import seed_votes
+
+    sv = seed_votes(server, "client")
+    session = _conforms(api, "create_human_judgement", source_judgement=sv.judgement, num_prompts=2, seed=3)
+    assert (
+        session["judge"] == {"backend": "human"} and session["total"] == 2 and session["status"] == "running"
+    )
+    ballot = _conforms(api, "next_ballot", session["id"])
+    pair = ballot["pair"]
+    assert set(pair) == {"prompt_id", "position", "prompt", "left", "right"}
+    vote = _conforms(api, "vote", session["id"], pair["prompt_id"], "left", comment="fine")
+    assert {vote["left"]["run_name"], vote["right"]["run_name"]} == {sv.name_a, sv.name_b}
+    assert vote["verdict"] == vote["left"]["policy"] and vote["comment"] == "fine"
+    with pytest.raises(APIError) as err:
+        api.vote(session["id"], pair["prompt_id"], "tie")
+    assert err.value.status == 409
+    with pytest.raises(APIError) as err:
+        api.vote(session["id"], pair["prompt_id"], "up")
+    assert err.value.status == 422 and "choice" in err.value.field_errors
+    closed = _conforms(api, "close_judgement", session["id"])
+    assert closed["status"] == "succeeded" and closed["completed"] == 1
+    rows = _conforms(api, "judgement_agreement", sv.judgement)
+    assert [(r["human_judgement"], r["n"]) for r in rows] == [(session["id"], 1)]
+    on_runs = _conforms(
+        api, "create_human_judgement", run_a=sv.run_a, run_b=sv.run_b, prompt_ids=["v0", "v2"]
+    )
+    assert (on_runs["total"], on_runs["step_a"], on_runs["step_b"]) == (2, 10, 10)
+    with pytest.raises(APIError) as err:
+        api.create_human_judgement(run_a=sv.run_a)
+    assert err.value.status == 422 and "run_b" in err.value.field_errors

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import streamlit as st
 from frontend_testkit import (
     KLQ_METRICS,
     all_text,
@@ -161,6 +162,41 @@ def test_config_logs_and_checkpoints(app_env, seeded):
     ckpt = at.dataframe[-1].value
     assert list(ckpt["step"]) == [50] and bool(ckpt["is_final"].iloc[0])
     assert "Download policy (zip, Hugging Face layout)" in [b.label for b in at.get("download_button")]
+
+
+def provenance_table(at) -> dict[str, str]:
+    return next(d.value for d in at.dataframe if "git commit" in d.value.index)[""].to_dict()
+
+
+def test_provenance_in_the_config_tab(app_env, seeded):
+    """What a worker records when training starts (klq.provenance.collect()), shown as text; a run that has
+    not started says when it will have one."""
+    from klq.provenance import collect
+
+    provenance = {**collect(), "gpu": "NVIDIA H100 80GB HBM3", "device": "cuda:0", "host": "<b>gpu-7</b>"}
+    with app_env.db.write_session() as s:
+        rid = store.create_run(s, seed_config(), name="provenance", queue="gpu").id
+        store.set_provenance(s, rid, {**provenance, "git_dirty": True})
+    at = page("run", {"run": rid}, tab="Config")
+    rows = provenance_table(at)
+    assert rows["git commit"] == f"{provenance['git_commit']} (uncommitted changes)"
+    assert (
+        rows["torch"] == provenance["packages"]["torch"]
+        and rows["klq-lab"] == provenance["packages"]["klq-lab"]
+    )
+    assert (
+        rows["GPU"] == "NVIDIA H100 80GB HBM3"
+        and rows["device"] == "cuda:0"
+        and rows["host"] == "<b>gpu-7</b>"
+    )
+    with app_env.db.write_session() as s:  # not a git checkout: said so, not an error
+        store.set_provenance(s, rid, {**provenance, "git_commit": None, "git_dirty": None})
+    st.cache_data.clear()  # the page's run is cached for a few seconds
+    at = page("run", {"run": rid}, tab="Config")
+    assert provenance_table(at)["git commit"] == "not a git checkout"
+
+    at = page("run", {"run": seeded.queued}, tab="Config")
+    assert "Recorded when a worker starts training the run." in all_text(at)
 
 
 def _write_log(server, run_id: int, data: bytes) -> Path:

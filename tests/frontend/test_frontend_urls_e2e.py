@@ -39,6 +39,7 @@ HEADINGS = {  # url path -> the page's heading (its st.title)
     "samples": "Samples & judgements",
     "experiments": "Experiments",
     "leaderboard": "Leaderboard",
+    "vote": "Vote",
 }
 
 
@@ -184,7 +185,7 @@ def test_links_the_dashboard_makes_open_their_pages(stack: Stack, tab) -> None:
     visit(tab, base + "/", "Runs")
     links = tab.get_by_test_id("stSidebarNav").get_by_role("link")
     hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
-    assert len(hrefs) == 7, hrefs  # Runs, Launch, Run, Compare, Samples & judgements, Experiments, Leaderboard
+    assert len(hrefs) == 8, hrefs  # Runs, Launch, Run, Compare, Samples & judgements, Experiments, Leaderboard, Vote
     for href in hrefs:
         path = path_of(href)
         visit(tab, href if href.startswith("http") else base + "/" + path, HEADINGS[path])

@@ -15,6 +15,7 @@ from worker_testkit import Stack, metric_steps, process_gone, wait_for
 
 from backend import logfiles
 from backend.models import Run
+from klq.provenance import collect as collect_provenance
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +69,8 @@ def test_run_trains_live_and_succeeds(stack: Stack, client, main_worker) -> None
     assert run["iteration"] == n and run["total_iterations"] == n and run["progress"] == pytest.approx(1.0)
     assert run["episodes"] == n * 16
     assert run["worker_host"] and run["worker_gpu"] == "cpu"
+    # what trained it, recorded by the training process through the worker's sink (same checkout, same host)
+    assert run["provenance"] == {**collect_provenance(), "device": "cpu"}
     assert run["started_at"] and run["finished_at"] and run["finished_at"] >= run["started_at"]
     assert not run["cancel_requested"]
 
