@@ -99,7 +99,6 @@ def _sample_token(scaled: Tensor, top_k: int, top_p: float,
     unnorm = (scaled - peak).exp()
     total = unnorm.sum(-1)
     lse = peak.squeeze(-1) + total.log()  # logsumexp(scaled), from the same exp pass
-    entropy = lse - (unnorm * scaled).sum(-1) / total if with_entropy else None
     weights = unnorm if top_k <= 0 and top_p >= 1.0 else (_filter_logits(scaled, top_k, top_p) - peak).exp()
     full = V // _BLOCK * _BLOCK
     sums = weights[:, :full].reshape(B, -1, _BLOCK).sum(-1)
@@ -116,6 +115,9 @@ def _sample_token(scaled: Tensor, top_k: int, top_p: float,
     offset = torch.searchsorted(in_block, residual, right=True).clamp(max=_BLOCK - 1)
     token = (block * _BLOCK + offset).squeeze(-1)
     logp = scaled.gather(-1, token[:, None]).squeeze(-1) - lse
+    # H = logsumexp - E[scaled]; in place on `unnorm` (not needed any more): a (B, V) temporary here cost
+    # as much as the whole draw on a loaded CPU
+    entropy = lse - unnorm.mul_(scaled).sum(-1) / total if with_entropy else None
     return token, logp, entropy
 
 

@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from klq.config import RolloutConfig
-from klq.losses import logprobs_of
+from klq.losses import entropy_of, logprobs_of
 from klq.models import Models, ValueModel, load_tokenizer, response_logits, sequence_scores
 from klq.rollout import generate_and_score, sample, truncate_responses
 from klq.tasks import Prompt
@@ -60,6 +60,25 @@ def test_sampling_logprobs_match_full_forward_with_left_padding(tiny):
     with torch.no_grad():
         recomputed = logprobs_of(response_logits(lm, full_ids, full_mask, 10), resp, 0.7)
     assert torch.allclose(recomputed[rmask.bool()], logp[rmask.bool()], atol=1e-5)
+
+
+@pytest.mark.parametrize("greedy, top_k", [(False, 0), (True, 0), (False, 3)])
+def test_sampling_entropy_matches_full_forward(tiny, greedy, top_k):
+    """with_entropy: the entropy of softmax(logits / T) at each step (the token records'), the same draw."""
+    tok, lm = tiny["tok"], tiny["lm"]
+    ids, mask = encode(tok, ["w1 w2 w3 w4 w5", "w6", "w7 w8"])
+    torch.manual_seed(2)
+    plain = sample(lm, ids, mask, 10, tok.eos_token_id, tok.pad_token_id, temperature=0.7, greedy=greedy, top_k=top_k)
+    torch.manual_seed(2)
+    resp, logp, entropy = sample(lm, ids, mask, 10, tok.eos_token_id, tok.pad_token_id, temperature=0.7,
+                                 greedy=greedy, top_k=top_k, with_entropy=True)
+    assert torch.equal(plain[0], resp) and torch.equal(plain[1], logp)
+    resp, rmask, _ = truncate_responses(resp, tok.eos_token_id, tok.pad_token_id, tok, [])
+    full_ids, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, rmask.long()], 1)
+    with torch.no_grad():
+        recomputed = entropy_of(response_logits(lm, full_ids, full_mask, 10), 0.7)
+    on = rmask.bool()
+    assert torch.allclose(recomputed[on], entropy[on], atol=1e-5) and (entropy[~on] == 0).all()
 
 
 def test_left_padding_does_not_change_greedy_responses(tiny):

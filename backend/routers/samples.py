@@ -32,7 +32,7 @@ from ..schemas import (
     SampleStep,
     SampleTokens,
 )
-from .common import Limit, Offset, RunId, StepQuery
+from .common import Limit, Offset, QueryText, RunId, StepQuery
 
 router = APIRouter(tags=["samples"])
 
@@ -137,7 +137,7 @@ def list_samples(
 )
 def prompt_samples(
     run_id: RunId,
-    prompt_id: Annotated[str, Path(min_length=1, max_length=200, description="the prompt's id")],
+    prompt_id: Annotated[QueryText, Path(min_length=1, max_length=200, description="the prompt's id")],
     session: ReadSession,
     kind: SampleKindQuery = "eval",
 ) -> list[SampleOut]:

@@ -35,9 +35,16 @@ def _seed(server: Server, client) -> dict[str, int]:
     (policy / "config.json").write_text("{}")
     with server.db.write_session() as s:
         store.write_metrics(s, rid, [(k, i, 1.0 / (i + 1), None) for k in ("loss", "kl") for i in range(50)])
+        tokens = {"token_ids": [1, 2], "tokens": ["<b>", "\n"], "quantities": {"k1": [0.5, -0.25]}}
         store.write_samples(
-            s, rid, [{"step": 1, "prompt_id": f"p{i}", "prompt": "q", "response": "r"} for i in range(3)]
+            s,
+            rid,
+            [
+                {"step": 1, "prompt_id": f"p{i}", "prompt": "q", "response": "r", "tokens": tokens}
+                for i in range(3)
+            ],
         )
+        sample_id = store.list_samples(s, rid, limit=1)[0][0].id
         ckpt = store.add_checkpoint(s, rid, 50, policy, is_final=True)
         j = store.create_judgement(s, run_a_id=rid, num_prompts=2, judge={"backend": "gold"})
         store.record_verdicts(s, j.id, [{"prompt_id": "p0", "order": "ab", "verdict": "A"}])
@@ -46,7 +53,14 @@ def _seed(server: Server, client) -> dict[str, int]:
         json={"base": {}, "grid": {"algorithms": ["klq"], "kl_coefs": [0.1], "seeds": [1]}, "tags": ["fuzz"]},
     )
     assert exp.status_code == 201, exp.text
-    return {"run_id": rid, "judgement_id": j.id, "checkpoint_id": ckpt.id, "experiment_id": exp.json()["id"]}
+    return {
+        "run_id": rid,
+        "judgement_id": j.id,
+        "checkpoint_id": ckpt.id,
+        "experiment_id": exp.json()["id"],
+        "sample_id": sample_id,
+        "prompt_id": "p0",
+    }
 
 
 def _make_check(
