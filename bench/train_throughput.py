@@ -224,9 +224,19 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, help="for MFU (default: H100 dense bf16 on cuda, none on cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--trl-python", help="the Python that runs the TRL sides (default bench/.venv-trl's, made "
+                                        "on first use by bench/setup_peer.sh)")
+    p.add_argument("--trl-pythonpath", help="PYTHONPATH of the TRL sides, replacing the inherited one (TRL "
+                                            "installed with pip --target: bench/gpu_check.sh)")
+    p.add_argument("--report-from", nargs="+", metavar="JSON",
+                   help="print the table of earlier runs' --json files (sides of several runs together) "
+                        "instead of running")
     p.add_argument("--worker", choices=["ppo", "klq", *GROUP_ALGORITHMS], help=argparse.SUPPRESS)
     p.add_argument("--assets", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.report_from:
+        report_saved(a.report_from)
+        return
     run = RUNS[a.shape]
     a.batch_size = a.batch_size or run["batch"]
     a.minibatch_size = a.minibatch_size or min(run["minibatch"], a.batch_size)
@@ -249,12 +259,11 @@ def main() -> None:
     unknown = set(sides) - set(ALL_SIDES)
     if unknown:
         raise SystemExit(f"unknown sides {sorted(unknown)}: choose from {', '.join(ALL_SIDES)}")
-    trl_python = HERE / ".venv-trl" / "bin" / "python"
-    if any(s.startswith("trl") for s in sides):
-        trl_python = HERE / ".venv-trl" / "bin" / "python"
-        if not (HERE / ".venv-trl" / ".ready").exists():
-            print("setting up TRL's virtual environment (bench/setup_peer.sh trl) ...", flush=True)
-            subprocess.run(["bash", str(HERE / "setup_peer.sh"), "trl"], check=True)
+    trl_python = Path(a.trl_python) if a.trl_python else HERE / ".venv-trl" / "bin" / "python"
+    trl_env = env if a.trl_pythonpath is None else {**env, "PYTHONPATH": a.trl_pythonpath}
+    if any(s.startswith("trl") for s in sides) and not a.trl_python and not (HERE / ".venv-trl" / ".ready").exists():
+        print("setting up TRL's virtual environment (bench/setup_peer.sh trl) ...", flush=True)
+        subprocess.run(["bash", str(HERE / "setup_peer.sh"), "trl"], check=True)
     common = ["--threads", str(a.threads), "--iterations", str(a.iterations), "--warmup", str(a.warmup),
               "--batch-size", str(a.batch_size), "--micro-batch-size", str(a.micro_batch_size),
               "--temperature", str(a.temperature), "--learning-rate", str(a.learning_rate),
@@ -282,8 +291,25 @@ def main() -> None:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--shape", a.shape, "--worker",
                        side.removeprefix("ours-"), *common, "--minibatch-size", str(a.minibatch_size),
                        "--epochs", str(a.epochs), "--num-generations", str(a.num_generations)]
-            results[side].append(_run(cmd, env))
+            results[side].append(_run(cmd, trl_env if side.startswith("trl") else env))
     _report(a, results, started)
+
+
+def report_saved(paths: list[str]) -> None:
+    """The table of runs saved with --json (same shape and settings; a side in several files: all its
+    rounds), e.g. one file per side when each side ran as a stage of its own (bench/gpu_check.sh)."""
+    saved = [json.loads(Path(path).read_text()) for path in paths]
+    args = argparse.Namespace(**{**saved[0]["args"], "json": None})
+    settings = ("shape", "device", "batch_size", "minibatch_size", "micro_batch_size", "epochs", "threads")
+    for other, path in zip(saved[1:], paths[1:]):
+        differ = [k for k in settings if other["args"].get(k) != saved[0]["args"].get(k)]
+        if differ:
+            raise SystemExit(f"{path}: other settings than {paths[0]} ({', '.join(differ)})")
+    results: dict[str, list[dict]] = {}
+    for run in saved:
+        for side, runs in run["results"].items():
+            results.setdefault(side, []).extend(runs)
+    _report(args, results, saved[0]["started"])
 
 
 def _value_free(side: str) -> bool:
