@@ -61,6 +61,8 @@ else
     iterations="${iterations:-2}" trl_iterations="${trl_iterations:-2}" warmup="${warmup:-1}"
 fi
 
+cap_scale=1  # the stages' caps below are for the GPU; on a CPU every stage takes longer (the budget still holds)
+[ "$device" = cpu ] && cap_scale=4
 started=$(date +%s)
 deadline=$((started + budget))
 reserve=25  # seconds kept for the report
@@ -77,7 +79,7 @@ failed=0
 # stage NAME CAP NEED CMD...: run CMD under min(CAP, what is left) seconds, its output in $work/NAME.log;
 # skipped when less than NEED seconds are left. Records NAME, status, exit code, seconds, limit.
 stage() {
-    local name="$1" cap="$2" need="$3"
+    local name="$1" cap=$(($2 * cap_scale)) need="$3"
     shift 3
     local now left limit rc t0 t1 status
     now=$(date +%s)

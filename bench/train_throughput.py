@@ -309,14 +309,17 @@ def report_saved(paths: list[str]) -> None:
     for run in saved:
         for side, runs in run["results"].items():
             results.setdefault(side, []).extend(runs)
-    _report(args, results, saved[0]["started"])
+    args.rounds = max(len(runs) for runs in results.values())
+    for run, path in zip(saved, paths):
+        print(f"{path}: {', '.join(run['results'])} from {run['started']}; {run['machine']}")
+    _report(args, results, saved[0]["started"], machine=f"{len(saved)} runs, the first on {saved[0]['machine']}")
 
 
 def _value_free(side: str) -> bool:
     return side.removeprefix("ours-").removeprefix("trl-") in GROUP_ALGORITHMS
 
 
-def _report(a: argparse.Namespace, results: dict[str, list[dict]], started: str) -> None:
+def _report(a: argparse.Namespace, results: dict[str, list[dict]], started: str, machine: str | None = None) -> None:
     shape = SHAPES[a.shape]
     P, T = shape["prompt_len"], shape["response_len"]
     fl = flops(a.shape, a.batch_size, a.epochs)
@@ -325,7 +328,7 @@ def _report(a: argparse.Namespace, results: dict[str, list[dict]], started: str)
     tokens = {"generation": a.batch_size * T, "scoring": a.batch_size * (P + T),
               "training": a.epochs * a.batch_size * (P + T)}
     print()
-    print(f"# train_throughput  {started}  {_machine()}")
+    print(f"# train_throughput  {started}  {machine or _machine()}")
     print(f"shape {a.shape}: {shape['arch']} {shape['layers']} layers x {shape['dim']} dims, vocab {shape['vocab']}; "
           f"prompt {P} + response {T} tokens; batch {a.batch_size}, minibatch {a.minibatch_size}, "
           f"micro-batch {a.micro_batch_size}, {a.epochs} epochs; {a.device} "
