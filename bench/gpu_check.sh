@@ -35,6 +35,7 @@
 # Python found is used as it is ($PYTHON, else .venv/bin/python, else python3), and TRL runs from
 # bench/.venv-trl when it is ready, else its stage is skipped, saying so.
 set -euo pipefail
+{  # the whole script is read before it runs (one compound command): editing it mid-run cannot change a run
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
@@ -73,7 +74,9 @@ printf 'stage\tstatus\trc\tseconds\tlimit\tnote\n' >"$stages"
 if [ -n "${PYTHON:-}" ]; then py="$PYTHON"
 elif [ -x "$root/.venv/bin/python" ]; then py="$root/.venv/bin/python"
 else py="python3"; fi
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false CUBLAS_WORKSPACE_CONFIG=":4096:8"
+# (CUBLAS_WORKSPACE_CONFIG, which exact resume on CUDA needs, only for the tests: tests/gpu/conftest.py sets it,
+# and the throughput stages keep cuBLAS's default workspace)
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 failed=0
 
 # stage NAME CAP NEED CMD...: run CMD under min(CAP, what is left) seconds, its output in $work/NAME.log;
@@ -245,3 +248,4 @@ fi
 "$py" bench/gpu_report.py --work "$work" --out "$out" --device "$device" --shape "$shape" \
     --budget "$budget" --started "$started" || failed=1
 exit "$failed"
+}

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -154,17 +154,17 @@ def test_greedy_generation_with_kv_cache_equals_full_forward(arch, precision, de
 
 
 @pytest.fixture
-def deterministic() -> Iterator[list[str]]:
-    """Deterministic kernels (cuBLAS workspaces, attention backward) for the test; yields the warnings of ops
-    that have no deterministic implementation (warn_only: they run, and the test says which)."""
+def deterministic() -> Iterator[Callable[[], list[str]]]:
+    """Deterministic kernels (cuBLAS workspaces, attention backward) for the test; yields a function that
+    lists the ops without a deterministic implementation met so far (warn_only: they run, with a warning)."""
     was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        found: list[str] = []
-        yield found
-        found.extend(sorted({str(w.message).splitlines()[0] for w in caught if "determinis" in str(w.message)}))
-    torch.use_deterministic_algorithms(was, warn_only=warn_only)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield lambda: sorted({str(w.message).splitlines()[0] for w in caught if "determinis" in str(w.message)})
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
 
 
 @pytest.mark.parametrize("algorithm", ["klq", "ppo"])
@@ -181,11 +181,12 @@ def test_resumed_run_equals_uninterrupted_on_device(algorithm, device, tiny_asse
     (tmp_path / "resumed" / "checkpoints" / "step-0000003").rename(tmp_path / "resumed" / "dropped")
     assert latest_checkpoint(tmp_path / "resumed").name == "step-0000002"
     train(cfg, tmp_path / "resumed", resume=True)
-    record_property("nondeterministic_ops", json.dumps(deterministic))
+    nondeterministic = deterministic()
+    record_property("nondeterministic_ops", json.dumps(nondeterministic))
     straight = comparable(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
     resumed = comparable(read_jsonl(tmp_path / "resumed" / "metrics.jsonl"))
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
-    assert resumed == straight, f"ops without a deterministic implementation: {deterministic}"
+    assert resumed == straight, f"ops without a deterministic implementation: {nondeterministic}"
     assert read_jsonl(tmp_path / "straight" / "samples.jsonl") == read_jsonl(tmp_path / "resumed" / "samples.jsonl")
     final = load_file(tmp_path / "straight" / "checkpoints" / "step-0000005" / "policy" / "model.safetensors")
     again = load_file(tmp_path / "resumed" / "checkpoints" / "step-0000005" / "policy" / "model.safetensors")
