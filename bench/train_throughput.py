@@ -249,9 +249,19 @@ def main() -> None:
                    help="capture.train_rollouts of the '+capture' sides (ours-klq+capture, ...: the same run "
                    "recording that many training rollouts per iteration token by token); the plain ours-* sides "
                    "record none (as TRL)")
+    p.add_argument("--trl-python", help="the Python that runs the TRL sides (default bench/.venv-trl's, made "
+                                        "on first use by bench/setup_peer.sh)")
+    p.add_argument("--trl-pythonpath", help="PYTHONPATH of the TRL sides, replacing the inherited one (TRL "
+                                            "installed with pip --target: bench/gpu_check.sh)")
+    p.add_argument("--report-from", nargs="+", metavar="JSON",
+                   help="print the table of earlier runs' --json files (sides of several runs together) "
+                        "instead of running")
     p.add_argument("--worker", choices=["ppo", "klq", *GROUP_ALGORITHMS], help=argparse.SUPPRESS)
     p.add_argument("--assets", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.report_from:
+        report_saved(a.report_from)
+        return
     run = RUNS[a.shape]
     a.batch_size = a.batch_size or run["batch"]
     a.minibatch_size = a.minibatch_size or min(run["minibatch"], a.batch_size)
@@ -274,12 +284,11 @@ def main() -> None:
     unknown = {s.removesuffix("+capture") for s in sides} - set(ALL_SIDES)
     if unknown:
         raise SystemExit(f"unknown sides {sorted(unknown)}: choose from {', '.join(ALL_SIDES)}")
-    trl_python = HERE / ".venv-trl" / "bin" / "python"
-    if any(s.startswith("trl") for s in sides):
-        trl_python = HERE / ".venv-trl" / "bin" / "python"
-        if not (HERE / ".venv-trl" / ".ready").exists():
-            print("setting up TRL's virtual environment (bench/setup_peer.sh trl) ...", flush=True)
-            subprocess.run(["bash", str(HERE / "setup_peer.sh"), "trl"], check=True)
+    trl_python = Path(a.trl_python) if a.trl_python else HERE / ".venv-trl" / "bin" / "python"
+    trl_env = env if a.trl_pythonpath is None else {**env, "PYTHONPATH": a.trl_pythonpath}
+    if any(s.startswith("trl") for s in sides) and not a.trl_python and not (HERE / ".venv-trl" / ".ready").exists():
+        print("setting up TRL's virtual environment (bench/setup_peer.sh trl) ...", flush=True)
+        subprocess.run(["bash", str(HERE / "setup_peer.sh"), "trl"], check=True)
     common = ["--threads", str(a.threads), "--iterations", str(a.iterations), "--warmup", str(a.warmup),
               "--batch-size", str(a.batch_size), "--micro-batch-size", str(a.micro_batch_size),
               "--temperature", str(a.temperature), "--learning-rate", str(a.learning_rate),
@@ -309,15 +318,35 @@ def main() -> None:
                        "--minibatch-size", str(a.minibatch_size), "--epochs", str(a.epochs),
                        "--num-generations", str(a.num_generations),
                        "--capture", str(a.capture if side.endswith("+capture") else 0)]
-            results[side].append(_run(cmd, env))
+            results[side].append(_run(cmd, trl_env if side.startswith("trl") else env))
     _report(a, results, started)
+
+
+def report_saved(paths: list[str]) -> None:
+    """The table of runs saved with --json (same shape and settings; a side in several files: all its
+    rounds), e.g. one file per side when each side ran as a stage of its own (bench/gpu_check.sh)."""
+    saved = [json.loads(Path(path).read_text()) for path in paths]
+    args = argparse.Namespace(**{**saved[0]["args"], "json": None})
+    settings = ("shape", "device", "batch_size", "minibatch_size", "micro_batch_size", "epochs", "threads")
+    for other, path in zip(saved[1:], paths[1:]):
+        differ = [k for k in settings if other["args"].get(k) != saved[0]["args"].get(k)]
+        if differ:
+            raise SystemExit(f"{path}: other settings than {paths[0]} ({', '.join(differ)})")
+    results: dict[str, list[dict]] = {}
+    for run in saved:
+        for side, runs in run["results"].items():
+            results.setdefault(side, []).extend(runs)
+    args.rounds = max(len(runs) for runs in results.values())
+    for run, path in zip(saved, paths):
+        print(f"{path}: {', '.join(run['results'])} from {run['started']}; {run['machine']}")
+    _report(args, results, saved[0]["started"], machine=f"{len(saved)} runs, the first on {saved[0]['machine']}")
 
 
 def _value_free(side: str) -> bool:
     return side.removeprefix("ours-").removeprefix("trl-").removesuffix("+capture") in GROUP_ALGORITHMS
 
 
-def _report(a: argparse.Namespace, results: dict[str, list[dict]], started: str) -> None:
+def _report(a: argparse.Namespace, results: dict[str, list[dict]], started: str, machine: str | None = None) -> None:
     shape = SHAPES[a.shape]
     P, T = shape["prompt_len"], shape["response_len"]
     fl = flops(a.shape, a.batch_size, a.epochs)
@@ -326,7 +355,7 @@ def _report(a: argparse.Namespace, results: dict[str, list[dict]], started: str)
     tokens = {"generation": a.batch_size * T, "scoring": a.batch_size * (P + T),
               "training": a.epochs * a.batch_size * (P + T)}
     print()
-    print(f"# train_throughput  {started}  {_machine()}")
+    print(f"# train_throughput  {started}  {machine or _machine()}")
     print(f"shape {a.shape}: {shape['arch']} {shape['layers']} layers x {shape['dim']} dims, vocab {shape['vocab']}; "
           f"prompt {P} + response {T} tokens; batch {a.batch_size}, minibatch {a.minibatch_size}, "
           f"micro-batch {a.micro_batch_size}, {a.epochs} epochs; {a.device} "

@@ -65,48 +65,85 @@ def logprobs_of(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Ten
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+_CHUNK_BYTES = 2**21  # rows per step of the CPU passes below: about 2 MiB of float32 logits, so they stay in cache
+
+
+def _row_chunks(rows: int, row_bytes: int, device: torch.device) -> list[slice]:
+    """Slices of at most _CHUNK_BYTES of rows on CPU, where a pass over a cache-sized chunk is several times
+    faster than one over the whole (N, V) tensor (154 MB at N = 768, V = 50,257) and needs no fresh (N, V)
+    buffer (each a new mmap and its page faults); one slice on other devices (one kernel per op)."""
+    if device.type != "cpu":
+        return [slice(0, rows)]
+    step = max(1, _CHUNK_BYTES // row_bytes)
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
 class _TokenLogprobs(torch.autograd.Function):
     """log pi(token) and the entropy of softmax(logits / temperature), fused for a big vocabulary.
 
-    Forward makes one (N, V) buffer of shifted, scaled logits and one of their exponentials; backward
-    turns the saved exponentials into the gradient in place: d logp / d logits = (onehot - p) / tau.
-    Unlike log_softmax + gather (+ a second log_softmax for the entropy), no log-softmax output, no zeros
-    tensor for gather's backward and no separate temperature division are materialised: on CPU, where
-    every (N, V) pass and fresh allocation costs about as much as the LM-head matmul, this is most of
-    the loss-side work."""
+    Forward, over chunks of rows: shifted = (z - max) / tau, weights = exp(shifted), total = sum(weights),
+    logp = shifted[token] - log(total), entropy = log(total) - <weights, shifted> / total; only the (N,)
+    row statistics are kept, no (N, V) tensor. Backward recomputes the exponentials from the saved logits
+    (the same operations, so the same values) and turns them into the gradient d logp / d logits =
+    (onehot - p) / tau, chunk by chunk, into one (N, V) buffer: a fresh one, or with `overwrite` the
+    float32 logits' own (for callers that never read the logits after backward). On CPU, where each (N, V)
+    pass over main memory and each fresh (N, V) allocation (a new mmap and its page faults) costs a good
+    part of the LM-head matmul, that is most of the loss-side work."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, tokens: Tensor, temperature: float):
-        z = logits.float()
-        peak = z.max(-1, keepdim=True).values
-        shifted = (z - peak).div_(temperature)  # (z - max) / tau <= 0
-        weights = shifted.exp()
-        total = weights.sum(-1, keepdim=True)
-        log_total = total.log()
-        logp = (shifted.gather(-1, tokens.unsqueeze(-1)) - log_total).squeeze(-1)
-        # H = -sum p log p = log(total) - sum(weights * shifted) / total, without an (N, V) product tensor
-        dot = torch.matmul(weights.unsqueeze(-2), shifted.unsqueeze(-1)).squeeze(-1)
-        entropy = (log_total - dot / total).squeeze(-1)
-        ctx.save_for_backward(weights, total, tokens)
+    def forward(ctx, logits: Tensor, tokens: Tensor, temperature: float, overwrite: bool):
+        vocab = logits.shape[-1]
+        z = logits.float().reshape(-1, vocab)  # (N, V): the logits themselves when float32 and contiguous
+        token = tokens.reshape(-1, 1)
+        rows = z.shape[0]
+        peak, total = z.new_empty(rows, 1), z.new_empty(rows, 1)
+        logp, entropy = z.new_empty(rows), z.new_empty(rows)
+        for chunk in _row_chunks(rows, vocab * z.element_size(), z.device):
+            zc = z[chunk]
+            pc = torch.amax(zc, -1, keepdim=True)
+            shifted = (zc - pc).div_(temperature)  # (z - max) / tau <= 0
+            weights = shifted.exp()
+            t = weights.sum(-1, keepdim=True)
+            log_t = t.log()
+            logp[chunk] = (shifted.gather(-1, token[chunk]) - log_t).squeeze(-1)
+            # H = -sum p log p = log(total) - sum(weights * shifted) / total, without an (N, V) product tensor
+            dot = torch.linalg.vecdot(weights, shifted).unsqueeze(-1)  # (6x faster than a batched matmul)
+            entropy[chunk] = (log_t - dot / t).squeeze(-1)
+            peak[chunk], total[chunk] = pc, t
+        ctx.save_for_backward(z, peak, total, token)
         ctx.temperature = temperature
+        # z is this function's own buffer when it is a copy (bf16 or non-contiguous logits), or when allowed
+        ctx.own_buffer = overwrite or z.data_ptr() != logits.data_ptr()
         ctx.logits_dtype = logits.dtype
+        ctx.logits_shape = logits.shape
+        logp, entropy = logp.view(tokens.shape), entropy.view(tokens.shape)
         ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_logp: Tensor, _grad_entropy: Tensor):
-        weights, total, tokens = ctx.saved_tensors
-        g = grad_logp.unsqueeze(-1) / ctx.temperature
-        grad = weights.mul_(-g / total)  # -p * g / tau, in the saved buffer (backward runs once)
-        grad.scatter_add_(-1, tokens.unsqueeze(-1), g)
-        return grad.to(ctx.logits_dtype), None, None
+        z, peak, total, token = ctx.saved_tensors
+        tau = ctx.temperature
+        g = grad_logp.reshape(-1, 1) / tau
+        scale = -g / total
+        grad = z if ctx.own_buffer else torch.empty_like(z)
+        for chunk in _row_chunks(z.shape[0], z.shape[1] * z.element_size(), z.device):
+            # -p * g / tau, p = exp((z - max) / tau) / total: the forward's operations, in place
+            torch.sub(z[chunk], peak[chunk], out=grad[chunk]).div_(tau).exp_().mul_(scale[chunk])
+        grad.scatter_add_(-1, token, g)
+        return grad.view(ctx.logits_shape).to(ctx.logits_dtype), None, None, None
 
 
-def logprobs_and_entropy(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+def logprobs_and_entropy(logits: Tensor, tokens: Tensor, temperature: float = 1.0,
+                         overwrite_logits: bool = False) -> tuple[Tensor, Tensor]:
     """(logprobs_of(logits, tokens, temperature), entropy_of(logits, temperature)) in one fused pass;
-    only the log-probs carry a gradient. logits: (B, T, V), tokens: (B, T) -> ((B, T), (B, T))."""
-    return _TokenLogprobs.apply(logits, tokens, temperature)
+    only the log-probs carry a gradient. logits: (B, T, V), tokens: (B, T) -> ((B, T), (B, T)).
+
+    overwrite_logits: backward may write the gradient into float32 logits' own buffer instead of a new
+    (B, T, V) one, so the logits must not be read after backward (klq.models.response_logprobs, which
+    never hands them out). An autograd node that saved them would fail on their version counter."""
+    return _TokenLogprobs.apply(logits, tokens, temperature, overwrite_logits)
 
 
 def entropy_of(logits: Tensor, temperature: float = 1.0) -> Tensor:

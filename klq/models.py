@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from klq.config import ModelConfig
+from klq.losses import logprobs_and_entropy
 from klq.tasks.model_names import resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,18 @@ def response_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
         use_cache=False,
     )
     return out.logits
+
+
+def response_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, response_ids: Tensor,
+                      temperature: float) -> tuple[Tensor, Tensor]:
+    """log pi(a_t | s_t) under softmax(logits / temperature) and the entropy of that distribution at the T
+    response positions: `response_logits` and `losses.logprobs_and_entropy` (only the log-probs carry a
+    gradient). input_ids, attention_mask: (B, P + T); response_ids: (B, T) -> ((B, T), (B, T)).
+
+    The (B, T, V) logits never leave this function, so the fused op's backward may write the gradient
+    into their buffer (overwrite_logits) instead of allocating another (B, T, V) tensor."""
+    logits = response_logits(model, input_ids, attention_mask, response_ids.shape[1])
+    return logprobs_and_entropy(logits, response_ids, temperature, overwrite_logits=True)
 
 
 def _backbone_hidden(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from klq.config import RolloutConfig
-from klq.losses import after_end_mask, logprobs_and_entropy, masked_sum
-from klq.models import Models, position_ids_from, response_logits, sequence_scores
+from klq.losses import after_end_mask, masked_sum
+from klq.models import Models, position_ids_from, response_logprobs, sequence_scores
 from klq.tasks import Prompt
 
 
@@ -361,8 +361,7 @@ def generate_and_score(
     for start in range(0, len(prompts), forward_batch_size):
         rows = slice(start, start + forward_batch_size)
         ids, am = input_ids[rows], attention_mask[rows]
-        logits = response_logits(models.reference, ids, am, T)
-        logp_ref.append(logprobs_and_entropy(logits, response_ids[rows], cfg.temperature)[0])
+        logp_ref.append(response_logprobs(models.reference, ids, am, response_ids[rows], cfg.temperature)[0])
         if models.value is not None:
             values_old.append(models.value(ids, am, T))
         r_ids, r_mask = _reward_inputs(models, query_ids, query_mask, cut, rows, texts[rows])

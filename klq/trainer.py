@@ -36,7 +36,7 @@ from klq import losses
 from klq.algorithms import make_algorithm
 from klq.config import RunConfig
 from klq.judge.in_training import WinRateVsReference
-from klq.models import Models, load_models, resolve_device, resolve_dtype, response_logits
+from klq.models import Models, load_models, resolve_device, resolve_dtype, response_logprobs
 from klq.provenance import collect as collect_provenance
 from klq.rollout import Rollout, generate_and_score
 from klq.sinks import JSONLSink, SampleRecord, Sink, TokenRecord
@@ -359,9 +359,8 @@ def _update(cfg: RunConfig, algorithm, accelerator: Accelerator, policy, value, 
                 rows = mb_rows[micro_start : micro_start + tc.micro_batch_size]
                 mask = batch.response_mask[rows]
                 with accelerator.accumulate(*trained):
-                    logits = response_logits(policy, input_ids[rows], attention_mask[rows], T)
-                    logp, entropy = losses.logprobs_and_entropy(logits, batch.response_ids[rows],
-                                                                cfg.rollout.temperature)
+                    logp, entropy = response_logprobs(policy, input_ids[rows], attention_mask[rows],
+                                                      batch.response_ids[rows], cfg.rollout.temperature)
                     values = None if value is None else value(input_ids[rows], attention_mask[rows], T)
                     mb = {k: v[rows] for k, v in data.items()}
                     loss, stats = algorithm.loss(logp, values, mb, mask)

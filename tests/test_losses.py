@@ -844,6 +844,49 @@ def test_fused_logprobs_and_entropy_match_separate_ones_with_gradient(temperatur
     assert not ent.requires_grad
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("chunk_rows", [1, 4, 100])
+def test_fused_logprobs_and_entropy_chunked_and_in_place(chunk_rows, overwrite, monkeypatch):
+    """Rows processed in chunks (CPU; here 1, 4 or all 18 rows at a time) give the values and gradient of
+    the unfused functions; overwrite_logits=False leaves the logits intact, True leaves the gradient in them
+    (what klq.models.response_logprobs allows, as it never hands the logits out)."""
+    monkeypatch.setattr(L, "_CHUNK_BYTES", chunk_rows * 257 * 4)
+    torch.manual_seed(1)
+    base = torch.randn(3, 6, 257) * 4
+    weights = torch.randn(3, 6)
+    tokens = torch.randint(0, 257, (3, 6))
+    leaf = base.clone().requires_grad_()
+    logits = leaf * 1.0  # an intermediate, as the LM head's output is
+    lp, ent = L.logprobs_and_entropy(logits, tokens, 0.7, overwrite_logits=overwrite)
+    (grad,) = torch.autograd.grad((lp * weights).sum(), leaf)
+    ref = base.clone().requires_grad_()
+    ref_lp = L.logprobs_of(ref, tokens, 0.7)
+    (ref_grad,) = torch.autograd.grad((ref_lp * weights).sum(), ref)
+    close(lp, ref_lp.detach(), rtol=1e-5, atol=1e-5)
+    close(ent, L.entropy_of(base, 0.7), rtol=1e-5, atol=1e-5)
+    close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+    if overwrite:
+        close(logits.detach(), grad, rtol=0, atol=0)
+    else:
+        close(logits.detach(), base, rtol=0, atol=0)
+
+
+def test_fused_logprobs_and_entropy_of_bfloat16_logits():
+    """bf16 logits (a GPU's autocast LM head): computed in float32, gradient back in bf16, logits intact."""
+    torch.manual_seed(2)
+    logits = (torch.randn(2, 5, 300) * 3).bfloat16().requires_grad_()
+    tokens = torch.randint(0, 300, (2, 5))
+    before = logits.detach().clone()
+    lp, ent = L.logprobs_and_entropy(logits, tokens, 0.7, overwrite_logits=True)
+    (grad,) = torch.autograd.grad(lp.sum(), logits)
+    (ref_grad,) = torch.autograd.grad(L.logprobs_of(logits, tokens, 0.7).sum(), logits)
+    assert lp.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    close(lp, L.logprobs_of(logits.detach(), tokens, 0.7), rtol=1e-5, atol=1e-5)
+    close(ent, L.entropy_of(logits.detach(), 0.7), rtol=1e-5, atol=1e-5)
+    close(grad.float(), ref_grad.float(), rtol=1e-2, atol=1e-3)
+    assert torch.equal(logits.detach(), before)
+
+
 def test_klq_action_values_formula():
     b = make_batch(2)
     got = L.klq_action_values(b["logp"], b["logp_ref"], b["values"], 0.3)

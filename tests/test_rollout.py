@@ -8,7 +8,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadMo
 
 from klq.config import RolloutConfig
 from klq.losses import entropy_of, logprobs_of
-from klq.models import Models, ValueModel, load_tokenizer, response_logits, sequence_scores
+from klq.models import Models, ValueModel, load_tokenizer, response_logits, response_logprobs, sequence_scores
 from klq.rollout import generate_and_score, sample, truncate_responses
 from klq.tasks import Prompt
 
@@ -79,6 +79,26 @@ def test_sampling_entropy_matches_full_forward(tiny, greedy, top_k):
         recomputed = entropy_of(response_logits(lm, full_ids, full_mask, 10), 0.7)
     on = rmask.bool()
     assert torch.allclose(recomputed[on], entropy[on], atol=1e-5) and (entropy[~on] == 0).all()
+
+
+def test_response_logprobs_equal_unfused_with_gradient(tiny):
+    """klq.models.response_logprobs (the trainer's training forward): the log-probs, entropy and parameter
+    gradients of logprobs_of / entropy_of over response_logits."""
+    tok, lm = tiny["tok"], tiny["lm"]
+    ids, mask = encode(tok, ["w1 w2 w3 w4 w5 w6", "w6", "w7 w8"])
+    torch.manual_seed(3)
+    resp = torch.randint(3, len(WORDS), (3, 7))
+    full_ids, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, torch.ones_like(resp)], 1)
+    weights = torch.randn(3, 7)
+    params = [p for p in lm.parameters()]
+    lp, ent = response_logprobs(lm, full_ids, full_mask, resp, 0.7)
+    grads = torch.autograd.grad((lp * weights).sum(), params)
+    logits = response_logits(lm, full_ids, full_mask, 7)
+    ref_lp = logprobs_of(logits, resp, 0.7)
+    ref_grads = torch.autograd.grad((ref_lp * weights).sum(), params)
+    assert torch.allclose(lp, ref_lp, atol=1e-5) and not ent.requires_grad
+    assert torch.allclose(ent, entropy_of(logits.detach(), 0.7), atol=1e-5)
+    assert all(torch.allclose(g, r, atol=1e-6, rtol=1e-4) for g, r in zip(grads, ref_grads))
 
 
 def test_left_padding_does_not_change_greedy_responses(tiny):
