@@ -698,6 +698,36 @@ def open_browser_tab(browser: Any, height: int, *, watch_dialogs: bool = True) -
         page.close()
 
 
+def stack_fixture(tmp_name: str, seed: Callable[[Server], Any], log_name: str) -> Any:
+    """A module-scoped pytest fixture ``stack``: ui_stack(<a fresh tmp folder named tmp_name>, seed,
+    log_name)'s UiStack. Assign it in the test module: ``stack = stack_fixture(...)``."""
+
+    @pytest.fixture(scope="module", name="stack")
+    def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
+        with ui_stack(tmp_path_factory.mktemp(tmp_name), seed, log_name) as s:
+            yield s
+
+    return stack
+
+
+def tab_fixtures(height: int, *, watch_dialogs: bool = True) -> tuple[Any, Any]:
+    """Two pytest fixtures: ``browser`` (module-scoped chromium_browser, started after ``stack``) and
+    ``tab`` (open_browser_tab(browser, height, watch_dialogs=...), one per test). Assign them in the test
+    module: ``browser, tab = tab_fixtures(...)``."""
+
+    @pytest.fixture(scope="module", name="browser")
+    def browser(stack: UiStack) -> Iterator[Any]:
+        with chromium_browser() as b:
+            yield b
+
+    @pytest.fixture(name="tab")
+    def tab(browser: Any) -> Iterator[Any]:
+        with open_browser_tab(browser, height, watch_dialogs=watch_dialogs) as page:
+            yield page
+
+    return browser, tab
+
+
 def shot(page: Any, name: str) -> Path:
     """A full-page screenshot of ``page`` at ARTIFACTS / <name>.png."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,6 @@ Screenshots go to test-artifacts/e2e/."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from frontend_testkit import (
     CHROMIUM_MARKS,
     SeededExperiment,
@@ -18,7 +15,7 @@ from frontend_testkit import (
     open_browser_tab,
     seed_experiment,
     shot,
-    ui_stack,
+    stack_fixture,
     wait_idle,
 )
 
@@ -26,10 +23,7 @@ pytestmark = CHROMIUM_MARKS
 Stack = UiStack[SeededExperiment]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with ui_stack(tmp_path_factory.mktemp("fe-exp-e2e"), seed_experiment, "experiments-ui.log") as s:
-        yield s
+stack = stack_fixture("fe-exp-e2e", seed_experiment, "experiments-ui.log")
 
 
 def test_experiment_results_page(stack: Stack) -> None:

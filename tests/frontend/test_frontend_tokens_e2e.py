@@ -7,9 +7,7 @@ link is made. Screenshots of the token view and of two runs side by side go to t
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
-import pytest
 from frontend_testkit import (
     ARTIFACTS,
     CHROMIUM_MARKS,
@@ -17,10 +15,9 @@ from frontend_testkit import (
     TOKEN_SCRIPT,
     SeededTokens,
     UiStack,
-    chromium_browser,
-    open_browser_tab,
     seed_tokens,
-    ui_stack,
+    stack_fixture,
+    tab_fixtures,
     wait_idle,
 )
 
@@ -28,22 +25,8 @@ pytestmark = CHROMIUM_MARKS
 Stack = UiStack[SeededTokens]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with ui_stack(tmp_path_factory.mktemp("fe-tokens-e2e"), seed_tokens, "tokens-ui.log") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def browser(stack: Stack):
-    with chromium_browser() as b:
-        yield b
-
-
-@pytest.fixture
-def tab(browser):
-    with open_browser_tab(browser, height=1800) as page:  # alert(1) would open a dialog
-        yield page
+stack = stack_fixture("fe-tokens-e2e", seed_tokens, "tokens-ui.log")
+browser, tab = tab_fixtures(height=1800)  # dialogs watched: alert(1) would open one
 
 
 def open_tokens(page, url: str, charts: int) -> None:

@@ -7,21 +7,18 @@ visit here checks that no such dialog appears and that the page's own heading is
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-import pytest
 from backend_testkit import Server
 from frontend_testkit import (
     CHROMIUM_MARKS,
     Seeded,
     SeededExperiment,
     UiStack,
-    chromium_browser,
-    open_browser_tab,
     seed,
     seed_experiment,
-    ui_stack,
+    stack_fixture,
+    tab_fixtures,
     wait_idle,
 )
 
@@ -48,22 +45,8 @@ def seed_with_experiment(api: Server) -> tuple[Seeded, SeededExperiment]:
     return seed(api), seed_experiment(api)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with ui_stack(tmp_path_factory.mktemp("fe-urls"), seed_with_experiment, "urls-ui.log") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def browser(stack: Stack):
-    with chromium_browser() as b:
-        yield b
-
-
-@pytest.fixture
-def tab(browser):
-    with open_browser_tab(browser, height=1600) as page:
-        yield page
+stack = stack_fixture("fe-urls", seed_with_experiment, "urls-ui.log")
+browser, tab = tab_fixtures(height=1600)
 
 
 def path_of(url: str) -> str:

@@ -7,21 +7,18 @@ of the Leaderboard page go to test-artifacts/e2e/."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
-import pytest
 from backend_testkit import Server
 from frontend_testkit import (
     CHROMIUM_MARKS,
     VOTE_MARKUP,
     SeededVotes,
     UiStack,
-    chromium_browser,
-    open_browser_tab,
     seed,
     seed_votes,
     shot,
-    ui_stack,
+    stack_fixture,
+    tab_fixtures,
     wait_idle,
 )
 
@@ -37,22 +34,8 @@ def seed_with_votes(api: Server) -> SeededVotes:
     return seed_votes(api, "e2e")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with ui_stack(tmp_path_factory.mktemp("fe-votes"), seed_with_votes, "votes-ui.log") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def browser(stack: Stack):
-    with chromium_browser() as b:
-        yield b
-
-
-@pytest.fixture
-def tab(browser):
-    with open_browser_tab(browser, height=1400, watch_dialogs=False) as page:
-        yield page
+stack = stack_fixture("fe-votes", seed_with_votes, "votes-ui.log")
+browser, tab = tab_fixtures(height=1400, watch_dialogs=False)
 
 
 def click(page, name: str) -> None:
