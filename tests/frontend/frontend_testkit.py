@@ -1,20 +1,29 @@
 """Helpers of the frontend tests: seeding a real API's database through backend.store (as a worker
-writes), and running dashboard pages in Streamlit's AppTest."""
+writes), running dashboard pages in Streamlit's AppTest, and the end-to-end stack (API + `klq ui`) with a
+real headless Chromium."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from backend_testkit import REPO, Server
+import httpx
+import pytest
+from backend_testkit import REPO, Server, free_port, fresh_database, start_server, stop_server
 from streamlit.testing.v1 import AppTest
 
-from backend import store
+from backend import migrate, store
 
 APP = REPO / "frontend" / "app.py"
 TIMEOUT = 30
@@ -566,3 +575,171 @@ def seed_tokens(server: Server) -> SeededTokens:
             row.sample_index: row.id for row in store.list_samples(s, klq, kind="train", limit=100)[0]
         }
     return SeededTokens(klq, ppo, ids, train_ids)
+
+
+# --- end to end in Chromium ------------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts" / "e2e"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+CHROMIUM_MARKS = [  # the pytestmark of every end-to-end module
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"{CHROMIUM} is missing: install Debian's chromium "
+        "(apt-get install -y chromium; `./klq-lab test` does it when run as root)",
+    ),
+]
+
+
+def spawn_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`klq <args>` in its own process group, stdout and stderr into ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "klqlab.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_cli(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group of ``proc`` (spawn_cli's), SIGKILL if it is still there after 15 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def wait_ui(ui: subprocess.Popen, ui_url: str, log: Path, timeout: float = 60) -> None:
+    """Wait until the Streamlit server answers its health check; fail with its log if it died or hung."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(ui_url + "/_stcore/health", timeout=2).text == "ok":
+                return
+        if ui.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the UI did not start:\n" + log.read_text())
+        time.sleep(0.3)
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class UiStack(Generic[T]):
+    api: Server
+    ui_url: str
+    seeded: T  # what the ``seed`` given to ui_stack returned
+
+
+@contextlib.contextmanager
+def ui_stack(tmp: Path, seed: Callable[[Server], T], log_name: str) -> Iterator[UiStack[T]]:
+    """A fresh, migrated SQLite database under ``tmp`` behind a real API server, seeded by ``seed(api)``,
+    and the dashboard (`klq ui`, no worker) on a free port, pointed at it. On exit both are stopped and
+    the dashboard's log is copied to ARTIFACTS / ``log_name``."""
+    data = tmp / "data"
+    with fresh_database("sqlite", tmp) as url:
+        migrate.upgrade(url)
+        api = start_server("sqlite", url, data)
+        ui = None
+        try:
+            seeded = seed(api)
+            port = free_port()
+            ui = spawn_cli(
+                ["ui", "--port", str(port), "--api-url", api.url],
+                dict(api.env, KLQ_PRINT_INITIAL_TOKEN="false"),
+                data / "ui.log",
+            )
+            ui_url = f"http://127.0.0.1:{port}"
+            wait_ui(ui, ui_url, data / "ui.log")
+            yield UiStack(api, ui_url, seeded)
+        finally:
+            if ui is not None:
+                stop_cli(ui)
+            stop_server(api)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                shutil.copy(data / "ui.log", ARTIFACTS / log_name)
+
+
+@contextlib.contextmanager
+def chromium_browser() -> Iterator[Any]:
+    """Debian's headless Chromium (CHROMIUM, CHROMIUM_ARGS) driven by Playwright: a playwright Browser."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def open_browser_tab(browser: Any, height: int, *, watch_dialogs: bool = True) -> Iterator[Any]:
+    """A new page of ``browser`` (1440 x ``height`` px, 30 s default timeout). With ``watch_dialogs``,
+    every dialog (alert, confirm, ...) is dismissed and recorded, and the block must end with none: an
+    injected script's alert() would open one."""
+    page = browser.new_page(viewport={"width": 1440, "height": height})
+    page.set_default_timeout(30_000)
+    dialogs: list[str] = []
+    if watch_dialogs:
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    try:
+        yield page
+        assert not dialogs, f"a dialog opened (a script ran?): {dialogs}"
+    finally:
+        page.close()
+
+
+def stack_fixture(tmp_name: str, seed: Callable[[Server], Any], log_name: str) -> Any:
+    """A module-scoped pytest fixture ``stack``: ui_stack(<a fresh tmp folder named tmp_name>, seed,
+    log_name)'s UiStack. Assign it in the test module: ``stack = stack_fixture(...)``."""
+
+    @pytest.fixture(scope="module", name="stack")
+    def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
+        with ui_stack(tmp_path_factory.mktemp(tmp_name), seed, log_name) as s:
+            yield s
+
+    return stack
+
+
+def tab_fixtures(height: int, *, watch_dialogs: bool = True) -> tuple[Any, Any]:
+    """Two pytest fixtures: ``browser`` (module-scoped chromium_browser, started after ``stack``) and
+    ``tab`` (open_browser_tab(browser, height, watch_dialogs=...), one per test). Assign them in the test
+    module: ``browser, tab = tab_fixtures(...)``."""
+
+    @pytest.fixture(scope="module", name="browser")
+    def browser(stack: UiStack) -> Iterator[Any]:
+        with chromium_browser() as b:
+            yield b
+
+    @pytest.fixture(name="tab")
+    def tab(browser: Any) -> Iterator[Any]:
+        with open_browser_tab(browser, height, watch_dialogs=watch_dialogs) as page:
+            yield page
+
+    return browser, tab
+
+
+def shot(page: Any, name: str) -> Path:
+    """A full-page screenshot of ``page`` at ARTIFACTS / <name>.png."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def wait_idle(page: Any, timeout: float = 30) -> None:
+    """Until Streamlit has finished running the script: the app's script state (an attribute of its root
+    element, set by the browser as soon as a widget asks for a rerun) is notRunning, and no 'Running...'
+    status widget shows. The short pause first lets an input's change event reach the app."""
+    page.wait_for_timeout(300)
+    page.locator("[data-testid=stApp][data-test-script-state=notRunning]").wait_for(timeout=timeout * 1000)
+    page.locator("[data-testid=stStatusWidget]").wait_for(state="detached", timeout=timeout * 1000)

@@ -11,35 +11,30 @@ has been seen, and goes on with the cancelled run's data."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
-from backend_testkit import REPO, Server, free_port, fresh_database, start_server, stop_server
+from backend_testkit import Server, free_port, fresh_database, start_server, stop_server
+from frontend_testkit import (
+    ARTIFACTS,
+    CHROMIUM_MARKS,
+    chromium_browser,
+    shot,
+    spawn_cli,
+    stop_cli,
+    wait_idle,
+    wait_ui,
+)
 
 from backend import migrate, store
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO / "test-artifacts" / "e2e"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason=f"{CHROMIUM} is missing: install Debian's chromium "
-        "(apt-get install -y chromium; `./klq-lab test` does it when run as root)",
-    ),
-]
+pytestmark = CHROMIUM_MARKS
 
 FORM_ITERATIONS = 100_000  # never reached: the run is cancelled once its curve has been seen growing
 XSS = "<script>alert('xss')</script> <b>bold</b> <img src=x onerror=alert(1)>"
@@ -69,40 +64,6 @@ class Stack:
     logs: Path
 
 
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "klqlab.cli", *args],
-        cwd=REPO,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-
-
-def wait_ui(ui: subprocess.Popen, ui_url: str, log: Path, timeout: float = 60) -> None:
-    """Wait until the Streamlit server answers its health check; fail with its log if it died or hung."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(ui_url + "/_stcore/health", timeout=2).text == "ok":
-                return
-        if ui.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the UI did not start:\n" + log.read_text())
-        time.sleep(0.3)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, builtin_assets: Path) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("fe-e2e")
@@ -112,20 +73,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory, builtin_assets: Path) -> Ite
         migrate.upgrade(url)
         api = start_server("sqlite", url, data)
         env = dict(api.env, KLQ_PRINT_INITIAL_TOKEN="false")
-        worker = _spawn(
+        worker = spawn_cli(
             ["worker", "--queues", "gpu,cpu", "--concurrency", "1", "--loglevel", "WARNING"],
             env,
             data / "worker.log",
         )
         port = free_port()
-        ui = _spawn(["ui", "--port", str(port), "--api-url", api.url], env, data / "ui.log")
+        ui = spawn_cli(["ui", "--port", str(port), "--api-url", api.url], env, data / "ui.log")
         ui_url = f"http://127.0.0.1:{port}"
         try:
             wait_ui(ui, ui_url, data / "ui.log")
             yield Stack(api, ui_url, worker, ui, data)
         finally:
             for proc in (ui, worker):
-                _stop(proc)
+                stop_cli(proc)
             stop_server(api)
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             for name in ("worker.log", "ui.log", "server.log"):
@@ -135,30 +96,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, builtin_assets: Path) -> Ite
 
 @pytest.fixture(scope="module")
 def browser(stack: Stack):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def shot(page, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
-
-
-def wait_idle(page, timeout: float = 30) -> None:
-    """Until Streamlit has finished running the script: the app's script state (an attribute of its root
-    element, set by the browser as soon as a widget asks for a rerun) is notRunning, and no 'Running...'
-    status widget shows. The short pause first lets an input's change event reach the app."""
-    page.wait_for_timeout(300)
-    page.locator("[data-testid=stApp][data-test-script-state=notRunning]").wait_for(timeout=timeout * 1000)
-    page.locator("[data-testid=stStatusWidget]").wait_for(state="detached", timeout=timeout * 1000)
+    with chromium_browser() as b:
+        yield b
 
 
 def set_number(scope, label: str, value) -> None:

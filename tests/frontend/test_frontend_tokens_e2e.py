@@ -6,83 +6,27 @@ link is made. Screenshots of the token view and of two runs side by side go to t
 
 from __future__ import annotations
 
-import contextlib
 import re
-import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
 
-import pytest
-from backend_testkit import Server, free_port, fresh_database, start_server, stop_server
-from frontend_testkit import TOKEN_LINK, TOKEN_SCRIPT, SeededTokens, seed_tokens
-from test_frontend_e2e import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _spawn, _stop, wait_idle, wait_ui
+from frontend_testkit import (
+    ARTIFACTS,
+    CHROMIUM_MARKS,
+    TOKEN_LINK,
+    TOKEN_SCRIPT,
+    SeededTokens,
+    UiStack,
+    seed_tokens,
+    stack_fixture,
+    tab_fixtures,
+    wait_idle,
+)
 
-from backend import migrate
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason=f"{CHROMIUM} is missing: install Debian's chromium "
-        "(apt-get install -y chromium; `./klq-lab test` does it when run as root)",
-    ),
-]
+pytestmark = CHROMIUM_MARKS
+Stack = UiStack[SeededTokens]
 
 
-@dataclass
-class Stack:
-    api: Server
-    ui_url: str
-    seeded: SeededTokens
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("fe-tokens-e2e")
-    data = tmp / "data"
-    with fresh_database("sqlite", tmp) as url:
-        migrate.upgrade(url)
-        api = start_server("sqlite", url, data)
-        seeded = seed_tokens(api)
-        port = free_port()
-        ui = _spawn(
-            ["ui", "--port", str(port), "--api-url", api.url],
-            dict(api.env, KLQ_PRINT_INITIAL_TOKEN="false"),
-            data / "ui.log",
-        )
-        ui_url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ui(ui, ui_url, data / "ui.log")
-            yield Stack(api, ui_url, seeded)
-        finally:
-            _stop(ui)
-            stop_server(api)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(OSError):
-                shutil.copy(data / "ui.log", ARTIFACTS / "tokens-ui.log")
-
-
-@pytest.fixture(scope="module")
-def browser(stack: Stack):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def tab(browser):
-    page = browser.new_page(viewport={"width": 1440, "height": 1800})
-    page.set_default_timeout(30_000)
-    dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    yield page
-    assert not dialogs, f"a script ran: {dialogs}"  # alert(1) would open a dialog
-    page.close()
+stack = stack_fixture("fe-tokens-e2e", seed_tokens, "tokens-ui.log")
+browser, tab = tab_fixtures(height=1800)  # dialogs watched: alert(1) would open one
 
 
 def open_tokens(page, url: str, charts: int) -> None:

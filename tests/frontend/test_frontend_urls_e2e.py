@@ -6,28 +6,23 @@ visit here checks that no such dialog appears and that the page's own heading is
 
 from __future__ import annotations
 
-import contextlib
 import re
-import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import pytest
-from backend_testkit import Server, free_port, fresh_database, start_server, stop_server
-from frontend_testkit import Seeded, SeededExperiment, seed, seed_experiment
-from test_frontend_e2e import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _spawn, _stop, wait_idle, wait_ui
+from backend_testkit import Server
+from frontend_testkit import (
+    CHROMIUM_MARKS,
+    Seeded,
+    SeededExperiment,
+    UiStack,
+    seed,
+    seed_experiment,
+    stack_fixture,
+    tab_fixtures,
+    wait_idle,
+)
 
-from backend import migrate
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason=f"{CHROMIUM} is missing: install Debian's chromium "
-        "(apt-get install -y chromium; `./klq-lab test` does it when run as root)",
-    ),
-]
+pytestmark = CHROMIUM_MARKS
 
 NOT_FOUND = "Page not found"  # the title of Streamlit's dialog for a URL path no page answers
 HEADINGS = {  # url path -> the page's heading (its st.title)
@@ -43,61 +38,15 @@ HEADINGS = {  # url path -> the page's heading (its st.title)
 }
 
 
-@dataclass
-class Stack:
-    api: Server
-    ui_url: str
-    seeded: Seeded
-    experiment: SeededExperiment
+Stack = UiStack[tuple[Seeded, SeededExperiment]]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("fe-urls")
-    data = tmp / "data"
-    with fresh_database("sqlite", tmp) as url:
-        migrate.upgrade(url)
-        api = start_server("sqlite", url, data)
-        seeded, experiment = seed(api), seed_experiment(api)
-        port = free_port()
-        ui = _spawn(
-            ["ui", "--port", str(port), "--api-url", api.url],
-            dict(api.env, KLQ_PRINT_INITIAL_TOKEN="false"),
-            data / "ui.log",
-        )
-        ui_url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ui(ui, ui_url, data / "ui.log")
-            yield Stack(api, ui_url, seeded, experiment)
-        finally:
-            _stop(ui)
-            stop_server(api)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(OSError):
-                shutil.copy(data / "ui.log", ARTIFACTS / "urls-ui.log")
+def seed_with_experiment(api: Server) -> tuple[Seeded, SeededExperiment]:
+    return seed(api), seed_experiment(api)
 
 
-@pytest.fixture(scope="module")
-def browser(stack: Stack):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def tab(browser):
-    page = browser.new_page(viewport={"width": 1440, "height": 1600})
-    page.set_default_timeout(30_000)
-    dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    yield page
-    assert not dialogs
-    page.close()
+stack = stack_fixture("fe-urls", seed_with_experiment, "urls-ui.log")
+browser, tab = tab_fixtures(height=1600)
 
 
 def path_of(url: str) -> str:
@@ -130,7 +79,7 @@ def test_every_page_url_opens_its_page(stack: Stack, tab) -> None:
 
 
 def test_page_urls_with_their_query_parameters(stack: Stack, tab) -> None:
-    s, base = stack.seeded, stack.ui_url
+    (s, experiment), base = stack.seeded, stack.ui_url
     label = f"#{s.klq} seed-klq (KLQ)"
     visit(tab, f"{base}/run?run={s.klq}", "Run")
     assert tab.get_by_role("combobox", name="Run", exact=True).input_value() == label
@@ -140,8 +89,8 @@ def test_page_urls_with_their_query_parameters(stack: Stack, tab) -> None:
         assert label in chosen.inner_text() and f"#{s.ppo} seed-ppo (PPO)" in chosen.inner_text()
     visit(tab, f"{base}/launch?clone={s.klq}", "Launch a run")
     tab.get_by_text(f"Pre-filled from run #{s.klq}").wait_for()
-    visit(tab, f"{base}/experiments?experiment={stack.experiment.id}", "Experiments")
-    tab.get_by_role("heading", name=f"#{stack.experiment.id} study").wait_for()
+    visit(tab, f"{base}/experiments?experiment={experiment.id}", "Experiments")
+    tab.get_by_role("heading", name=f"#{experiment.id} study").wait_for()
 
 
 def follow(page, click, heading: str, path: str) -> str:
@@ -178,7 +127,7 @@ def button(page, name: str):
 
 
 def test_links_the_dashboard_makes_open_their_pages(stack: Stack, tab) -> None:
-    s, base = stack.seeded, stack.ui_url
+    (s, experiment), base = stack.seeded, stack.ui_url
     klq, ppo = f"#{s.klq} seed-klq (KLQ)", f"#{s.ppo} seed-ppo (PPO)"
 
     # the sidebar's menu: one link per page
@@ -216,7 +165,7 @@ def test_links_the_dashboard_makes_open_their_pages(stack: Stack, tab) -> None:
 
     # an experiment's Runs tab: compare its runs, or go to the Runs page
     for name, heading, path in (("Compare its runs", "Compare runs", "compare"), ("Runs page", "Runs", "")):
-        visit(tab, f"{base}/experiments?experiment={stack.experiment.id}", "Experiments")
+        visit(tab, f"{base}/experiments?experiment={experiment.id}", "Experiments")
         tab.get_by_role("tab", name="Runs").click()
         wait_idle(tab)
         follow(tab, button(tab, name), heading, path)

@@ -6,82 +6,36 @@ of the Leaderboard page go to test-artifacts/e2e/."""
 
 from __future__ import annotations
 
-import contextlib
 import re
-import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
 
-import pytest
-from backend_testkit import Server, free_port, fresh_database, start_server, stop_server
-from frontend_testkit import VOTE_MARKUP, SeededVotes, seed, seed_votes
-from test_frontend_e2e import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _spawn, _stop, shot, wait_idle, wait_ui
+from backend_testkit import Server
+from frontend_testkit import (
+    CHROMIUM_MARKS,
+    VOTE_MARKUP,
+    SeededVotes,
+    UiStack,
+    seed,
+    seed_votes,
+    shot,
+    stack_fixture,
+    tab_fixtures,
+    wait_idle,
+)
 
-from backend import migrate
 from klq.client import Client
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason=f"{CHROMIUM} is missing: install Debian's chromium "
-        "(apt-get install -y chromium; `./klq-lab test` does it when run as root)",
-    ),
-]
+pytestmark = CHROMIUM_MARKS
+Stack = UiStack[SeededVotes]
 
 
-@dataclass
-class Stack:
-    api: Server
-    ui_url: str
-    votes: SeededVotes
+def seed_with_votes(api: Server) -> SeededVotes:
+    """The common seed (frontend_testkit.seed), then two runs of their own to vote on."""
+    seed(api)
+    return seed_votes(api, "e2e")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("fe-votes")
-    data = tmp / "data"
-    with fresh_database("sqlite", tmp) as url:
-        migrate.upgrade(url)
-        api = start_server("sqlite", url, data)
-        seed(api)
-        votes = seed_votes(api, "e2e")
-        port = free_port()
-        ui = _spawn(
-            ["ui", "--port", str(port), "--api-url", api.url],
-            dict(api.env, KLQ_PRINT_INITIAL_TOKEN="false"),
-            data / "ui.log",
-        )
-        ui_url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ui(ui, ui_url, data / "ui.log")
-            yield Stack(api, ui_url, votes)
-        finally:
-            _stop(ui)
-            stop_server(api)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(OSError):
-                shutil.copy(data / "ui.log", ARTIFACTS / "votes-ui.log")
-
-
-@pytest.fixture(scope="module")
-def browser(stack: Stack):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def tab(browser):
-    page = browser.new_page(viewport={"width": 1440, "height": 1400})
-    page.set_default_timeout(30_000)
-    yield page
-    page.close()
+stack = stack_fixture("fe-votes", seed_with_votes, "votes-ui.log")
+browser, tab = tab_fixtures(height=1400, watch_dialogs=False)
 
 
 def click(page, name: str) -> None:
@@ -103,7 +57,7 @@ def ballot_position(page) -> int:
 
 
 def test_blind_vote_reveal_resume_and_agreement(stack: Stack, tab) -> None:
-    sv = stack.votes
+    sv = stack.seeded
     tab.goto(f"{stack.ui_url}/vote?source={sv.judgement}")
     tab.get_by_role("heading", name="Vote", exact=True).wait_for()
     wait_idle(tab)
