@@ -95,10 +95,10 @@ def test_reference_generated_once_and_reused_on_resume(builtin_assets, tmp_path,
         built.append(spec)
         return make_judge(spec, *args, **kwargs)
 
-    def counting_eval_rollout(cfg, models, policy, *args):
+    def counting_eval_rollout(cfg, models, policy, *args, **kwargs):
         if policy is models.reference:
             generated.append(policy)
-        return eval_rollout(cfg, models, policy, *args)
+        return eval_rollout(cfg, models, policy, *args, **kwargs)
 
     monkeypatch.setattr(in_training, "make_judge", counting_make_judge)
     monkeypatch.setattr(trainer, "_eval_rollout", counting_eval_rollout)

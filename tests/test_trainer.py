@@ -65,7 +65,7 @@ def test_training_improves_reward_and_gold_over_sft(algorithm, builtin_assets, t
     assert [k for k in ALGO_KEYS[algorithm] if k not in rows[-1]] == []
     if algorithm in VALUE_FREE:  # no value model: no value metrics at all
         assert not [k for k in rows[-1] if k.startswith(("loss/value", "val/clipfrac", "q/"))]
-    samples = read_jsonl(tmp_path / "samples.jsonl")
+    samples = [s for s in read_jsonl(tmp_path / "samples.jsonl") if s["kind"] == "eval"]
     assert {s["step"] for s in samples} == {5, 10, 15, 20, 25, 30}
     assert all(s["gold_score"] is not None and s["response"] for s in samples)
     final = result.final_checkpoint
@@ -151,7 +151,7 @@ def test_groups_of_two_responses_per_prompt(algorithm, builtin_assets, tmp_path,
     (row,) = read_jsonl(tmp_path / "metrics.jsonl")
     assert row["episode"] == 16 and all(math.isfinite(v) for v in row.values() if isinstance(v, float))
     assert ("loss/q_avg" if algorithm == "klq" else "loss/policy_avg") in row
-    assert len(read_jsonl(tmp_path / "samples.jsonl")) == 3
+    assert len([s for s in read_jsonl(tmp_path / "samples.jsonl") if s["kind"] == "eval"]) == 3
 
 
 def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(builtin_assets, tmp_path, monkeypatch):

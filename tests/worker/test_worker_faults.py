@@ -47,9 +47,15 @@ def assert_every_step_once(
     assert all(0 <= s <= n for k, v in steps.items() if k.startswith("system/") for s in v)
     with stack.db.session() as session:
         samples = session.execute(
-            text("SELECT step, COUNT(*) FROM samples WHERE run_id = :r GROUP BY step ORDER BY step"),
+            text(
+                "SELECT step, COUNT(*) FROM samples WHERE run_id = :r AND kind = 'eval' GROUP BY step ORDER BY step"
+            ),
             {"r": run_id},
         ).all()
+        train_steps = session.execute(
+            text("SELECT DISTINCT step FROM samples WHERE run_id = :r AND kind = 'train'"), {"r": run_id}
+        ).scalars()
+        assert set(train_steps) <= set(every)  # training rollouts' token records: only of iterations trained
     assert [tuple(r) for r in samples] == [(s, 8) for s in evals]
 
 
