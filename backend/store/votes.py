@@ -69,8 +69,8 @@ def sample_pairs(session: Session, run_a: int, step_a: int, run_b: int, step_b: 
     a, b = aliased(Sample), aliased(Sample)
     rows = session.execute(
         select(a.prompt_id, a.prompt, a.response, b.response)
-        .join(b, and_(b.prompt_id == a.prompt_id, b.run_id == run_b, b.step == step_b))
-        .where(a.run_id == run_a, a.step == step_a)
+        .join(b, and_(b.prompt_id == a.prompt_id, b.run_id == run_b, b.step == step_b, b.kind == "eval"))
+        .where(a.run_id == run_a, a.step == step_a, a.kind == "eval")
         .order_by(a.prompt_id)
     )
     return [Pair(pid, prompt, ra, rb) for pid, prompt, ra, rb in rows]

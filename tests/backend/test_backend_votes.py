@@ -189,7 +189,15 @@ def test_session_from_runs_samples_subset_and_close(server: Server, client) -> N
                 for step in (10, 20)
                 for i in range(6 if rid == a else 5)  # q5 only in run a: not a pair
             ]
-            store.write_samples(s, rid, samples)
+            # training rollouts recorded at the same steps and prompts are no pairs: only eval samples are
+            rollouts = [
+                {"step": step, "prompt_id": f"q{i}", "prompt": f"prompt {i}", "response": f"t{who}{step}-{i}-{k}",
+                 "kind": "train", "sample_index": k}
+                for step in (10, 20)
+                for i in range(5)
+                for k in range(2)
+            ]  # fmt: skip
+            store.write_samples(s, rid, samples + rollouts)
     r = client.post("/judgements", json={"judge": {"backend": "human"}, "run_a": a, "run_b": b, "step_b": 10})
     assert r.status_code == 201, r.text
     h = r.json()
