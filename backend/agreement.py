@@ -19,6 +19,7 @@ from typing import Any
 from klq.judge.stats import RaterAgreement, rater_agreement
 
 from .schemas import AgreementOut
+from .store import is_human
 from .winrate import by_prompt
 
 AGREEMENT_CACHE_SIZE = 1024
@@ -60,15 +61,15 @@ def agreement_rows(
     voters: Mapping[int, Sequence[str]],
 ) -> list[AgreementOut]:
     """The agreement of judgement ``judgement_id`` with each judgement of the other kind in ``judgements``
-    (objects with ``id`` and ``judge``; human ones have ``judge["backend"] == "human"``) that shares at
+    (objects with ``id`` and ``judge``; human ones: ``store.is_human``) that shares at
     least one pair with it, by the other judgement's id. ``rows``: verdict rows by judgement id;
     ``voters``: each human judgement's voters."""
     this = judgements[judgement_id]
-    this_human = this.judge.get("backend") == "human"
+    this_human = is_human(this)
     out = []
     for other_id in sorted(judgements):
         other = judgements[other_id]
-        if other_id == judgement_id or (other.judge.get("backend") == "human") == this_human:
+        if other_id == judgement_id or is_human(other) == this_human:
             continue
         auto, human = (other, this) if this_human else (this, other)
         labels_auto, labels_human = matched_labels(rows.get(auto.id, ()), rows.get(human.id, ()))

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from klq.judge.stats import VERDICT_SCORE, BradleyTerryRating, bradley_terry
 
+from .models import HUMAN
 from .schemas import LeaderboardGroupBy, LeaderboardOut, LeaderboardPlayer, PlayerKind
 from .winrate import by_prompt
 
@@ -113,7 +114,7 @@ def leaderboard(
         verdict_rows.append(((row.judgement_id, row.prompt_id), row.order, row.verdict))
     comparisons = []
     players: dict[str, _Player] = {}
-    single_order = judge_backend == "human"  # human votes: one row per prompt (backend.winrate.by_prompt)
+    single_order = judge_backend == HUMAN  # human votes: one row per prompt (backend.winrate.by_prompt)
     for (jid, _pid), prompt in sorted(by_prompt(verdict_rows, single_order=single_order).items()):
         score = VERDICT_SCORE.get(prompt.verdict)
         a, b = sides[jid]

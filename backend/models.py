@@ -31,12 +31,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+# the judge backend of people's votes (a judgement that no worker runs: backend/store/votes.py)
+from klq.judge.backends import HUMAN as HUMAN  # re-exported: backend code names it from here
+
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 VERDICTS = ("A", "B", "tie", "invalid")
 ORDERS = ("ab", "ba")
 SCOPES = ("read", "write", "admin")
-HUMAN = "human"  # the judge backend of people's votes (a judgement that no worker runs: backend/store/votes.py)
 # of an experiment's judgements (docs/EXPERIMENTS.md): vs_sft, or klq_vs_<algorithm> for each algorithm KLQ is
 # judged against (the registry's names, at most 16 characters; the application checks them)
 JUDGEMENT_KIND_CHECK = "kind IS NULL OR kind = 'vs_sft' OR kind LIKE 'klq_vs_%'"

@@ -11,7 +11,7 @@ from .. import dispatch, store
 from ..agreement import agreement_rows
 from ..deps import AppSettings, CanRead, CanWrite, ReadSession, WriteSession
 from ..errors import FieldErrors, Loc, ServiceUnavailable
-from ..models import Judgement, Run
+from ..models import HUMAN, Judgement, Run
 from ..schemas import (
     INT32_MAX,
     JudgeConfig,
@@ -63,7 +63,7 @@ def judge_problems(judge: JudgeConfig, settings: Settings, loc: tuple[str, ...])
     "voters take GET /judgements/{id}/ballot/next and POST /judgements/{id}/votes.",
 )
 def create_judgement(body: JudgementCreate, session: WriteSession, settings: AppSettings) -> JudgementOut:
-    if body.judge.backend == "human":
+    if body.judge.backend == HUMAN:
         return create_human_judgement(body, session)
     problems: list[tuple[Loc, str]] = []
     if body.run_a is None:

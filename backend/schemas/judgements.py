@@ -97,7 +97,9 @@ class JudgeConfig(_In):
     def stored(self) -> dict[str, Any]:
         """What the judgement row keeps: the spec plus ``decoding`` and ``template`` (the worker pops them);
         a human judgement's is its spec alone."""
-        if self.backend == "human":
+        from klq.judge.backends import HUMAN
+
+        if self.backend == HUMAN:
             return self.spec()
         return self.model_dump(mode="json", exclude_none=True)
 
