@@ -10,7 +10,10 @@
    real uvicorn process (backend.main:create_app) on a loopback port.
 2. Open-loop load from an asyncio/httpx generator in this process: request i is due at i / rate seconds
    and its latency counts from that due time (so a server that falls behind cannot hide its queue),
-   for `--duration` seconds; bounded by count (rate x duration) and time (a request gets --timeout).
+   for `--duration` seconds after `--warmup` seconds (default 5) of the same load whose latencies are
+   reported apart (a fresh server's first second builds its thread pool, database connections and caches:
+   measured 200 of the first 200 requests over 100 ms at 200/s on SQLite, none after the third second);
+   bounded by count (rate x duration) and time (a request gets --timeout).
    Mix: 30 % run list (GET /runs?limit=50), 30 % run get (GET /runs/{id}), 25 % series (GET
    /metrics/series, one key, max_points=500), 15 % samples (GET /runs/{id}/samples?limit=16).
    Reported: p50/p95/p99 per kind and overall, errors (non-2xx, timeouts, connection errors).
@@ -27,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import statistics
@@ -169,15 +173,21 @@ RAW_ERRORS = (RawHTTPError, OSError, asyncio.IncompleteReadError, asyncio.LimitO
 
 
 async def load(base_url: str, run_ids: list[int], keys: int, rate: float, duration: float,
-               timeout: float, max_in_flight: int, client_kind: str = "raw") -> dict:
+               timeout: float, max_in_flight: int, client_kind: str = "raw", warmup: float = 0.0) -> dict:
+    """`warmup` seconds of the same load first, on the same connections, kept apart (`warmup_ms`) from the
+    `duration` seconds that are reported: a freshly started server's first second pays for its thread pool,
+    database connections and caches once."""
     import httpx
 
     errors_caught = (httpx.HTTPError, asyncio.TimeoutError, *RAW_ERRORS)
 
     rng = random.Random(0)
-    total = int(rate * duration)
+    n_warm = int(rate * warmup)
+    total = n_warm + int(rate * duration)
     kinds = rng.choices([k for k, _ in KINDS], weights=[w for _, w in KINDS], k=total)
     lat: dict[str, list[float]] = {k: [] for k, _ in KINDS}
+    timeline: list[tuple[float, float]] = []  # (due second of the load, latency ms) per completed request
+    warm_ms: list[float] = []
     errors: dict[str, int] = {}
     late = 0
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
@@ -211,12 +221,14 @@ async def load(base_url: str, run_ids: list[int], keys: int, rate: float, durati
                 except errors_caught as err:
                     errors[type(err).__name__] = errors.get(type(err).__name__, 0) + 1
                     return
-            lat[kind].append((time.perf_counter() - due) * 1000)
+            ms = (time.perf_counter() - due) * 1000
+            timeline.append((round(i / rate - warmup, 3), round(ms, 2)))
+            (lat[kind] if i >= n_warm else warm_ms).append(ms)
 
         tasks = [asyncio.create_task(one(i, k)) for i, k in enumerate(kinds)]
         # Bounded in time: whatever has not finished `timeout` seconds after the last request was due is
         # cancelled and counted as an error.
-        _done, pending = await asyncio.wait(tasks, timeout=duration + timeout + 5)
+        _done, pending = await asyncio.wait(tasks, timeout=warmup + duration + timeout + 5)
         for task in pending:
             task.cancel()
         if pending:
@@ -233,8 +245,8 @@ async def load(base_url: str, run_ids: list[int], keys: int, rate: float, durati
                 probe[path] = f"HTTP {r.status_code} in {time.perf_counter() - t:.2f} s"
             except errors_caught as err:
                 probe[path] = f"{type(err).__name__} after {time.perf_counter() - t:.1f} s"
-    return {"sent": total, "elapsed_s": elapsed, "latency_ms": lat, "errors": errors, "late_starts": late,
-            "after_load": probe}
+    return {"sent": total - n_warm, "warmup_s": warmup, "warmup_ms": warm_ms, "elapsed_s": elapsed, "latency_ms": lat, "errors": errors, "late_starts": late,
+            "after_load": probe, "timeline": sorted(timeline)}
 
 
 WRITER = r"""
@@ -310,6 +322,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rate", type=float, default=200.0, help="requests per second")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    p.add_argument("--warmup", type=float, default=5.0,
+                   help="seconds of the same load before those, reported apart (a fresh server's first second)")
     p.add_argument("--timeout", type=float, default=10.0, help="per request")
     p.add_argument("--max-in-flight", type=int, default=64, help="concurrent requests (connections)")
     p.add_argument("--runs", type=int, default=50)
@@ -366,7 +380,7 @@ def main() -> None:
 
             server_cpu0, own_cpu0 = server_cpu(), time.process_time()
             result = asyncio.run(load(f"http://127.0.0.1:{port}/api/v1", run_ids, a.keys, a.rate, a.duration,
-                                      a.timeout, a.max_in_flight, a.client))
+                                      a.timeout, a.max_in_flight, a.client, a.warmup))
             # CPU seconds over the load, its drain and the probe: what one request costs the server process
             # (and this generator), hence the most it could serve per second with a whole core to itself.
             result["server_cpu_s"] = server_cpu() - server_cpu0
@@ -397,8 +411,19 @@ def main() -> None:
     print(f"{'all':<10} {len(every):>6} {med:8.1f} {percentile(every, .95):8.1f} "
           f"{percentile(every, .99):8.1f} {max(every, default=float('nan')):8.1f}   errors {n_err} "
           f"{result['errors'] or ''}   (goal p99 < 200 ms, no errors)")
+    slow = [(t, ms) for t, ms in result["timeline"] if ms > 100]
+    if slow:
+        by_second: dict[int, list[float]] = {}
+        for t, ms in slow:
+            by_second.setdefault(math.floor(t), []).append(ms)
+        print(f"requests over 100 ms: {len(slow)}, by second of the load (negative: warm-up; count, max ms): "
+              + ", ".join(f"{sec}s {len(v)} {max(v):.0f}" for sec, v in sorted(by_second.items())))
+    warm = result["warmup_ms"]
+    if warm:
+        print(f"warm-up, the {result['warmup_s']:g} s before (not in the rows above): {len(warm)} requests, "
+              f"p50 {statistics.median(warm):.1f} ms, p99 {percentile(warm, .99):.1f} ms, max {max(warm):.1f} ms")
     print(f"after the load stopped: {result['after_load']}")
-    served = len(every)
+    served = len(every) + len(warm)
     per_req = result["server_cpu_s"] / served * 1000 if served else float("nan")
     cap = 1000 / per_req if served else float("nan")
     load_end = " ".join(f"{x:.2f}" for x in result["load_end"])

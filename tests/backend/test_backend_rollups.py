@@ -201,3 +201,74 @@ def test_migration_rolls_up_existing_metrics(kind: str, tmp_path) -> None:
             assert _stored_rollups(db, rid) == _expected_rollups(db, rid) != {}
         finally:
             db.dispose()
+
+
+def test_concurrent_overlapping_bulk_writers_stay_exact(server: Server, client) -> None:
+    """Two writers send overlapping batches of 500 points of the same run at once. On PostgreSQL a batch of
+    new points goes by COPY; one that meets the other writer's points (committed, or waited for on the
+    primary key) is refused as a whole and goes the ON CONFLICT way. Every point is stored once and the
+    roll-ups equal those recomputed from the stored points."""
+    import threading
+
+    rid = create_run(client)["id"]
+    errors: list[BaseException] = []
+
+    def writer(offset: int) -> None:
+        try:
+            rng = random.Random(offset)
+            for b in range(8):
+                # batch b covers steps [b*250 + offset, b*250 + offset + 250): each overlaps the other's
+                steps = range(b * 250 + offset, b * 250 + offset + 250)
+                rows = [(key, st, rng.uniform(-1, 1), 1.7e9 + st) for st in steps for key in ("loss", "kl")]
+                with server.db.write_session() as s:
+                    store.write_metrics(s, rid, rows, on_conflict="ignore")
+        except BaseException as err:  # noqa: BLE001 - reported by the test below
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(offset,)) for offset in (0, 125)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with server.db.session() as s:
+        n = s.scalar(select(func.count()).select_from(Metric).where(Metric.run_id == rid))
+    assert n == 2 * (7 * 250 + 250 + 125)  # steps 0 .. 2124, two keys
+    assert _stored_rollups(server.db, rid) == _expected_rollups(server.db, rid) != {}
+
+
+@pytest.mark.postgres
+def test_pg_copy_refuses_a_batch_that_meets_stored_points_and_writes_nothing(tmp_path) -> None:
+    """PostgreSQL's COPY path (_pg_copy_points): a batch of new points is stored; a batch with one stored
+    point among new ones is refused whole, with nothing written and the transaction still usable; the
+    store then writes it the ON CONFLICT way (the newest value wins)."""
+    from backend.store.metrics import PG_COPY_MIN_ROWS, _pg_copy_points
+
+    with fresh_database("postgres", tmp_path) as url:
+        migrate.upgrade(url)
+        db = Database(url)
+        try:
+            with db.write_session() as s:
+                rid = store.create_run(s, {"name": "copy"}).id
+            new = [(rid, "loss", st, float(st), 1.0) for st in range(PG_COPY_MIN_ROWS)]
+            with db.write_session() as s:
+                assert _pg_copy_points(s, rid, new) is True
+                s.commit()
+            mixed = [
+                (rid, "loss", st, -float(st), 2.0) for st in range(PG_COPY_MIN_ROWS - 1, 2 * PG_COPY_MIN_ROWS)
+            ]
+            with db.write_session() as s:
+                assert _pg_copy_points(s, rid, mixed) is False
+                # nothing of the refused batch is there, and the transaction goes on
+                stored = s.scalar(select(func.count()).select_from(Metric).where(Metric.run_id == rid))
+                assert stored == PG_COPY_MIN_ROWS
+                s.commit()
+            with db.write_session() as s:
+                store.write_metrics(s, rid, [r[1:] for r in mixed])  # the store's fallback: newest wins
+            with db.session() as s:
+                points = dict((st, v) for st, v, _w in store.metric_points(s, rid, "loss"))
+            assert len(points) == 2 * PG_COPY_MIN_ROWS
+            assert points[PG_COPY_MIN_ROWS - 1] == -float(PG_COPY_MIN_ROWS - 1)
+            assert points[0] == 0.0
+        finally:
+            db.dispose()
