@@ -255,7 +255,7 @@ sys.path.insert(0, sys.argv[1])
 from backend import store
 from backend.db import Database
 db = Database(sys.argv[2]); run_id = int(sys.argv[3]); n = int(sys.argv[4]); gap = float(sys.argv[5])
-time.sleep(1.5)  # let the client subscribe
+time.sleep(float(sys.argv[6]) if len(sys.argv) > 6 else 1.5)  # let the client subscribe
 for step in range(1, n + 1):
     now = time.time()
     with db.write_session() as s:
@@ -322,6 +322,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rate", type=float, default=200.0, help="requests per second")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    p.add_argument("--write-every", type=float, default=0.0,
+                   help="seconds between metric writes of a live run during the load (0: none, nothing changes)")
     p.add_argument("--warmup", type=float, default=5.0,
                    help="seconds of the same load before those, reported apart (a fresh server's first second)")
     p.add_argument("--timeout", type=float, default=10.0, help="per request")
@@ -378,9 +380,26 @@ def main() -> None:
                         total += sum(proc.cpu_times()[:2])
                 return total
 
+            writer = None
+            if a.write_every > 0:
+                # A training run logging during the load: every commit empties the API's response cache
+                # (backend/http_cache.py), so the reads pay for misses as they do while runs train.
+                from backend import store
+                from backend.db import Database
+
+                db = Database(url)
+                with db.write_session() as s:
+                    live = store.create_run(s, {"name": "live-writer"}).id
+                    store.set_status(s, live, "running")
+                db.dispose()
+                steps = int((a.warmup + a.duration) / a.write_every) + 1
+                writer = subprocess.Popen([sys.executable, "-c", WRITER, str(ROOT), url, str(live), str(steps),
+                                           str(a.write_every), "0"])
             server_cpu0, own_cpu0 = server_cpu(), time.process_time()
             result = asyncio.run(load(f"http://127.0.0.1:{port}/api/v1", run_ids, a.keys, a.rate, a.duration,
                                       a.timeout, a.max_in_flight, a.client, a.warmup))
+            if writer is not None:
+                writer.wait(60)
             # CPU seconds over the load, its drain and the probe: what one request costs the server process
             # (and this generator), hence the most it could serve per second with a whole core to itself.
             result["server_cpu_s"] = server_cpu() - server_cpu0
@@ -397,7 +416,9 @@ def main() -> None:
     print(f"server: {procs} (backend.main:create_app), {database}; "
           f"{a.runs} runs x {a.keys} keys x {a.steps:,} steps; open loop {a.rate:g}/s for {a.duration:g} s "
           f"({result['sent']:,} requests, finished in {result['elapsed_s']:.1f} s, {result['late_starts']} late starts); "
-          f"client {a.client}")
+          f"client {a.client}"
+          + (f"; a live run writing 2 points every {a.write_every:g} s during the load" if a.write_every > 0
+             else "; nothing written during the load"))
     print()
     print(f"{'kind':<10} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     every: list[float] = []

@@ -14,7 +14,7 @@ from klq.config import TaskConfig
 from klq.models import sequence_scores
 from klq.tasks import Prompt, Task, filter_prompts_by_length, load_task, resolve_model_path
 from klq.tasks import builtin as B
-from klq.tasks.builtin import assets, gold, training
+from klq.tasks.builtin import assets, gold, judge_model, training
 from klq.tasks.datasets import DatasetError, DatasetTask, hh_question
 
 PIZZA = "review the pizza :"
@@ -301,6 +301,10 @@ def _shrink(monkeypatch: pytest.MonkeyPatch) -> None:
         (training, "CALIBRATION_SAMPLES", 64),
         (gold, "TRAIN_PROMPTS", 32),
         (gold, "EVAL_PROMPTS", 16),
+        # the judge's training was 25 of a build's 31 s, and this test builds four times
+        (judge_model, "JUDGE_PAIRS", 256),
+        (judge_model, "JUDGE_EVAL_PAIRS", 64),
+        (judge_model, "JUDGE_STEPS", 12),
     ]:
         monkeypatch.setattr(module, name, value)
 

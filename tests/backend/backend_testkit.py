@@ -275,3 +275,21 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         yield server
     finally:
         server.destroy()
+
+
+@contextlib.contextmanager
+def served_database(
+    kind: str, tmp: Path, data_dir: Path | None = None, **env_overrides: str
+) -> Iterator[Server]:
+    """A fresh database of ``kind`` under ``tmp``, migrated to head, behind a real uvicorn server whose data
+    directory is ``data_dir`` (default ``tmp / "data"``); on exit the server is stopped and the database
+    removed. The set-up every server fixture of the backend and dashboard tests shares."""
+    from backend import migrate
+
+    with fresh_database(kind, tmp) as url:
+        migrate.upgrade(url)
+        server = start_server(kind, url, data_dir or tmp / "data", **env_overrides)
+        try:
+            yield server
+        finally:
+            stop_server(server)

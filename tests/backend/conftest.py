@@ -6,22 +6,15 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from backend_testkit import Server, fresh_database, start_server, stop_server
-
-from backend import migrate
+from backend_testkit import Server, served_database
 
 
 @pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A migrated database of each kind behind a real uvicorn server (default settings: auth on reads)."""
     tmp = tmp_path_factory.mktemp(f"server-{request.param}")
-    with fresh_database(request.param, tmp) as url:
-        migrate.upgrade(url)
-        srv = start_server(request.param, url, tmp / "data")
-        try:
-            yield srv
-        finally:
-            stop_server(srv)
+    with served_database(request.param, tmp) as srv:
+        yield srv
 
 
 @pytest.fixture

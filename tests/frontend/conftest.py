@@ -13,23 +13,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backend_testkit import Server, fresh_database, start_server, stop_server  # noqa: E402
+from backend_testkit import Server, served_database  # noqa: E402
 from frontend_testkit import Seeded, SeededExperiment, seed, seed_experiment  # noqa: E402
-
-from backend import migrate  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A migrated SQLite database behind a real uvicorn server (no worker: runs stay queued)."""
     tmp = tmp_path_factory.mktemp("fe-server")
-    with fresh_database("sqlite", tmp) as url:
-        migrate.upgrade(url)
-        srv = start_server("sqlite", url, tmp / "data")
-        try:
-            yield srv
-        finally:
-            stop_server(srv)
+    with served_database("sqlite", tmp) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

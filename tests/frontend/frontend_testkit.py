@@ -20,10 +20,10 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 import pytest
-from backend_testkit import REPO, Server, free_port, fresh_database, start_server, stop_server
+from backend_testkit import REPO, Server, free_port, served_database
 from streamlit.testing.v1 import AppTest
 
-from backend import migrate, store
+from backend import store
 
 APP = REPO / "frontend" / "app.py"
 TIMEOUT = 30
@@ -644,9 +644,7 @@ def ui_stack(tmp: Path, seed: Callable[[Server], T], log_name: str) -> Iterator[
     and the dashboard (`klq ui`, no worker) on a free port, pointed at it. On exit both are stopped and
     the dashboard's log is copied to ARTIFACTS / ``log_name``."""
     data = tmp / "data"
-    with fresh_database("sqlite", tmp) as url:
-        migrate.upgrade(url)
-        api = start_server("sqlite", url, data)
+    with served_database("sqlite", tmp, data) as api:
         ui = None
         try:
             seeded = seed(api)
@@ -662,7 +660,6 @@ def ui_stack(tmp: Path, seed: Callable[[Server], T], log_name: str) -> Iterator[
         finally:
             if ui is not None:
                 stop_cli(ui)
-            stop_server(api)
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(OSError):
                 shutil.copy(data / "ui.log", ARTIFACTS / log_name)

@@ -16,12 +16,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from backend_testkit import Server, create_run, fresh_database, small_config, start_server, stop_server
+from backend_testkit import Server, create_run, served_database, small_config
 from frontend_testkit import page, widget
 from pydantic import ValidationError
 
 from backend import experiments as ex
-from backend import migrate, store
+from backend import store
 from klq import algorithms
 from klq.config import RunConfig, format_validation_error
 
@@ -46,13 +46,8 @@ def registered() -> Iterator[type[algorithms.Algorithm]]:
 def plugin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("plugin-server")
     path = os.pathsep.join(p for p in (str(PLUGINS), os.environ.get("PYTHONPATH", "")) if p)
-    with fresh_database("sqlite", tmp) as url:
-        migrate.upgrade(url)
-        srv = start_server("sqlite", url, tmp / "data", KLQ_PLUGINS=PLUGIN, PYTHONPATH=path)
-        try:
-            yield srv
-        finally:
-            stop_server(srv)
+    with served_database("sqlite", tmp, KLQ_PLUGINS=PLUGIN, PYTHONPATH=path) as srv:
+        yield srv
 
 
 def test_config_validates_the_plugin_and_its_loss_is_real(registered) -> None:

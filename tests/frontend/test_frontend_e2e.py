@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from backend_testkit import Server, free_port, fresh_database, start_server, stop_server
+from backend_testkit import Server, free_port, served_database
 from frontend_testkit import (
     ARTIFACTS,
     CHROMIUM_MARKS,
@@ -32,7 +32,7 @@ from frontend_testkit import (
     wait_ui,
 )
 
-from backend import migrate, store
+from backend import store
 
 pytestmark = CHROMIUM_MARKS
 
@@ -69,29 +69,28 @@ def stack(tmp_path_factory: pytest.TempPathFactory, builtin_assets: Path) -> Ite
     tmp = tmp_path_factory.mktemp("fe-e2e")
     data = tmp / "data"
     shutil.copytree(builtin_assets, data / "assets" / "builtin")
-    with fresh_database("sqlite", tmp) as url:
-        migrate.upgrade(url)
-        api = start_server("sqlite", url, data)
-        env = dict(api.env, KLQ_PRINT_INITIAL_TOKEN="false")
-        worker = spawn_cli(
-            ["worker", "--queues", "gpu,cpu", "--concurrency", "1", "--loglevel", "WARNING"],
-            env,
-            data / "worker.log",
-        )
-        port = free_port()
-        ui = spawn_cli(["ui", "--port", str(port), "--api-url", api.url], env, data / "ui.log")
-        ui_url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ui(ui, ui_url, data / "ui.log")
-            yield Stack(api, ui_url, worker, ui, data)
-        finally:
-            for proc in (ui, worker):
-                stop_cli(proc)
-            stop_server(api)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            for name in ("worker.log", "ui.log", "server.log"):
-                with contextlib.suppress(OSError):
-                    shutil.copy(data / name, ARTIFACTS / name)
+    try:
+        with served_database("sqlite", tmp, data) as api:
+            env = dict(api.env, KLQ_PRINT_INITIAL_TOKEN="false")
+            worker = spawn_cli(
+                ["worker", "--queues", "gpu,cpu", "--concurrency", "1", "--loglevel", "WARNING"],
+                env,
+                data / "worker.log",
+            )
+            port = free_port()
+            ui = spawn_cli(["ui", "--port", str(port), "--api-url", api.url], env, data / "ui.log")
+            ui_url = f"http://127.0.0.1:{port}"
+            try:
+                wait_ui(ui, ui_url, data / "ui.log")
+                yield Stack(api, ui_url, worker, ui, data)
+            finally:
+                for proc in (ui, worker):
+                    stop_cli(proc)
+    finally:  # the logs once every process has stopped
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for name in ("worker.log", "ui.log", "server.log"):
+            with contextlib.suppress(OSError):
+                shutil.copy(data / name, ARTIFACTS / name)
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from backend_testkit import Server, fresh_database, start_server, stop_server
+from backend_testkit import Server, served_database
 from frontend_testkit import all_text, page, seed_config, widget
 
-from backend import migrate, store
+from backend import store
 from klq.client import Client
 
 N_RUNS = 200
@@ -30,45 +30,40 @@ MAX_BYTES = 2_000_000  # per page render: what the API sends for a page, whateve
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module) -> Iterator[tuple[Server, int]]:
     tmp = tmp_path_factory.mktemp("fe-scale")
-    with fresh_database("sqlite", tmp) as url:
-        migrate.upgrade(url)
-        srv = start_server("sqlite", url, tmp / "data")
-        try:
-            with srv.db.write_session() as s:
-                for i in range(N_RUNS):
-                    run = store.create_run(
-                        s,
-                        seed_config("klq" if i % 2 else "ppo", kl_coef=0.01 * (1 + i % 10)),
-                        name=f"bulk-{i:03d}",
-                        tags=["bulk"],
-                        commit=False,
-                    )
-                    s.flush()
-                    store.write_metrics(
-                        s,
-                        run.id,
-                        [("objective/scores", 1, i / N_RUNS, None), ("objective/kl", 1, 1 + i % 7, None)],
-                        commit=False,
-                    )
-                s.commit()
-                long = store.create_run(s, seed_config(iterations=N_POINTS), name="long-run").id
-                store.set_status(s, long, "running")
-                store.set_progress(s, long, iteration=N_POINTS)
+    with served_database("sqlite", tmp) as srv:
+        with srv.db.write_session() as s:
+            for i in range(N_RUNS):
+                run = store.create_run(
+                    s,
+                    seed_config("klq" if i % 2 else "ppo", kl_coef=0.01 * (1 + i % 10)),
+                    name=f"bulk-{i:03d}",
+                    tags=["bulk"],
+                    commit=False,
+                )
+                s.flush()
                 store.write_metrics(
                     s,
-                    long,
-                    [
-                        (k, st, ((st * 7919) % 1000) / 1000 + j, 1.7e9 + st)
-                        for st in range(1, N_POINTS + 1)
-                        for j, k in enumerate(KEYS)
-                    ],
+                    run.id,
+                    [("objective/scores", 1, i / N_RUNS, None), ("objective/kl", 1, 1 + i % 7, None)],
+                    commit=False,
                 )
-                store.finish_run(s, long, "succeeded")
-            monkeypatch_module.setenv("KLQ_API_URL", srv.url)
-            monkeypatch_module.setenv("KLQ_API_TOKEN", srv.token)
-            yield srv, long
-        finally:
-            stop_server(srv)
+            s.commit()
+            long = store.create_run(s, seed_config(iterations=N_POINTS), name="long-run").id
+            store.set_status(s, long, "running")
+            store.set_progress(s, long, iteration=N_POINTS)
+            store.write_metrics(
+                s,
+                long,
+                [
+                    (k, st, ((st * 7919) % 1000) / 1000 + j, 1.7e9 + st)
+                    for st in range(1, N_POINTS + 1)
+                    for j, k in enumerate(KEYS)
+                ],
+            )
+            store.finish_run(s, long, "succeeded")
+        monkeypatch_module.setenv("KLQ_API_URL", srv.url)
+        monkeypatch_module.setenv("KLQ_API_TOKEN", srv.token)
+        yield srv, long
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
-from backend_testkit import Server, fresh_database, start_server, stop_server
+from backend_testkit import Server, served_database
 from frontend_testkit import (
     TOKEN_LINK,
     TOKEN_PIECES,
@@ -25,20 +25,13 @@ from frontend_testkit import (
     widget,
 )
 
-from backend import migrate
-
 
 @pytest.fixture(scope="module")
 def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server of this module's own (the token runs stay out of the other pages' tests)."""
     tmp = tmp_path_factory.mktemp("fe-tokens")
-    with fresh_database("sqlite", tmp) as url:
-        migrate.upgrade(url)
-        srv = start_server("sqlite", url, tmp / "data")
-        try:
-            yield srv
-        finally:
-            stop_server(srv)
+    with served_database("sqlite", tmp) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
