@@ -196,6 +196,13 @@ def sample_tokens(api: Client, sample_id: int) -> dict:
     return dict(api.sample_tokens(sample_id))
 
 
+@st.cache_data(ttl=600, hash_funcs=_HASH, show_spinner=False, max_entries=50)
+def samples_tokens(api: Client, sample_ids: tuple[int, ...]) -> dict[int, dict]:
+    """Several samples' token records in one request (GET /samples/tokens): {sample id: record}, without
+    the samples that have none."""
+    return {t["sample_id"]: dict(t) for t in api.samples_tokens(sample_ids)}
+
+
 @st.cache_data(ttl=3, hash_funcs=_HASH, show_spinner=False, max_entries=100)
 def judgements_for(api: Client, run_ids: tuple[int, ...] = (), limit: int = 100) -> list[dict]:
     """Judgements involving any of these runs (all recent ones if none), newest first."""

@@ -794,8 +794,8 @@ class SampleStep(TypedDict):
 
 
 class SampleTokens(TypedDict):
-    """``SampleTokens``: GET /samples/{sample_id}/tokens. A sample's response token by token: every list
-    has one entry per response token."""
+    """``SampleTokens``: GET /samples/{sample_id}/tokens, GET /samples/tokens. A sample's response token
+    by token: every list has one entry per response token."""
 
     sample_id: int
     run_id: int

@@ -159,7 +159,32 @@ def sample_tokens(
     found = store.sample_tokens(session, sample_id)
     if found is None:
         raise store.NotFound(f"sample {sample_id} has no token record (or does not exist)")
-    sample, algorithm, record = found
+    return _tokens_out(*found)
+
+
+MAX_TOKEN_RECORDS = 100
+
+
+@router.get(
+    "/samples/tokens",
+    response_model=list[SampleTokens],
+    dependencies=[CanRead],
+    summary="Several samples' responses token by token",
+    description=f"The token records of up to {MAX_TOKEN_RECORDS} samples in one request (e.g. one prompt's "
+    "samples across steps), in the order of the `sample_id` parameters; samples that do not exist or have "
+    "no token record are left out (each record names its `sample_id`).",
+)
+def samples_tokens(
+    session: ReadSession,
+    sample_id: Annotated[
+        list[Annotated[int, Query(ge=1, le=INT32_MAX)]],
+        Query(min_length=1, max_length=MAX_TOKEN_RECORDS, description="sample ids (the parameter repeated)"),
+    ],
+) -> list[SampleTokens]:
+    return [_tokens_out(*found) for found in store.samples_tokens(session, sample_id)]
+
+
+def _tokens_out(sample: Sample, algorithm: str, record: dict) -> SampleTokens:
     return SampleTokens(
         sample_id=sample.id,
         run_id=sample.run_id,

@@ -140,6 +140,7 @@ from .samples import (
     prune_train_samples,
     sample_steps,
     sample_tokens,
+    samples_tokens,
     write_samples,
 )
 from .tokens import (
@@ -277,6 +278,7 @@ __all__ = [
     "rows_per_statement",
     "sample_steps",
     "sample_tokens",
+    "samples_tokens",
     "set_experiment_error",
     "set_judgement_status",
     "set_progress",

@@ -222,16 +222,28 @@ def prompt_samples(session: Session, run_id: int, prompt_id: str, *, kind: Sampl
     )
 
 
-def sample_tokens(session: Session, sample_id: int) -> tuple[Sample, str, dict[str, Any]] | None:
-    """A sample, its run's algorithm and its unpacked token record (``unpack_tokens``); None if the sample
-    does not exist or has no token record. One query."""
-    row = session.execute(
+def samples_tokens(session: Session, sample_ids: Sequence[int]) -> list[tuple[Sample, str, dict[str, Any]]]:
+    """Each of these samples with its run's algorithm and its unpacked token record (``unpack_tokens``), in
+    the order of ``sample_ids`` (repeats once); samples that do not exist or have no token record are left
+    out. One query."""
+    wanted = list(dict.fromkeys(int(i) for i in sample_ids))
+    if not wanted:
+        return []
+    rows = session.execute(
         select(Sample, Run.algorithm, SampleTokens)
         .join(SampleTokens, SampleTokens.sample_id == Sample.id)
         .join(Run, Run.id == Sample.run_id)
-        .where(Sample.id == sample_id)
-    ).one_or_none()
-    return None if row is None else (row[0], row[1], unpack_tokens(row[2]))
+        .where(Sample.id.in_(wanted))
+    ).all()
+    found = {row[0].id: (row[0], row[1], unpack_tokens(row[2])) for row in rows}
+    return [found[i] for i in wanted if i in found]
+
+
+def sample_tokens(session: Session, sample_id: int) -> tuple[Sample, str, dict[str, Any]] | None:
+    """A sample, its run's algorithm and its unpacked token record; None if the sample does not exist or
+    has no token record (``samples_tokens`` of one)."""
+    found = samples_tokens(session, [sample_id])
+    return found[0] if found else None
 
 
 def sample_steps(session: Session, run_id: int, *, since_step: int | None = None) -> list[tuple[int, int]]:

@@ -218,7 +218,7 @@ with tab_samples:
 
 TOP_K = [10, 25, 50, 100, 200]
 PAIR_LINE_CHARS = 48  # narrower lines side by side: each view fits its half of the page
-MAX_HEATMAP_STEPS = 60  # the prompt-across-steps view reads one token record per step, at most this many
+MAX_HEATMAP_STEPS = 60  # the prompt-across-steps view shows one token record per step, at most this many
 
 
 def step_picker(api: Client, rid: int, key: str) -> int | None:
@@ -419,8 +419,11 @@ with tab_steps:
                     stride = -(-len(shown) // MAX_HEATMAP_STEPS)
                     shown = shown[::-1][::stride][::-1]
                     st.caption(f"Every {stride}th of {len(with_tokens)} steps with token data.")
-                pairs = [(s, ui.call(ui.sample_tokens, api, s["id"])) for s in shown]
-                pairs = [(s, t) for s, t in pairs if t is not None]
+                by_id = (
+                    ui.call(ui.samples_tokens, api, tuple(s["id"] for s in shown), what="the token records")
+                    or {}
+                )
+                pairs = [(s, by_id[s["id"]]) for s in shown if s["id"] in by_id]
                 records = [t for _, t in pairs]
                 quantity = quantity_picker(records, key="steps.quantity")
                 if quantity:

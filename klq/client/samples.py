@@ -72,6 +72,11 @@ class SamplesAPI(ClientBase):
         value per token, None where not finite). NotFound if the sample has no token record."""
         return self._get(f"/samples/{int(sample_id)}/tokens")
 
+    def samples_tokens(self, sample_ids: Sequence[int]) -> list[SampleTokens]:
+        """The token records of several samples in one request (at most 100), in the order given; samples
+        without a token record are left out (each record has its ``sample_id``)."""
+        return self._get("/samples/tokens", sample_id=[int(i) for i in sample_ids])
+
     def prompt_samples(self, run_id: int, prompt_id: str, *, kind: SampleKind = "eval") -> list[Sample]:
         """One prompt's samples across all steps of a run, by step."""
         return self._get(f"/runs/{int(run_id)}/prompts/{quote(str(prompt_id), safe='')}/samples", kind=kind)

@@ -164,6 +164,18 @@ def test_token_detail_and_one_prompt_across_steps(server: Server, client) -> Non
     assert no_tokens["has_tokens"] is False and no_tokens["response_length"] is None
     assert client.get(f"/samples/{no_tokens['id']}/tokens").status_code == 404
     assert client.get("/samples/2000000000/tokens").status_code == 404
+    # several records in one request: the order asked, repeats once, samples without a record left out,
+    # each record equal to its own endpoint's
+    ids = [x["id"] for x in across][::-1]
+    asked = [ids[0], no_tokens["id"], *ids, 2_000_000_000, ids[1]]
+    r = client.get("/samples/tokens", params={"sample_id": asked})
+    assert r.status_code == 200, r.text
+    assert [t["sample_id"] for t in r.json()] == ids
+    assert r.json() == [client.get(f"/samples/{i}/tokens").json() for i in ids]
+    assert client.get("/samples/tokens", params={"sample_id": [no_tokens["id"]]}).json() == []
+    for bad in ({}, {"sample_id": 0}, {"sample_id": "x"}, {"sample_id": list(range(1, 102))}):
+        r = client.get("/samples/tokens", params=bad)
+        assert r.status_code == 422 and "sample_id" in r.text, (bad, r.text)
     with server.db.session() as s:  # packed: one row per sample, never one per token
         assert s.scalar(select(func.count()).select_from(SampleTokens)) >= len(samples)
         row = s.get(SampleTokens, sample["id"])
@@ -278,6 +290,7 @@ def test_client_methods(server: Server, client) -> None:
         assert [x["step"] for x in across] == [10, 20]
         tokens = api.sample_tokens(across[1]["id"])
         assert tokens["token_ids"] == samples[len(PROMPT_IDS)]["tokens"]["token_ids"]
+        assert api.samples_tokens([across[1]["id"], across[0]["id"]]) == [tokens, api.sample_tokens(across[0]["id"])]
         with pytest.raises(ValueError, match="min_loudness"):
             api.list_samples(rid, min_loudness=1)
         with pytest.raises(APIError) as missing:
