@@ -41,6 +41,17 @@ SampleKindQuery = Annotated[
     Literal["eval", "train"],
     Query(description="eval: held-out samples (default); train: the recorded training rollouts"),
 ]
+CompareSort = Literal[
+    "prompt_id",
+    "score_spread",
+    "-score_spread",
+    "gold_spread",
+    "-gold_spread",
+    "kl_spread",
+    "-kl_spread",
+    "length_spread",
+    "-length_spread",
+]
 SortQuery = Literal[
     "score",
     "-score",
@@ -213,13 +224,17 @@ def sample_steps(run_id: RunId, session: ReadSession) -> list[SampleStep]:
     dependencies=[CanRead],
     summary="Samples of two or more runs side by side, aligned on prompt id",
     description="`step`: one value for all runs, or one per run (in the order of `run_id`); omitted, each "
-    "run's latest sample step. `mode=intersection` keeps the prompts every run has, `union` all of them.",
+    "run's latest sample step. `mode=intersection` keeps the prompts every run has, `union` all of them. "
+    "`sort`: prompt_id (default), or score_spread, gold_spread, kl_spread, length_spread - a prompt's "
+    "largest minus smallest value over the runs, '-' first for descending (where the runs disagree most); "
+    "prompts with fewer than two values last either way.",
 )
 def compare(
     session: ReadSession,
     run_id: Annotated[list[Annotated[int, Query(ge=1, le=INT32_MAX)]], Query(min_length=2, max_length=10)],
     step: Annotated[list[Annotated[int, Query(ge=0, le=STEP_MAX)]] | None, Query(max_length=10)] = None,
     mode: Literal["intersection", "union"] = "intersection",
+    sort: CompareSort = "prompt_id",
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> SampleComparison:
@@ -238,7 +253,7 @@ def compare(
     for rid in run_id:
         if rid not in found:
             raise store.NotFound(f"run {rid} not found")
-    aligned = store.compare_samples(session, run_id, steps, mode=mode, limit=limit, offset=offset)
+    aligned = store.compare_samples(session, run_id, steps, mode=mode, sort=sort, limit=limit, offset=offset)
     items = []
     for prompt_id, samples in aligned.items:
         first = next(s for s in samples if s is not None)

@@ -142,6 +142,13 @@ def prune_train_samples(session: Session, run_id: int, latest_step: int, retenti
 
 
 SORT_KEYS = ("score", "gold", "kl", "length", "rm_gold_gap", "step", "prompt_id")
+# compare_samples' sort keys besides prompt_id: a prompt's spread of the column over the runs compared
+COMPARE_SPREADS = {
+    "score_spread": Sample.score,
+    "gold_spread": Sample.gold_score,
+    "kl_spread": Sample.kl,
+    "length_spread": Sample.response_length,
+}
 _SORT_COLUMNS = {
     "score": Sample.score,
     "gold": Sample.gold_score,
@@ -289,12 +296,15 @@ def compare_samples(
     steps: Sequence[int | None],
     *,
     mode: Literal["intersection", "union"] = "intersection",
+    sort: str = "prompt_id",
     limit: int = 50,
     offset: int = 0,
 ) -> AlignedSamples:
     """Align the eval samples of several runs on prompt_id, each run at its step (None: its latest sample
-    step). "intersection" keeps prompts every run has; "union" keeps all (missing ones None).
-    Three queries whatever the number of runs and prompts."""
+    step). "intersection" keeps prompts every run has; "union" keeps all (missing ones None). ``sort``:
+    prompt_id, or one of COMPARE_SPREADS - a prompt's largest minus smallest value of that column over the
+    runs, '-' first for descending (where the runs disagree most); prompts with fewer than two values of
+    it last either way, ties by prompt id. Three queries whatever the number of runs and prompts."""
     if len(steps) != len(run_ids):
         raise ValueError("one step per run")
     resolved = list(steps)
@@ -306,15 +316,30 @@ def compare_samples(
     if not pairs:
         return AlignedSamples(runs, 0, [])
     cond = and_(Sample.kind == "eval", or_(*[and_(Sample.run_id == rid, Sample.step == s) for rid, s in pairs]))
-    id_rows = session.execute(select(Sample.run_id, Sample.step, Sample.prompt_id).where(cond)).all()
+    spread_of = sort.lstrip("-")
+    spread_column = COMPARE_SPREADS[spread_of] if spread_of != "prompt_id" else Sample.prompt_id
+    id_rows = session.execute(
+        select(Sample.run_id, Sample.step, Sample.prompt_id, spread_column).where(cond)
+    ).all()
     have: dict[str, set[tuple[int, int]]] = {}
-    for rid, step, pid in id_rows:
+    values: dict[str, list[float]] = {}
+    for rid, step, pid, value in id_rows:
         have.setdefault(pid, set()).add((rid, step))
+        if value is not None and spread_of != "prompt_id" and math.isfinite(value):
+            values.setdefault(pid, []).append(value)
     wanted = set(pairs)
     if mode == "intersection":
         prompt_ids = sorted(pid for pid, got in have.items() if wanted <= got and len(pairs) == len(runs))
     else:
         prompt_ids = sorted(have)
+    if spread_of != "prompt_id":
+        sign = -1.0 if sort.startswith("-") else 1.0
+
+        def spread_key(pid: str) -> tuple[bool, float]:
+            got = values.get(pid, [])
+            return (len(got) < 2, sign * (max(got) - min(got)) if len(got) >= 2 else 0.0)
+
+        prompt_ids.sort(key=spread_key)  # stable: ties stay in prompt id order
     page = prompt_ids[offset : offset + limit]
     by_key: dict[tuple[int, int, str], Sample] = {}
     if page:

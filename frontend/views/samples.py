@@ -17,6 +17,15 @@ from frontend import logic, ui
 from klq.client import APIError, Client
 
 PAGE_SIZE = 10
+# the compare endpoint's sort: by prompt id, or where the runs disagree most first (a prompt's largest minus
+# smallest value over the runs)
+COMPARE_ORDERS = {
+    "prompt_id": "prompt id",
+    "-score_spread": "scores differ most",
+    "-gold_spread": "gold scores differ most",
+    "-kl_spread": "KL differs most",
+    "-length_spread": "lengths differ most",
+}
 LATEST = "latest"
 
 api = ui.client()
@@ -59,7 +68,7 @@ with tab_samples:
                     st.caption("no samples yet")
             steps[rid] = None if choice == LATEST else int(choice)
 
-        c = st.columns([2, 2, 1])
+        c = st.columns([2, 2, 2, 1])
         baseline = c[0].selectbox(
             "Diff against", run_ids, key="samples.baseline", format_func=lambda r: f"#{r} {names[r]}"
         )
@@ -70,7 +79,14 @@ with tab_samples:
             key="samples.mode",
             format_func={"intersection": "those all runs have", "union": "all"}.get,
         )
-        page = int(c[2].number_input("Page", 1, 100000, 1, key="samples.page"))
+        order = c[2].selectbox(
+            "Order",
+            list(COMPARE_ORDERS),
+            key="samples.order",
+            format_func=COMPARE_ORDERS.get,
+            disabled=len(run_ids) < 2,
+        )
+        page = int(c[3].number_input("Page", 1, 100000, 1, key="samples.page"))
 
         try:
             if len(run_ids) >= 2:
@@ -79,7 +95,7 @@ with tab_samples:
                     latest = {r: max([s["step"] for s in ui.sample_steps(api, r)] or [0]) for r in run_ids}
                     step_arg = [steps[r] if steps[r] is not None else latest[r] for r in run_ids]
                 cmp = api.compare_samples(
-                    run_ids, step_arg, mode=mode, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+                    run_ids, step_arg, mode=mode, sort=order, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
                 )
             else:
                 rid = run_ids[0]

@@ -90,17 +90,21 @@ class SamplesAPI(ClientBase):
         steps: Sequence[int] | int | None = None,
         *,
         mode: Literal["intersection", "union"] = "intersection",
+        sort: str = "prompt_id",
         limit: int = 50,
         offset: int = 0,
     ) -> SampleComparison:
         """Samples of 2-10 runs aligned on prompt id; ``steps``: one for all runs, one per run, or None
-        (each run's latest sample step)."""
+        (each run's latest sample step). ``sort``: prompt_id, or score_spread, gold_spread, kl_spread,
+        length_spread (a prompt's largest minus smallest value over the runs; '-' first: where they disagree
+        most first)."""
         step = [steps] if isinstance(steps, int) else _opt_list(steps)
         return self._get(
             "/samples/compare",
             run_id=[int(r) for r in run_ids],
             step=step,
             mode=mode,
+            sort=sort,
             limit=limit,
             offset=offset,
         )

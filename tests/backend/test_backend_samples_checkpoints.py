@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import zipfile
 
 from backend_testkit import Server, create_run
 
 from backend import store
+from klq.client import Client
 
 HTML = "<b>bold</b> & <script>alert('x')</script>"
 
@@ -100,6 +102,61 @@ def test_compare_aligns_runs_on_prompt_ids(server: Server, client) -> None:
         == 422
     )
     assert client.get("/samples/compare", params=[("run_id", a), ("run_id", 999_999)]).status_code == 404
+
+
+def test_compare_sorted_by_where_the_runs_disagree(server: Server, client) -> None:
+    """sort=score_spread / gold_spread / ...: each prompt's largest minus smallest value over the runs,
+    computed here from the values written; prompts with fewer than two values last either way."""
+    rng = random.Random(3)
+    runs = [create_run(client)["id"] for _ in range(3)]
+    prompts = [f"q{i:02d}" for i in range(12)]
+    written: dict[tuple[int, str], dict] = {}
+    with server.db.write_session() as s:
+        for rid in runs:
+            rows = []
+            for pid in prompts:
+                if rid == runs[2] and pid in ("q03", "q07"):
+                    continue  # the third run lacks two prompts (union mode shows them)
+                row = {"step": 7, "prompt_id": pid, "prompt": f"prompt {pid}", "response": f"r {rid} {pid}",
+                       "score": round(rng.uniform(-2, 2), 3), "gold_score": round(rng.uniform(-1, 1), 3),
+                       "kl": 0.1}  # fmt: skip
+                if pid == "q05":
+                    row["gold_score"] = None  # no gold anywhere for q05 except one run
+                    if rid == runs[0]:
+                        row["gold_score"] = 0.25
+                written[(rid, pid)] = row
+                rows.append(row)
+            store.write_samples(s, rid, rows, commit=False)
+        s.commit()
+
+    def spread(pid: str, field: str) -> float | None:
+        rows = [written[(r, pid)] for r in runs if (r, pid) in written]
+        got = [row[field] for row in rows if row[field] is not None]
+        return max(got) - min(got) if len(got) >= 2 else None
+
+    def expected(field: str, descending: bool, ids: list[str]) -> list[str]:
+        with_value = [p for p in ids if spread(p, field) is not None]
+        without = [p for p in ids if spread(p, field) is None]
+        with_value.sort(key=lambda p: (-spread(p, field) if descending else spread(p, field), p))
+        return with_value + without
+
+    base = [("run_id", r) for r in runs]
+    common = [p for p in prompts if p not in ("q03", "q07")]
+    for sort, field in (("score_spread", "score"), ("-score_spread", "score"), ("-gold_spread", "gold_score")):
+        for mode, ids in (("intersection", common), ("union", prompts)):
+            body = client.get("/samples/compare", params=[*base, ("sort", sort), ("mode", mode)]).json()
+            want = expected(field, sort.startswith("-"), ids)
+            assert [i["prompt_id"] for i in body["items"]] == want, (sort, mode)
+            assert body["total"] == len(ids)
+    # paging follows the order
+    page = client.get("/samples/compare", params=[*base, ("sort", "-score_spread"), ("limit", 3), ("offset", 2)])
+    assert [i["prompt_id"] for i in page.json()["items"]] == expected("score", True, common)[2:5]
+    assert expected("gold_score", True, common)[-1] == "q05"  # gold in one run only: no spread, last
+    bad = client.get("/samples/compare", params=[*base, ("sort", "loudness")])
+    assert bad.status_code == 422 and "sort" in bad.text
+    with Client(server.url, token=server.token, timeout=30) as api:
+        got = api.compare_samples(runs, sort="-score_spread", limit=4)
+        assert [i["prompt_id"] for i in got["items"]] == expected("score", True, common)[:4]
 
 
 def test_samples_export(server: Server, client) -> None:

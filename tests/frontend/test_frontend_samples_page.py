@@ -61,6 +61,23 @@ def test_side_by_side_with_scores_and_word_diff(app_env, seeded):
     assert any("{+very" in c for c in codes(at))
 
 
+def test_order_where_the_runs_differ_most(app_env, seeded):
+    """The Order choice goes to the API's sort (the ordering itself: tests/backend, compare). The seeded runs'
+    scores at step 50 are 0.5 + i/10 and 0.4 + i/10 (frontend_testkit.samples): spreads of 0.1 up to the
+    floating-point rounding, which decides their order here as on the server."""
+    at = page("samples", both(seeded))
+    order = widget(at, "samples.order")
+    assert order.options == ["prompt id", "scores differ most", "gold scores differ most", "KL differs most",
+                             "lengths differ most"]  # fmt: skip
+    assert [c for c in codes(at) if c in PROMPTS.values()] == list(PROMPTS.values())  # by prompt id
+    at.selectbox(key="samples.order").set_value("-score_spread").run()
+    assert not at.error, [e.value for e in at.error]
+    spread = {pid: (0.5 + i / 10) - (0.4 + i / 10) for i, pid in enumerate(PROMPTS)}
+    expected = sorted(PROMPTS, key=lambda pid: (-spread[pid], pid))
+    assert [c for c in codes(at) if c in PROMPTS.values()] == [PROMPTS[pid] for pid in expected]
+    assert f"{len(PROMPTS)} prompt(s) · page 1 of 1" in all_text(at)
+
+
 def test_pick_steps(app_env, seeded):
     at = page("samples", both(seeded))
     assert widget(at, f"samples.step.{seeded.klq}").options == ["latest", "step 50", "step 25"]
