@@ -104,21 +104,29 @@ def comparable(rows):
     return [{k: v for k, v in r.items() if not k.startswith(TIMING_KEYS)} for r in rows]
 
 
+def straight_and_resumed(cfg, tmp_path):
+    """Train ``cfg`` straight through into tmp_path/straight, and into tmp_path/resumed interrupted after
+    iteration 3 (checkpoint at 2; step 3's checkpoint dropped, so what was written after step 2 is replayed)
+    and resumed. Returns the two run directories."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(cfg, straight)
+    stopped = train(cfg, resumed, sink=StopAfter(resumed, 3))
+    assert stopped.stopped and stopped.iterations_done == 3
+    (resumed / "checkpoints" / "step-0000003").rename(resumed / "dropped")
+    assert latest_checkpoint(resumed).name == "step-0000002"
+    train(cfg, resumed, resume=True)
+    return straight, resumed
+
+
 @pytest.mark.parametrize("algorithm", ["klq", "ppo", "rloo", "grpo"])
 def test_resumed_run_equals_uninterrupted(algorithm, builtin_assets, tmp_path):
     cfg = config(algorithm, **{"train.total_episodes": 64 * 6, "checkpoint_interval": 2, "eval_interval": 3})
-    train(cfg, tmp_path / "straight")
-    # Interrupted after iteration 3 (checkpoint at 2): what was written after step 2 is replayed.
-    stopped = train(cfg, tmp_path / "resumed", sink=StopAfter(tmp_path / "resumed", 3))
-    assert stopped.stopped and stopped.iterations_done == 3
-    (tmp_path / "resumed" / "checkpoints" / "step-0000003").rename(tmp_path / "resumed" / "dropped")
-    assert latest_checkpoint(tmp_path / "resumed").name == "step-0000002"
-    train(cfg, tmp_path / "resumed", resume=True)
-    straight = comparable(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
-    resumed = comparable(read_jsonl(tmp_path / "resumed" / "metrics.jsonl"))
+    straight_dir, resumed_dir = straight_and_resumed(cfg, tmp_path)
+    straight = comparable(read_jsonl(straight_dir / "metrics.jsonl"))
+    resumed = comparable(read_jsonl(resumed_dir / "metrics.jsonl"))
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
     assert resumed == straight
-    assert read_jsonl(tmp_path / "straight" / "samples.jsonl") == read_jsonl(tmp_path / "resumed" / "samples.jsonl")
+    assert read_jsonl(straight_dir / "samples.jsonl") == read_jsonl(resumed_dir / "samples.jsonl")
 
 
 @pytest.mark.parametrize("algorithm", ["klq", "ppo"])

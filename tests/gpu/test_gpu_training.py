@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_trainer import StopAfter, comparable
+from test_trainer import comparable, straight_and_resumed
 
 from klq import losses, trainer
 from klq.config import RunConfig
 from klq.models import load_models, response_logits
 from klq.rollout import sample
 from klq.sinks import read_jsonl
-from klq.trainer import latest_checkpoint, train
+from klq.trainer import train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,21 +175,16 @@ def test_resumed_run_equals_uninterrupted_on_device(algorithm, device, tiny_asse
     (optimizer, scheduler, Python/torch/CUDA RNG states restored)."""
     cfg = run_config(tiny_assets, device, algorithm, total_episodes=16 * 5, minibatch_size=8, micro_batch_size=4)
     cfg = cfg.model_copy(update={"checkpoint_interval": 2, "eval_interval": 3})
-    train(cfg, tmp_path / "straight")
-    stopped = train(cfg, tmp_path / "resumed", sink=StopAfter(tmp_path / "resumed", 3))
-    assert stopped.stopped and stopped.iterations_done == 3
-    (tmp_path / "resumed" / "checkpoints" / "step-0000003").rename(tmp_path / "resumed" / "dropped")
-    assert latest_checkpoint(tmp_path / "resumed").name == "step-0000002"
-    train(cfg, tmp_path / "resumed", resume=True)
+    straight_dir, resumed_dir = straight_and_resumed(cfg, tmp_path)
     nondeterministic = deterministic()
     record_property("nondeterministic_ops", json.dumps(nondeterministic))
-    straight = comparable(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
-    resumed = comparable(read_jsonl(tmp_path / "resumed" / "metrics.jsonl"))
+    straight = comparable(read_jsonl(straight_dir / "metrics.jsonl"))
+    resumed = comparable(read_jsonl(resumed_dir / "metrics.jsonl"))
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
     assert resumed == straight, f"ops without a deterministic implementation: {nondeterministic}"
-    assert read_jsonl(tmp_path / "straight" / "samples.jsonl") == read_jsonl(tmp_path / "resumed" / "samples.jsonl")
-    final = load_file(tmp_path / "straight" / "checkpoints" / "step-0000005" / "policy" / "model.safetensors")
-    again = load_file(tmp_path / "resumed" / "checkpoints" / "step-0000005" / "policy" / "model.safetensors")
+    assert read_jsonl(straight_dir / "samples.jsonl") == read_jsonl(resumed_dir / "samples.jsonl")
+    final = load_file(straight_dir / "checkpoints" / "step-0000005" / "policy" / "model.safetensors")
+    again = load_file(resumed_dir / "checkpoints" / "step-0000005" / "policy" / "model.safetensors")
     assert all(torch.equal(final[k], again[k]) for k in final), "final policy weights differ"
 
 
