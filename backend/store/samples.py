@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import and_, delete, exists, func, or_, select, tuple_
+from sqlalchemy import and_, delete, exists, func, null, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from ..models import Run, Sample, SampleTokens, utcnow
@@ -316,23 +316,23 @@ def compare_samples(
     if not pairs:
         return AlignedSamples(runs, 0, [])
     cond = and_(Sample.kind == "eval", or_(*[and_(Sample.run_id == rid, Sample.step == s) for rid, s in pairs]))
-    spread_of = sort.lstrip("-")
-    spread_column = COMPARE_SPREADS[spread_of] if spread_of != "prompt_id" else Sample.prompt_id
+    spread_column = COMPARE_SPREADS.get(sort.lstrip("-"))  # None: by prompt id
     id_rows = session.execute(
-        select(Sample.run_id, Sample.step, Sample.prompt_id, spread_column).where(cond)
+        select(Sample.run_id, Sample.step, Sample.prompt_id, null() if spread_column is None else spread_column)
+        .where(cond)
     ).all()
     have: dict[str, set[tuple[int, int]]] = {}
     values: dict[str, list[float]] = {}
     for rid, step, pid, value in id_rows:
         have.setdefault(pid, set()).add((rid, step))
-        if value is not None and spread_of != "prompt_id" and math.isfinite(value):
+        if value is not None and math.isfinite(value):
             values.setdefault(pid, []).append(value)
     wanted = set(pairs)
     if mode == "intersection":
         prompt_ids = sorted(pid for pid, got in have.items() if wanted <= got and len(pairs) == len(runs))
     else:
         prompt_ids = sorted(have)
-    if spread_of != "prompt_id":
+    if spread_column is not None:
         sign = -1.0 if sort.startswith("-") else 1.0
 
         def spread_key(pid: str) -> tuple[bool, float]:
