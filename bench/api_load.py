@@ -11,8 +11,8 @@
 2. Open-loop load from an asyncio/httpx generator in this process: request i is due at i / rate seconds
    and its latency counts from that due time (so a server that falls behind cannot hide its queue),
    for `--duration` seconds after `--warmup` seconds (default 5) of the same load whose latencies are
-   reported apart (a fresh server's first second builds its thread pool, database connections and caches:
-   measured 200 of the first 200 requests over 100 ms at 200/s on SQLite, none after the third second);
+   reported apart (a fresh server's response cache is empty, and uncached requests cost more CPU than
+   200/s leaves: measured 200 of the first 200 requests over 100 ms on SQLite, none after the third second);
    bounded by count (rate x duration) and time (a request gets --timeout).
    Mix: 30 % run list (GET /runs?limit=50), 30 % run get (GET /runs/{id}), 25 % series (GET
    /metrics/series, one key, max_points=500), 15 % samples (GET /runs/{id}/samples?limit=16).
@@ -175,8 +175,7 @@ RAW_ERRORS = (RawHTTPError, OSError, asyncio.IncompleteReadError, asyncio.LimitO
 async def load(base_url: str, run_ids: list[int], keys: int, rate: float, duration: float,
                timeout: float, max_in_flight: int, client_kind: str = "raw", warmup: float = 0.0) -> dict:
     """`warmup` seconds of the same load first, on the same connections, kept apart (`warmup_ms`) from the
-    `duration` seconds that are reported: a freshly started server's first second pays for its thread pool,
-    database connections and caches once."""
+    `duration` seconds that are reported: a freshly started server answers from an empty response cache."""
     import httpx
 
     errors_caught = (httpx.HTTPError, asyncio.TimeoutError, *RAW_ERRORS)
@@ -266,19 +265,26 @@ with db.write_session() as s:
 """
 
 
-def sse_delays(url: str, data_dir: str, poll: float, steps: int, gap: float) -> list[float]:
-    """Seconds from a metric's write to its arrival over SSE, one per step."""
-    import httpx
-    from series_http import serve
-
+def running_run(url: str, name: str) -> int:
+    """A new run marked running, for a writer process (WRITER) to log to: its id."""
     from backend import store
     from backend.db import Database
 
     db = Database(url)
     with db.write_session() as s:
-        run_id = store.create_run(s, {"name": f"sse-{poll}"}).id
+        run_id = store.create_run(s, {"name": name}).id
         store.set_status(s, run_id, "running")
     db.dispose()
+    return run_id
+
+
+def sse_delays(url: str, data_dir: str, poll: float, steps: int, gap: float) -> list[float]:
+    """Seconds from a metric's write to its arrival over SSE, one per step."""
+    import httpx
+    from series_http import serve
+
+
+    run_id = running_run(url, f"sse-{poll}")
     delays: list[float] = []
     with serve(url, data_dir, {"KLQ_SSE_POLL_INTERVAL": str(poll)}) as (client, port):
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(ROOT), url, str(run_id), str(steps), str(gap)])
@@ -384,14 +390,7 @@ def main() -> None:
             if a.write_every > 0:
                 # A training run logging during the load: every commit empties the API's response cache
                 # (backend/http_cache.py), so the reads pay for misses as they do while runs train.
-                from backend import store
-                from backend.db import Database
-
-                db = Database(url)
-                with db.write_session() as s:
-                    live = store.create_run(s, {"name": "live-writer"}).id
-                    store.set_status(s, live, "running")
-                db.dispose()
+                live = running_run(url, "live-writer")
                 steps = int((a.warmup + a.duration) / a.write_every) + 1
                 writer = subprocess.Popen([sys.executable, "-c", WRITER, str(ROOT), url, str(live), str(steps),
                                            str(a.write_every), "0"])
